@@ -1,0 +1,250 @@
+//! The error catalogue: every `code` livequery puts on the wire, what it means, and whether the
+//! client is told to reconnect.
+//!
+//! This is the only place where numbers and texts of wire errors are defined. The server maps
+//! its failures to an [`ErrorCode`] and lets [`crate::ErrorFrame`] render the frame.
+
+use std::borrow::Cow;
+
+/// Every wire error code used by livequery.
+///
+/// The numbers are those of parse-server's LiveQuery server (1–4) and of `Parse.Error`
+/// (101 and up), so the Parse SDKs interpret them as they would interpret the reference
+/// server's errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 1 — the frame violates the request schema (tv4-style message). Also used by the
+    /// reference for internal errors.
+    InvalidRequest,
+    /// 2 — `subscribe`/`unsubscribe`/`update` before `connect`, or an unknown `requestId`.
+    ClientOrSubscriptionNotFound,
+    /// 3 — unknown operation (kept for completeness; schema validation reports unknown ops
+    /// with code 1 first, exactly like the reference).
+    UnknownOperation,
+    /// 4 — the `connect` did not present a key that matches the configured `keyPairs`.
+    InvalidKey,
+    /// 101 — `Parse.Error.OBJECT_NOT_FOUND`; the reference uses it for a class-level
+    /// permission that requires an authenticated user.
+    RequiresAuthentication,
+    /// 102 — `Parse.Error.INVALID_QUERY`: a `where` clause that cannot be compiled.
+    InvalidQuery,
+    /// 108 — `Parse.Error.COMMAND_UNAVAILABLE`: the operation is valid but the configured
+    /// source cannot serve it (e.g. `query` on a source that cannot read current state).
+    CommandUnavailable,
+    /// 116 — `Parse.Error.OBJECT_TOO_LARGE`: a frame exceeded the configured size limit.
+    FrameTooLarge,
+    /// 119 — `Parse.Error.OPERATION_FORBIDDEN`: class-level permissions deny the read, or a
+    /// protected field is used in `where`/`watch`.
+    OperationForbidden,
+    /// 124 — `Parse.Error.TIMEOUT`: the socket did not send `connect` in time.
+    Timeout,
+    /// 141 — `Parse.Error.SCRIPT_FAILED`: an unexpected server-side failure while serving a
+    /// request (the reference uses it for exceptions thrown while subscribing).
+    ScriptFailed,
+    /// 155 — `Parse.Error.REQUEST_LIMIT_EXCEEDED`: a configured limit was hit (connections,
+    /// subscriptions per connection, outbound queue of a slow client).
+    LimitExceeded,
+    /// 209 — `Parse.Error.INVALID_SESSION_TOKEN`.
+    InvalidSessionToken,
+}
+
+impl ErrorCode {
+    /// The number that goes into the frame's `code` field.
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::InvalidRequest => 1,
+            Self::ClientOrSubscriptionNotFound => 2,
+            Self::UnknownOperation => 3,
+            Self::InvalidKey => 4,
+            Self::RequiresAuthentication => 101,
+            Self::InvalidQuery => 102,
+            Self::CommandUnavailable => 108,
+            Self::FrameTooLarge => 116,
+            Self::OperationForbidden => 119,
+            Self::Timeout => 124,
+            Self::ScriptFailed => 141,
+            Self::LimitExceeded => 155,
+            Self::InvalidSessionToken => 209,
+        }
+    }
+
+    /// Looks a wire code up; `None` for numbers livequery never sends.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            1 => Self::InvalidRequest,
+            2 => Self::ClientOrSubscriptionNotFound,
+            3 => Self::UnknownOperation,
+            4 => Self::InvalidKey,
+            101 => Self::RequiresAuthentication,
+            102 => Self::InvalidQuery,
+            108 => Self::CommandUnavailable,
+            116 => Self::FrameTooLarge,
+            119 => Self::OperationForbidden,
+            124 => Self::Timeout,
+            141 => Self::ScriptFailed,
+            155 => Self::LimitExceeded,
+            209 => Self::InvalidSessionToken,
+            _ => return None,
+        })
+    }
+
+    /// The `reconnect` hint the reference server sends with this code.
+    ///
+    /// Connection-level errors (1–4, and our connection limits) tell the SDK to reconnect;
+    /// errors about one subscription do not.
+    pub const fn reconnect(self) -> bool {
+        matches!(
+            self,
+            Self::InvalidRequest
+                | Self::ClientOrSubscriptionNotFound
+                | Self::UnknownOperation
+                | Self::InvalidKey
+                | Self::FrameTooLarge
+                | Self::Timeout
+        )
+    }
+}
+
+/// Fixed error texts. Messages that SDKs compare literally (notably
+/// [`ADDITIONAL_PROPERTIES`](msg::ADDITIONAL_PROPERTIES)) must never change.
+pub mod msg {
+    /// tv4 text for an unknown property; the JS SDK compares it literally and stops sending
+    /// `installationId` when it sees it.
+    pub const ADDITIONAL_PROPERTIES: &str = "Additional properties not allowed";
+    /// Code 2, `subscribe` (or the second half of `update`) before `connect`.
+    pub const NOT_CONNECTED_SUBSCRIBING: &str =
+        "Can not find this client, make sure you connect to server before subscribing";
+    /// Code 2, `unsubscribe` (or the first half of `update`) before `connect`.
+    pub const NOT_CONNECTED_UNSUBSCRIBING: &str =
+        "Can not find this client, make sure you connect to server before unsubscribing";
+    /// Code 2, `query` before `connect` (livequery extension).
+    pub const NOT_CONNECTED_QUERYING: &str =
+        "Can not find this client, make sure you connect to server before querying";
+    /// Code 3.
+    pub const UNKNOWN_OPERATION: &str = "Get unknown operation";
+    /// Code 4.
+    pub const INVALID_KEY: &str = "Key in request is not valid";
+    /// Codes 101 and 119 (the reference's sanitized message).
+    pub const PERMISSION_DENIED: &str = "Permission denied";
+    /// Code 209.
+    pub const INVALID_SESSION_TOKEN: &str = "Invalid session token";
+}
+
+/// An error frame's content before it is addressed: code, text and the `reconnect` hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// Catalogue entry.
+    pub code: ErrorCode,
+    /// Human-readable text sent in the `error` field.
+    pub message: Cow<'static, str>,
+    /// The `reconnect` hint; defaults to [`ErrorCode::reconnect`].
+    pub reconnect: bool,
+}
+
+impl WireError {
+    /// An error with the catalogue's default `reconnect` hint.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reconnect: code.reconnect(),
+        }
+    }
+
+    /// Overrides the `reconnect` hint.
+    #[must_use]
+    pub fn with_reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Code 2 for an unknown `requestId`, with the reference's exact text.
+    pub fn subscription_not_found(client_id: &str, request_id: crate::RequestId) -> Self {
+        Self::new(
+            ErrorCode::ClientOrSubscriptionNotFound,
+            format!(
+                "Cannot find subscription with clientId {client_id} subscriptionId {request_id}. \
+                 Make sure you subscribe to live query server before unsubscribing."
+            ),
+        )
+    }
+
+    /// Code 2 for an unknown `requestId` in a `query` (livequery extension).
+    pub fn query_subscription_not_found(client_id: &str, request_id: crate::RequestId) -> Self {
+        Self::new(
+            ErrorCode::ClientOrSubscriptionNotFound,
+            format!(
+                "Cannot find subscription with clientId {client_id} subscriptionId {request_id}. \
+                 Make sure you subscribe to live query server before querying."
+            ),
+        )
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code.code())
+    }
+}
+
+/// Why an inbound frame could not be turned into a [`crate::ClientMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The text is not JSON. The reference logs this and sends nothing back; so does
+    /// livequery.
+    #[error("frame is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The JSON violates the request schema; the text is the tv4-style first violation.
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl ProtocolError {
+    /// The error frame to answer with, or `None` when the reference stays silent.
+    pub fn to_wire(&self) -> Option<WireError> {
+        match self {
+            Self::InvalidJson(_) => None,
+            Self::Schema(message) => {
+                Some(WireError::new(ErrorCode::InvalidRequest, message.clone()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_number() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::ClientOrSubscriptionNotFound,
+            ErrorCode::UnknownOperation,
+            ErrorCode::InvalidKey,
+            ErrorCode::RequiresAuthentication,
+            ErrorCode::InvalidQuery,
+            ErrorCode::CommandUnavailable,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::OperationForbidden,
+            ErrorCode::Timeout,
+            ErrorCode::ScriptFailed,
+            ErrorCode::LimitExceeded,
+            ErrorCode::InvalidSessionToken,
+        ] {
+            assert_eq!(ErrorCode::from_code(code.code()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_code(0), None);
+    }
+
+    #[test]
+    fn reconnect_hints_follow_the_reference() {
+        assert!(ErrorCode::InvalidRequest.reconnect());
+        assert!(ErrorCode::InvalidKey.reconnect());
+        assert!(!ErrorCode::InvalidQuery.reconnect());
+        assert!(!ErrorCode::OperationForbidden.reconnect());
+        assert!(!ErrorCode::InvalidSessionToken.reconnect());
+    }
+}

@@ -1,0 +1,149 @@
+//! Identifiers that cross module boundaries: [`RequestId`] and [`ClientId`].
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// A subscription's `requestId`, chosen by the client and scoped to its connection.
+///
+/// The reference accepts any JSON number (0, negative and fractional ones included) and
+/// echoes it the way JavaScript prints numbers, so the value is kept as an `f64` and
+/// printed with JavaScript's number-to-string rules (`1`, `1.5`, `-3`, `1e+21`).
+/// Equality follows JavaScript `Map` keys (SameValueZero): `-0` equals `0`.
+#[derive(Clone, Copy)]
+pub struct RequestId(f64);
+
+impl RequestId {
+    /// Wraps a finite number. Non-finite values cannot come from JSON and are mapped to 0.
+    pub fn new(value: f64) -> Self {
+        if value.is_finite() {
+            // Normalise -0.0 so that hashing agrees with equality.
+            Self(if value == 0.0 { 0.0 } else { value })
+        } else {
+            Self(0.0)
+        }
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// Whether the Parse JS SDK routes frames carrying this id to a subscription: it only
+    /// does so for truthy ids, so `0` never reaches an SDK subscription.
+    pub fn is_truthy(self) -> bool {
+        self.0 != 0.0
+    }
+
+    /// Appends the JavaScript rendering of the number to `out`.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        let mut buf = ryu_js::Buffer::new();
+        out.extend_from_slice(buf.format_finite(self.0).as_bytes());
+    }
+}
+
+impl From<u32> for RequestId {
+    fn from(value: u32) -> Self {
+        Self::new(f64::from(value))
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for RequestId {}
+
+impl Hash for RequestId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+impl PartialOrd for RequestId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RequestId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = ryu_js::Buffer::new();
+        f.write_str(buf.format_finite(self.0))
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+/// The `clientId` the server assigns on `connect` (a UUID v4 string in the reference).
+///
+/// Cheap to clone: it is copied into every frame sent to that client.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    /// Wraps an id. The server generates UUID v4 strings; the SDK only requires a truthy
+    /// string.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_print_like_javascript() {
+        for (value, text) in [
+            (1.0, "1"),
+            (0.0, "0"),
+            (-0.0, "0"),
+            (-3.0, "-3"),
+            (1.5, "1.5"),
+            (1e21, "1e+21"),
+            (123456789012.0, "123456789012"),
+            (0.1, "0.1"),
+        ] {
+            assert_eq!(RequestId::new(value).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn negative_zero_equals_zero() {
+        use std::collections::HashSet;
+        let set: HashSet<_> = [RequestId::new(0.0)].into_iter().collect();
+        assert!(set.contains(&RequestId::new(-0.0)));
+        assert!(!RequestId::new(0.0).is_truthy());
+        assert!(RequestId::new(-1.0).is_truthy());
+    }
+}

@@ -1,0 +1,41 @@
+//! # livequery-protocol
+//!
+//! The wire protocol of Parse Server's LiveQuery, as spoken by the Parse SDKs: typed
+//! frames, validation that answers exactly like parse-server 9.x, and encoding built for
+//! fan-out to many recipients.
+//!
+//! This crate is a pure library: no I/O, no async runtime. The server reads a text frame,
+//! calls [`ClientMessage::decode`], and answers with [`ServerMessage::encode`].
+//!
+//! ## Module map
+//! - [`error`]: the error catalogue ([`ErrorCode`], fixed texts in [`error::msg`],
+//!   [`WireError`]) — the only place where wire codes and their meaning are defined.
+//! - `schema` (private): a tv4-compatible validator, so that every rejected frame gets the
+//!   reference's first-violation message (`Additional properties not allowed`, …).
+//! - [`request`]: client → server frames ([`ClientMessage`]); decoding and encoding.
+//! - [`response`]: server → client frames: [`Envelope`] (rendered once per connection),
+//!   [`EncodedObject`] (an object serialized once, shared by every recipient),
+//!   [`ServerMessage`] (encoding) and [`ServerFrame`] (decoding, for Rust clients).
+//! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript) and [`ClientId`].
+//!
+//! ## Invariants
+//! - Decoding never panics, whatever the input; invalid JSON yields
+//!   [`ProtocolError::InvalidJson`], which the reference answers with silence.
+//! - Encoded frames never contain `null` for an absent optional field, never carry
+//!   `clientId` on errors, and always echo the connection's `installationId`.
+//! - An event's object bytes are produced once ([`EncodedObject`]); a recipient's frame
+//!   costs one envelope write and one copy of those bytes.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod id;
+pub mod request;
+pub mod response;
+mod schema;
+
+pub use error::{ErrorCode, ProtocolError, WireError};
+pub use id::{ClientId, RequestId};
+pub use request::{
+    ClientMessage, ConnectRequest, QueryRequest, QuerySpec, SubscribeRequest, UnsubscribeRequest,
+};
+pub use response::{EncodedObject, Envelope, EventOp, FrameError, ServerFrame, ServerMessage};
