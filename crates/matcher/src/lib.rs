@@ -1,1 +1,48 @@
-//! placeholder
+//! # livequery-matcher
+//!
+//! Everything livequery decides about an event without doing I/O: whether an object
+//! matches a query, which event a change produces for a subscription, what a subscriber
+//! may see, and which of many queries an object can concern at all.
+//!
+//! ## Module map
+//! - [`Query`] (`compile`, `query`): compile a Parse `where` clause once
+//!   ([`Query::compile`]), evaluate it many times ([`Query::matches`]) — infallible and
+//!   allocation-free. Semantics are Parse REST `find()`'s (MongoDB's), not the reference
+//!   LiveQuery server's; `protocol-spec/deviations.md` lists every difference.
+//! - `js_regex`: `$regex` with JavaScript syntax on the linear-time `regex` crate.
+//! - `value`, `date`, `geo`: typed views of Parse JSON values, ISO dates, geometry.
+//! - `canonical`: the text under which identical queries are de-duplicated (no hash
+//!   collisions: the full text is compared).
+//! - [`classify`]: `create`/`enter`/`update`/`leave`/`delete`/nothing for one subscriber,
+//!   with the `watch` rule and the redaction of transitions caused by ACL changes.
+//! - [`auth`]: ACL, class-level permissions, protected fields, sanitising and `keys`.
+//! - [`SubscriptionIndex`]: distinct queries per class and the equality index that finds
+//!   the few queries an object can concern.
+//!
+//! ## Invariants
+//! - Compilation rejects every clause it cannot evaluate faithfully (code 102), instead of
+//!   silently never matching.
+//! - [`SubscriptionIndex::candidates`] returns a superset of the matching queries; it never
+//!   misses one (property-tested against brute force).
+//! - No function here blocks, allocates per evaluated predicate, or can be driven into
+//!   super-linear time by client input.
+#![deny(missing_docs)]
+
+pub mod auth;
+mod canonical;
+pub mod classify;
+mod compile;
+pub mod date;
+mod error;
+mod geo;
+mod index;
+mod js_regex;
+mod query;
+mod value;
+
+pub use classify::{ChangeKind, Classification, Side, classify};
+pub use compile::{CompileOptions, SubqueryPolicy};
+pub use error::QueryError;
+pub use index::{Entry, QueryId, Scratch, SubscriptionIndex};
+pub use query::{Query, Subquery, SubqueryKind, SubquerySet};
+pub use value::json_equal;

@@ -1,0 +1,170 @@
+//! Compile, evaluate, and index-lookup costs.
+//!
+//! `index/*` measures one event against N distinct subscriptions: candidates from the
+//! index plus exact evaluation of each candidate, i.e. the whole matching cost of an event.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use livequery_matcher::{CompileOptions, Query, Scratch, SubscriptionIndex};
+use serde_json::{Map, Value, json};
+use std::hint::black_box;
+
+fn map(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().expect("object")
+}
+
+fn object() -> Map<String, Value> {
+    map(json!({
+        "room": "room-7", "score": 42.5, "name": "Player 1", "tags": ["a", "b", "c"],
+        "owner": {"__type": "Pointer", "className": "_User", "objectId": "u123"},
+        "loc": {"__type": "GeoPoint", "latitude": 37.8044, "longitude": -122.2712},
+        "when": {"__type": "Date", "iso": "2026-01-02T03:04:05.678Z"},
+        "ACL": {"*": {"read": true}}, "createdAt": "2026-11-22T08:49:51.247Z",
+        "updatedAt": "2026-11-22T08:49:51.247Z", "className": "Msg", "objectId": "o1"
+    }))
+}
+
+fn queries() -> Vec<(&'static str, Map<String, Value>)> {
+    vec![
+        ("equality", map(json!({"room": "room-7"}))),
+        ("range", map(json!({"score": {"$gt": 10, "$lte": 50}}))),
+        (
+            "in",
+            map(json!({"room": {"$in": ["room-1", "room-3", "room-7", "room-9"]}})),
+        ),
+        (
+            "pointer",
+            map(json!({"owner": {"__type": "Pointer", "className": "_User", "objectId": "u123"}})),
+        ),
+        (
+            "regex_prefix",
+            map(json!({"name": {"$regex": "^\\QPlay\\E"}})),
+        ),
+        (
+            "or3",
+            map(json!({"$or": [{"room": "room-1"}, {"score": {"$lt": 0}}, {"tags": "c"}]})),
+        ),
+        (
+            "created_at_range",
+            map(
+                json!({"createdAt": {"$gt": {"__type": "Date", "iso": "2026-01-01T00:00:00.000Z"}}}),
+            ),
+        ),
+        (
+            "near_sphere",
+            map(
+                json!({"loc": {"$nearSphere": {"__type": "GeoPoint", "latitude": 37.7749, "longitude": -122.4194}, "$maxDistanceInKilometers": 20}}),
+            ),
+        ),
+    ]
+}
+
+fn compile(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compile");
+    for (name, where_) in queries() {
+        group.bench_function(name, |b| {
+            b.iter(|| Query::compile(black_box(&where_), &CompileOptions::default()))
+        });
+    }
+    group.finish();
+}
+
+fn evaluate(c: &mut Criterion) {
+    let object = object();
+    let mut group = c.benchmark_group("evaluate");
+    for (name, where_) in queries() {
+        let query =
+            Query::compile(&where_, &CompileOptions::default()).expect("bench queries compile");
+        assert!(
+            query.matches(&object),
+            "{name} should match the bench object"
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(&query).matches(black_box(&object)))
+        });
+    }
+    group.finish();
+}
+
+/// N distinct equality subscriptions; the event matches none (selectivity 0) or 1 % of
+/// them.
+fn build(n: usize, selectivity_percent: usize) -> SubscriptionIndex<u32> {
+    let mut index = SubscriptionIndex::new();
+    for i in 0..n {
+        let where_ = match 100usize.checked_div(selectivity_percent) {
+            None => json!({"room": format!("room-{i}"), "score": {"$gt": 1}}),
+            // 100 / selectivity rooms; each query is distinct through `n`.
+            Some(rooms) => json!({"room": format!("room-{}", i % rooms), "n": {"$ne": i}}),
+        };
+        let query = Query::compile(
+            where_.as_object().expect("object"),
+            &CompileOptions::default(),
+        )
+        .expect("compiles");
+        index.insert("Msg", query, i as u32);
+    }
+    index
+}
+
+fn index_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("index");
+    for n in [1_000usize, 100_000] {
+        for selectivity in [0usize, 1] {
+            let index = build(n, selectivity);
+            let mut event = object();
+            event.insert(
+                "room".into(),
+                json!(if selectivity == 0 {
+                    "room-none".to_owned()
+                } else {
+                    "room-7".to_owned()
+                }),
+            );
+            let mut scratch = Scratch::default();
+            let mut out = Vec::with_capacity(n);
+            out.clear();
+            index.matching("Msg", &event, &mut scratch, &mut out);
+            assert_eq!(out.len(), n * selectivity / 100, "selectivity check");
+            group.bench_with_input(
+                BenchmarkId::new(format!("sel{selectivity}pct"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        out.clear();
+                        index.matching("Msg", black_box(&event), &mut scratch, &mut out);
+                        out.len()
+                    });
+                },
+            );
+        }
+    }
+    // For contrast: queries the index cannot serve (range only) are scanned.
+    for n in [1_000usize, 10_000] {
+        let mut index = SubscriptionIndex::new();
+        for i in 0..n {
+            let where_ = json!({"score": {"$gt": 1000 + i}});
+            index.insert(
+                "Msg",
+                Query::compile(
+                    where_.as_object().expect("object"),
+                    &CompileOptions::default(),
+                )
+                .expect("compiles"),
+                i as u32,
+            );
+        }
+        let event = object();
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        group.bench_with_input(BenchmarkId::new("scan_range_sel0pct", n), &n, |b, _| {
+            b.iter(|| {
+                out.clear();
+                index.matching("Msg", black_box(&event), &mut scratch, &mut out);
+                out.len()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, compile, evaluate, index_lookup);
+criterion_main!(benches);

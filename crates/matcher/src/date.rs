@@ -1,0 +1,241 @@
+//! Allocation-free parsing of the ISO-8601 dates Parse uses (`2026-11-22T08:49:51.247Z`).
+
+/// Milliseconds since the Unix epoch, or `None` when `text` is not an ISO-8601 date.
+///
+/// Accepts `YYYY-MM-DD`, optionally followed by `T` (or a space) and `HH:MM`, `HH:MM:SS`
+/// or `HH:MM:SS.fff…`, and an optional `Z` or `±HH:MM` / `±HHMM` / `±HH` offset; extended
+/// years `±YYYYYY` are accepted as JavaScript does. Date-only forms are UTC, like
+/// JavaScript's `Date.parse`; date-time forms without an offset are taken as UTC too (the
+/// only deterministic choice for a server).
+pub fn parse_iso_millis(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let (year, next) = parse_year(b)?;
+    i += next;
+    expect(b, &mut i, b'-')?;
+    let month = digits(b, &mut i, 2)?;
+    expect(b, &mut i, b'-')?;
+    let day = digits(b, &mut i, 2)?;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    let mut millis_of_day: i64 = 0;
+    let mut offset_minutes: i64 = 0;
+    if i < b.len() {
+        if b[i] != b'T' && b[i] != b't' && b[i] != b' ' {
+            return None;
+        }
+        i += 1;
+        let hour = digits(b, &mut i, 2)?;
+        expect(b, &mut i, b':')?;
+        let minute = digits(b, &mut i, 2)?;
+        let mut second = 0;
+        let mut millis = 0;
+        if i < b.len() && b[i] == b':' {
+            i += 1;
+            second = digits(b, &mut i, 2)?;
+            if i < b.len() && (b[i] == b'.' || b[i] == b',') {
+                i += 1;
+                let start = i;
+                let mut scale = 100;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    millis += i64::from(b[i] - b'0') * scale;
+                    scale /= 10;
+                    i += 1;
+                }
+                if i == start {
+                    return None;
+                }
+            }
+        }
+        // 24:00:00 is allowed by ISO-8601 and JavaScript as the end of the day.
+        if hour > 24
+            || minute > 59
+            || second > 59
+            || (hour == 24 && (minute | second | millis) != 0)
+        {
+            return None;
+        }
+        millis_of_day = ((hour * 60 + minute) * 60 + second) * 1000 + millis;
+        if i < b.len() {
+            match b[i] {
+                b'Z' | b'z' => i += 1,
+                sign @ (b'+' | b'-') => {
+                    i += 1;
+                    let oh = digits(b, &mut i, 2)?;
+                    let mut om = 0;
+                    if i < b.len() && b[i] == b':' {
+                        i += 1;
+                        om = digits(b, &mut i, 2)?;
+                    } else if i < b.len() {
+                        om = digits(b, &mut i, 2)?;
+                    }
+                    if oh > 23 || om > 59 {
+                        return None;
+                    }
+                    offset_minutes = (oh * 60 + om) * if sign == b'+' { 1 } else { -1 };
+                }
+                _ => return None,
+            }
+        }
+    }
+    if i != b.len() {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(days * 86_400_000 + millis_of_day - offset_minutes * 60_000)
+}
+
+fn parse_year(b: &[u8]) -> Option<(i64, usize)> {
+    match b.first()? {
+        sign @ (b'+' | b'-') => {
+            let mut i = 1;
+            let year = digits(b, &mut i, 6)?;
+            Some((if *sign == b'-' { -year } else { year }, i))
+        }
+        _ => {
+            let mut i = 0;
+            Some((digits(b, &mut i, 4)?, i))
+        }
+    }
+}
+
+fn expect(b: &[u8], i: &mut usize, byte: u8) -> Option<()> {
+    (b.get(*i) == Some(&byte)).then(|| *i += 1)
+}
+
+fn digits(b: &[u8], i: &mut usize, count: usize) -> Option<i64> {
+    let slice = b.get(*i..*i + count)?;
+    let mut value = 0i64;
+    for &d in slice {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i64::from(d - b'0');
+    }
+    *i += count;
+    Some(value)
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Formats milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.sssZ` (JavaScript's
+/// `toISOString`).
+pub fn format_iso_millis(millis: i64) -> String {
+    let days = millis.div_euclid(86_400_000);
+    let ms = millis.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (mi, rest) = (rest / 60_000, rest % 60_000);
+    let (s, frac) = (rest / 1000, rest % 1000);
+    if (0..=9999).contains(&y) {
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
+    } else {
+        let sign = if y < 0 { '-' } else { '+' };
+        format!(
+            "{sign}{:06}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z",
+            y.abs()
+        )
+    }
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_parse_dates() {
+        assert_eq!(parse_iso_millis("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_iso_millis("2020-01-02T03:04:05.678Z"),
+            Some(1_577_934_245_678)
+        );
+        assert_eq!(
+            parse_iso_millis("2020-01-02T03:04:05Z"),
+            Some(1_577_934_245_000)
+        );
+        assert_eq!(parse_iso_millis("2020-01-02"), Some(1_577_923_200_000));
+        assert_eq!(
+            parse_iso_millis("2020-01-02T04:04:05.678+01:00"),
+            Some(1_577_934_245_678)
+        );
+        assert_eq!(parse_iso_millis("1969-12-31T23:59:59.999Z"), Some(-1));
+        assert_eq!(
+            parse_iso_millis("+002020-01-02T03:04:05.678Z"),
+            Some(1_577_934_245_678)
+        );
+        assert_eq!(
+            parse_iso_millis("2020-01-02T03:04:05.6789Z"),
+            Some(1_577_934_245_678)
+        );
+    }
+
+    #[test]
+    fn rejects_non_dates() {
+        for text in [
+            "",
+            "2020",
+            "2020-13-01",
+            "2020-02-30",
+            "2020-01-02T25:00",
+            "abc",
+            "2020-01-02Tx",
+            "2020-01-02T03:04:05.Z",
+            "2020-01-02T03:04:05Zjunk",
+        ] {
+            assert_eq!(parse_iso_millis(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for millis in [
+            0,
+            1_577_934_245_678,
+            -1,
+            253_402_300_799_999,
+            -62_135_596_800_000,
+        ] {
+            assert_eq!(parse_iso_millis(&format_iso_millis(millis)), Some(millis));
+        }
+        assert_eq!(
+            format_iso_millis(1_577_934_245_678),
+            "2020-01-02T03:04:05.678Z"
+        );
+    }
+}

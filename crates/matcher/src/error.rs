@@ -1,0 +1,48 @@
+//! Why a `where` clause could not be compiled.
+
+/// A `where` clause that cannot be compiled. Every variant is reported to the client as
+/// an error frame with code 102 (`Parse.Error.INVALID_QUERY`) and the variant's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// A `$regex`/`$options` pair that does not compile (V8-style message).
+    #[error("{0}")]
+    InvalidRegex(String),
+    /// `$or`, `$and` or `$nor` whose value is not a non-empty array of objects.
+    #[error("{operator} must be an array")]
+    NotAnArray {
+        /// The logical operator.
+        operator: String,
+    },
+    /// `$or`/`$and`/`$nor` nested deeper than allowed.
+    #[error("Query condition nesting depth exceeds maximum allowed depth of {max}")]
+    TooDeep {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// `$regex` used while regular expressions are disabled for this client.
+    #[error("$regex operator is not allowed")]
+    RegexNotAllowed,
+    /// A Parse operator this server does not (yet) evaluate; never silently ignored.
+    #[error("{operator} is not supported{detail}")]
+    Unsupported {
+        /// The operator.
+        operator: String,
+        /// Why, starting with a separator (e.g. `" yet: …"`), or empty.
+        detail: String,
+    },
+    /// Anything else Parse REST would reject (`bad constraint: $foo`, `bad $in value`, …).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl QueryError {
+    /// The Parse error code sent with this error (102, `INVALID_QUERY`).
+    pub const fn code(&self) -> u32 {
+        102
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+}

@@ -1,0 +1,243 @@
+//! Property tests for the matcher.
+
+use livequery_matcher::{
+    ChangeKind, Classification, CompileOptions, Query, Scratch, Side, SubscriptionIndex, classify,
+};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+/// Values from a small domain so that queries and objects actually meet.
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (0i64..4).prop_map(Value::from),
+        Just(json!(1.0)),
+        prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(Value::from),
+        prop_oneof![Just("p1"), Just("p2")]
+            .prop_map(|id| json!({"__type": "Pointer", "className": "U", "objectId": id})),
+        Just(json!({"__type": "Date", "iso": "2020-01-01T00:00:00.000Z"})),
+        Just(json!("2026-11-22T08:49:51.247Z")),
+    ]
+}
+
+fn field_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => scalar(),
+        1 => prop::collection::vec(scalar(), 0..3).prop_map(Value::Array),
+        1 => scalar().prop_map(|v| json!({"x": v})),
+    ]
+}
+
+fn field() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just("f"),
+        Just("g"),
+        Just("h"),
+        Just("objectId"),
+        Just("createdAt")
+    ]
+}
+
+fn object() -> impl Strategy<Value = Map<String, Value>> {
+    prop::collection::vec((field(), field_value()), 0..5).prop_map(|entries| {
+        let mut map: Map<String, Value> = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        map.insert("className".into(), "C".into());
+        map
+    })
+}
+
+fn constraint() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => scalar(),
+        1 => prop::collection::vec(scalar(), 0..3).prop_map(|items| json!({"$in": items})),
+        1 => prop::collection::vec(scalar(), 0..3).prop_map(|items| json!({"$nin": items})),
+        1 => scalar().prop_map(|v| json!({"$ne": v})),
+        1 => (0i64..4).prop_map(|v| json!({"$gt": v})),
+        1 => (0i64..4).prop_map(|v| json!({"$lte": v})),
+        1 => any::<bool>().prop_map(|b| json!({"$exists": b})),
+        1 => prop_oneof![Just("^a"), Just("b|c")].prop_map(|r| json!({"$regex": r})),
+        1 => prop::collection::vec(scalar(), 1..3).prop_map(|items| json!({"$all": items})),
+        1 => scalar().prop_map(|v| json!({"$eq": v})),
+    ]
+}
+
+fn clause(depth: u32) -> BoxedStrategy<Map<String, Value>> {
+    let leaf = prop::collection::vec((prop_oneof![field(), Just("f.x")], constraint()), 0..3)
+        .prop_map(|entries| {
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<Map<String, Value>>()
+        });
+    if depth == 0 {
+        return leaf.boxed();
+    }
+    (
+        leaf,
+        prop::option::of((
+            prop_oneof![Just("$or"), Just("$and"), Just("$nor")],
+            prop::collection::vec(clause(depth - 1), 1..3),
+        )),
+    )
+        .prop_map(|(mut map, logical)| {
+            if let Some((op, branches)) = logical {
+                map.insert(
+                    op.to_owned(),
+                    Value::Array(branches.into_iter().map(Value::Object).collect()),
+                );
+            }
+            map
+        })
+        .boxed()
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "[a-z$_.\\\\(\\[QE*+?]{0,8}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 48, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("$or".to_owned()),
+                        Just("$and".to_owned()),
+                        Just("$in".to_owned()),
+                        Just("$regex".to_owned()),
+                        Just("$options".to_owned()),
+                        Just("$nearSphere".to_owned()),
+                        Just("$maxDistance".to_owned()),
+                        Just("$within".to_owned()),
+                        Just("$box".to_owned()),
+                        Just("$geoWithin".to_owned()),
+                        Just("$polygon".to_owned()),
+                        Just("$centerSphere".to_owned()),
+                        Just("__type".to_owned()),
+                        Just("latitude".to_owned()),
+                        Just("longitude".to_owned()),
+                        Just("$all".to_owned()),
+                        Just("$containedBy".to_owned()),
+                        Just("$exists".to_owned()),
+                        "[a-z]{1,3}",
+                    ],
+                    inner
+                ),
+                0..4,
+            )
+            .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The index returns every query that brute-force evaluation finds matching.
+    #[test]
+    fn index_never_misses_a_match(
+        clauses in prop::collection::vec(clause(2), 1..12),
+        objects in prop::collection::vec(object(), 1..6),
+        removals in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut index = SubscriptionIndex::new();
+        let mut live = Vec::new();
+        for (i, clause) in clauses.iter().enumerate() {
+            let Ok(query) = Query::compile(clause, &CompileOptions::default()) else { continue };
+            let id = index.insert("C", query, i);
+            live.push((id, i));
+        }
+        for removal in removals {
+            if live.is_empty() { break; }
+            let (id, sub) = live.swap_remove(removal.index(live.len()));
+            prop_assert!(index.remove(id, &sub));
+        }
+        prop_assert_eq!(index.subscription_count(), live.len());
+        let mut scratch = Scratch::default();
+        for object in &objects {
+            let mut candidates = Vec::new();
+            index.candidates("C", &[object], &mut scratch, &mut candidates);
+            let mut sorted = candidates.clone();
+            sorted.sort();
+            sorted.dedup();
+            prop_assert_eq!(sorted.len(), candidates.len(), "candidates are unique");
+            for (id, _) in &live {
+                let entry = index.get(*id).expect("live query");
+                if entry.query().matches(object) {
+                    prop_assert!(candidates.contains(id), "missed {} for {:?}", entry.query().canonical(), object);
+                }
+            }
+            let mut matched = Vec::new();
+            index.matching("C", object, &mut scratch, &mut matched);
+            for id in &matched {
+                prop_assert!(index.get(*id).expect("live").query().matches(object));
+            }
+        }
+        // Candidates for another class are never returned.
+        let mut other = Vec::new();
+        index.candidates("D", &[&objects[0]], &mut scratch, &mut other);
+        prop_assert!(other.is_empty());
+    }
+
+    /// Clauses with the same canonical text behave identically.
+    #[test]
+    fn canonical_equality_implies_same_results(clause in clause(2), objects in prop::collection::vec(object(), 1..6)) {
+        let Ok(a) = Query::compile(&clause, &CompileOptions::default()) else { return Ok(()) };
+        let reversed: Map<String, Value> = clause.iter().rev().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let b = Query::compile(&reversed, &CompileOptions::default()).expect("same clause compiles");
+        prop_assert_eq!(a.canonical(), b.canonical());
+        for object in &objects {
+            prop_assert_eq!(a.matches(object), b.matches(object));
+        }
+    }
+
+    /// Classification follows the truth table of parse-livequery.md §3.7.
+    #[test]
+    fn classification_follows_the_truth_table(
+        has_original in any::<bool>(), om in any::<bool>(), or in any::<bool>(),
+        cm in any::<bool>(), cr in any::<bool>(), delete in any::<bool>(),
+    ) {
+        let object = Map::new();
+        let original = has_original.then_some(Side { object: &object, matches: om, readable: or });
+        let current = Side { object: &object, matches: cm, readable: cr };
+        let kind = if delete { ChangeKind::Delete } else { ChangeKind::Save };
+        let got = classify(kind, if delete { None } else { original }, current, None);
+        let ro = !delete && has_original && om && or;
+        let rc = cm && cr;
+        let expected = if delete {
+            if rc { Classification::Delete } else { Classification::Nothing }
+        } else {
+            match (ro, rc, has_original) {
+                (true, true, _) => Classification::Update,
+                (true, false, _) => Classification::Leave { object_is_original: !cr },
+                (false, true, true) => Classification::Enter { with_original: or },
+                (false, true, false) => Classification::Create,
+                (false, false, _) => Classification::Nothing,
+            }
+        };
+        prop_assert_eq!(got, expected);
+    }
+
+    /// Compiling arbitrary JSON never panics, and neither does evaluating what compiles.
+    #[test]
+    fn compiling_and_evaluating_arbitrary_json_never_panics(where_ in json_value(), objects in prop::collection::vec(json_value(), 1..4)) {
+        let Value::Object(where_) = where_ else { return Ok(()) };
+        if let Ok(query) = Query::compile(&where_, &CompileOptions::default()) {
+            for object in objects {
+                if let Value::Object(object) = object {
+                    let _ = query.matches(&object);
+                }
+            }
+        }
+    }
+}
