@@ -37,6 +37,27 @@ impl RequestId {
 
     /// Appends the JavaScript rendering of the number to `out`.
     pub fn write_to(self, out: &mut Vec<u8>) {
+        // Integers (what every SDK sends) print as plain digits below 1e21 in JavaScript;
+        // stay well inside the exactly-representable range for the fast path.
+        if self.0.fract() == 0.0 && self.0.abs() < 1e15 {
+            let value = self.0 as i64;
+            let mut digits = [0u8; 20];
+            let mut n = value.unsigned_abs();
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            if value < 0 {
+                out.push(b'-');
+            }
+            out.extend_from_slice(&digits[i..]);
+            return;
+        }
         let mut buf = ryu_js::Buffer::new();
         out.extend_from_slice(buf.format_finite(self.0).as_bytes());
     }
@@ -133,8 +154,14 @@ mod tests {
             (1e21, "1e+21"),
             (123456789012.0, "123456789012"),
             (0.1, "0.1"),
+            (-123.0, "-123"),
+            (999_999_999_999_999.0, "999999999999999"),
+            (1e15, "1000000000000000"),
         ] {
             assert_eq!(RequestId::new(value).to_string(), text);
+            let mut written = Vec::new();
+            RequestId::new(value).write_to(&mut written);
+            assert_eq!(written, text.as_bytes());
         }
     }
 
