@@ -29,6 +29,23 @@ impl EncodedObject {
         Self(Bytes::from(out))
     }
 
+    /// Serializes the given entries as one JSON object, in order (used to serialize a
+    /// filtered view of an object without copying it first).
+    pub fn from_entries<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        for (i, (key, value)) in entries.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&mut out, key.as_str());
+            out.push(b':');
+            write_json(&mut out, value);
+        }
+        out.push(b'}');
+        Self(Bytes::from(out))
+    }
+
     /// The JSON bytes (a JSON object).
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

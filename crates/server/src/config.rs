@@ -1,0 +1,477 @@
+//! Configuration: layered loading, validation, redaction.
+//!
+//! Layers, later ones winning: built-in defaults (`config/default.toml`, compiled in) →
+//! `config/default.toml` next to the working directory, if present → `--config FILE` →
+//! environment variables `LIVEQUERY__SECTION__KEY` (e.g. `LIVEQUERY__SERVER__LISTEN`).
+//! Loading is two-stage: the raw serde structs mirror the file and reject unknown keys;
+//! [`Config::from_raw`] validates them into the typed [`Config`] the server uses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use livequery_matcher::auth::ClassPermissions;
+use serde::{Deserialize, Serialize};
+
+/// The defaults, compiled in so the binary runs without any file.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// The names `key_pairs` may use (parse-server's `keyPairs`), in canonical spelling.
+pub const KEY_NAMES: [&str; 5] = [
+    "javascriptKey",
+    "clientKey",
+    "restAPIKey",
+    "windowsKey",
+    "masterKey",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    parse: RawParse,
+    auth: RawAuth,
+    limits: RawLimits,
+    source: RawSource,
+    dispatch: RawDispatch,
+    log: RawLog,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    #[serde(with = "humantime_serde")]
+    websocket_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawParse {
+    app_id: String,
+    master_key: String,
+    server_url: String,
+    check_application_id: bool,
+    key_pairs: BTreeMap<String, String>,
+    protected_fields: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    allow_regex: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(with = "humantime_serde")]
+    cache_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    lookup_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: usize,
+    max_message_bytes: usize,
+    max_subscriptions_per_connection: usize,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+    outbound_queue_frames: usize,
+    outbound_queue_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    write_timeout: Duration,
+    max_query_depth: usize,
+    query_result_limit: usize,
+    max_ingest_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: String,
+    queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawDispatch {
+    workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+/// Which change source feeds the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// parse-server's pub/sub messages posted to the HTTP ingest endpoint on the same port.
+    Embedded,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable, multi-line.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Address the WebSocket and HTTP endpoints listen on.
+    pub listen: SocketAddr,
+    /// Ping interval; a peer that misses a pong is dropped at the next tick.
+    #[serde(with = "humantime_serde")]
+    pub websocket_timeout: Duration,
+    /// How long shutdown waits for connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The Parse application id (channel prefix for the Redis source).
+    pub app_id: String,
+    /// The Parse master key: authenticates the HTTP ingest endpoint and REST lookups.
+    #[serde(serialize_with = "redact")]
+    pub master_key: String,
+    /// parse-server's REST URL, for auth lookups and `query` (empty: not used).
+    pub server_url: String,
+    /// Compare `connect`'s `applicationId` with `app_id`.
+    pub check_application_id: bool,
+    /// Allowed client keys by canonical name; `masterKey` enables master clients.
+    #[serde(serialize_with = "redact_map")]
+    pub key_pairs: BTreeMap<String, String>,
+    /// Default protected fields per class (merged into each class's CLP).
+    #[serde(skip)]
+    pub protected_fields: BTreeMap<String, Vec<(Box<str>, Vec<Box<str>>)>>,
+    /// Raw form of `protected_fields`, for printing.
+    #[serde(rename = "protected_fields")]
+    pub protected_fields_raw: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Whether non-master clients may use `$regex`.
+    pub allow_regex: bool,
+    /// TTL of resolved sessions and class schemas.
+    #[serde(with = "humantime_serde")]
+    pub cache_timeout: Duration,
+    /// Timeout of one auth lookup (session, roles, schema).
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    /// Limits.
+    pub limits: Limits,
+    /// The source.
+    pub source: SourceKind,
+    /// Capacity of the queue between the source and the dispatcher, in events.
+    pub source_queue: usize,
+    /// Dispatcher workers (events are sharded by object across them).
+    pub dispatch_workers: usize,
+    /// Log filter (`RUST_LOG` syntax; `RUST_LOG` overrides it).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Resource limits; every one of them produces an error frame or close code when hit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// Concurrent WebSocket connections.
+    pub max_connections: usize,
+    /// Largest inbound frame or message.
+    pub max_message_bytes: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions_per_connection: usize,
+    /// Time between socket open and `connect`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Frames queued for one client before it is cut off as too slow.
+    pub outbound_queue_frames: usize,
+    /// Bytes queued for one client before it is cut off as too slow.
+    pub outbound_queue_bytes: usize,
+    /// Longest a write to one client may block.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Nesting of `$or`/`$and`/`$nor`.
+    pub max_query_depth: usize,
+    /// Objects in one `result` frame.
+    pub query_result_limit: usize,
+    /// Largest body accepted by the HTTP ingest endpoint.
+    pub max_ingest_bytes: usize,
+}
+
+fn redact<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if value.is_empty() { "" } else { "<redacted>" })
+}
+
+fn redact_map<S: serde::Serializer>(
+    value: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(value.len()))?;
+    for key in value.keys() {
+        map.serialize_entry(key, "<redacted>")?;
+    }
+    map.end()
+}
+
+impl Config {
+    /// Loads the layered configuration. `file` is `--config FILE`.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if Path::new("config/default.toml").exists() {
+            builder = builder.add_source(config::File::new(
+                "config/default.toml",
+                config::FileFormat::Toml,
+            ));
+        }
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("LIVEQUERY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw: RawConfig = builder
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        Self::from_raw(raw)
+    }
+
+    /// The defaults with `layers` (TOML texts) applied in order; no files, no environment.
+    pub fn from_toml_layers(layers: &[&str]) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        for layer in layers {
+            builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
+        }
+        let raw: RawConfig = builder
+            .build()?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> anyhow::Result<Self> {
+        let listen: SocketAddr = raw.server.listen.parse().with_context(|| {
+            format!(
+                "server.listen: {:?} is not an IP:port address",
+                raw.server.listen
+            )
+        })?;
+        let mut key_pairs = BTreeMap::new();
+        for (name, value) in raw.parse.key_pairs {
+            // Environment variables arrive lower-cased; accept any case.
+            let Some(canonical) = KEY_NAMES.iter().find(|k| k.eq_ignore_ascii_case(&name)) else {
+                bail!(
+                    "parse.key_pairs: unknown key name {name:?} (expected one of {})",
+                    KEY_NAMES.join(", ")
+                );
+            };
+            if !value.is_empty() {
+                key_pairs.insert((*canonical).to_owned(), value);
+            }
+        }
+        let protected_fields = raw
+            .parse
+            .protected_fields
+            .iter()
+            .map(|(class, groups)| {
+                let groups = groups
+                    .iter()
+                    .map(|(group, fields)| {
+                        (
+                            group.as_str().into(),
+                            fields.iter().map(|f| f.as_str().into()).collect(),
+                        )
+                    })
+                    .collect();
+                (class.clone(), groups)
+            })
+            .collect();
+        let source = match raw.source.kind.as_str() {
+            "embedded" => SourceKind::Embedded,
+            other => bail!("source.kind: unknown source {other:?} (expected \"embedded\")"),
+        };
+        let log_format = match raw.log.format.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => bail!("log.format: {other:?} is not \"pretty\" or \"json\""),
+        };
+        let l = raw.limits;
+        for (name, value) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_message_bytes", l.max_message_bytes),
+            (
+                "limits.max_subscriptions_per_connection",
+                l.max_subscriptions_per_connection,
+            ),
+            ("limits.outbound_queue_frames", l.outbound_queue_frames),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
+            ("limits.max_query_depth", l.max_query_depth),
+            ("limits.query_result_limit", l.query_result_limit),
+            ("limits.max_ingest_bytes", l.max_ingest_bytes),
+            ("source.queue", raw.source.queue),
+        ] {
+            if value == 0 {
+                bail!("{name} must be greater than 0");
+            }
+        }
+        for (name, value) in [
+            ("server.websocket_timeout", raw.server.websocket_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.write_timeout", l.write_timeout),
+            ("auth.lookup_timeout", raw.auth.lookup_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("{name} must be greater than 0");
+            }
+        }
+        let workers = if raw.dispatch.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            raw.dispatch.workers
+        };
+        Ok(Self {
+            listen,
+            websocket_timeout: raw.server.websocket_timeout,
+            shutdown_grace: raw.server.shutdown_grace,
+            app_id: raw.parse.app_id,
+            master_key: raw.parse.master_key,
+            server_url: raw.parse.server_url,
+            check_application_id: raw.parse.check_application_id,
+            key_pairs,
+            protected_fields,
+            protected_fields_raw: raw.parse.protected_fields,
+            allow_regex: raw.parse.allow_regex,
+            cache_timeout: raw.auth.cache_timeout,
+            lookup_timeout: raw.auth.lookup_timeout,
+            limits: Limits {
+                max_connections: l.max_connections,
+                max_message_bytes: l.max_message_bytes,
+                max_subscriptions_per_connection: l.max_subscriptions_per_connection,
+                connect_timeout: l.connect_timeout,
+                outbound_queue_frames: l.outbound_queue_frames,
+                outbound_queue_bytes: l.outbound_queue_bytes,
+                write_timeout: l.write_timeout,
+                max_query_depth: l.max_query_depth,
+                query_result_limit: l.query_result_limit,
+                max_ingest_bytes: l.max_ingest_bytes,
+            },
+            source,
+            source_queue: raw.source.queue,
+            dispatch_workers: workers,
+            log_level: raw.log.level,
+            log_format,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`--check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml_like(&serde_json::to_value(self).unwrap_or_default(), "")
+    }
+
+    /// Default protected fields of `class_name` merged into `clp`.
+    pub fn apply_protected_defaults(&self, class_name: &str, clp: &mut ClassPermissions) {
+        if let Some(defaults) = self.protected_fields.get(class_name) {
+            clp.merge_default_protected_fields(defaults);
+        }
+    }
+}
+
+/// Renders a JSON object as TOML-ish text (tables for nested objects).
+fn toml_like(value: &serde_json::Value, prefix: &str) -> String {
+    let serde_json::Value::Object(map) = value else {
+        return String::new();
+    };
+    let mut scalars = String::new();
+    let mut tables = String::new();
+    for (key, value) in map {
+        match value {
+            serde_json::Value::Object(inner)
+                if inner.values().any(serde_json::Value::is_object) || prefix.is_empty() =>
+            {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                tables.push_str(&format!("\n[{name}]\n"));
+                tables.push_str(&toml_like(value, &name));
+            }
+            other => scalars.push_str(&format!("{key} = {other}\n")),
+        }
+    }
+    scalars + &tables
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load() {
+        let config = Config::from_toml_layers(&[""]).expect("defaults are valid");
+        assert_eq!(config.websocket_timeout, Duration::from_secs(10));
+        assert_eq!(config.cache_timeout, Duration::from_secs(5));
+        assert!(config.key_pairs.is_empty());
+        assert_eq!(config.source, SourceKind::Embedded);
+        assert!(
+            config.protected_fields["_User"]
+                .iter()
+                .any(|(g, f)| &**g == "*" && f.iter().any(|f| &**f == "email"))
+        );
+    }
+
+    #[test]
+    fn key_pair_names_are_canonicalised_and_secrets_redacted() {
+        let config = Config::from_toml_layers(&[
+            "[parse]\nmaster_key = \"mk\"\nkey_pairs = { javascriptkey = \"jsk\", MASTERKEY = \"mk\" }\n",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.key_pairs.get("javascriptKey").map(String::as_str),
+            Some("jsk")
+        );
+        assert_eq!(
+            config.key_pairs.get("masterKey").map(String::as_str),
+            Some("mk")
+        );
+        let printed = config.to_redacted_toml();
+        assert!(
+            !printed.contains("jsk") && !printed.contains("\"mk\""),
+            "{printed}"
+        );
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for bad in [
+            "[server]\nlisten = \"nope\"",
+            "[parse]\nkey_pairs = { fooKey = \"x\" }",
+            "[limits]\nmax_connections = 0",
+            "[source]\nkind = \"kafka\"",
+            "[log]\nformat = \"xml\"",
+            "[server]\nunknown = 1",
+        ] {
+            assert!(Config::from_toml_layers(&[bad]).is_err(), "{bad}");
+        }
+    }
+}

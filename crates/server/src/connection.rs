@@ -1,0 +1,292 @@
+//! The task that owns one WebSocket: it reads frames into the [`Session`], writes the
+//! connection's outbox to the socket, pings, and enforces the per-connection limits.
+//!
+//! One task per connection, holding its socket and session state. Inbound frames are
+//! handled one at a time, in order; while a frame's handling waits (an auth lookup), the
+//! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
+//! dead or too slow. Writes are batched (every queued frame, one flush) and bounded by
+//! `write_timeout`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use livequery_protocol::{ErrorCode, ServerMessage, WireError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::Instrument;
+
+use crate::context::ServerCtx;
+use crate::metrics::DropReason;
+use crate::outbox::{Drain, Outbox};
+use crate::session::Session;
+
+/// Frames written per flush.
+const WRITE_BATCH: usize = 256;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or went away.
+    Peer,
+    /// We close with a code (after an optional error frame).
+    Close(CloseCode, &'static str, Option<WireError>),
+    /// Drop the TCP connection without a close handshake (dead or stuck peer).
+    Terminate,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve<S>(ws: WebSocketStream<S>, ctx: Arc<ServerCtx>, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.connections_total.fetch_add(1, Relaxed);
+    let span = tracing::debug_span!("connection", %peer, client_id = tracing::field::Empty);
+    run(ws, ctx.clone(), span.clone()).instrument(span).await;
+    ctx.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+async fn run<S>(mut ws: WebSocketStream<S>, ctx: Arc<ServerCtx>, span: tracing::Span)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &ctx.config.limits;
+    let outbox = Arc::new(Outbox::new(
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+    ));
+    let mut session = Session::new(ctx.clone(), outbox.clone());
+    let period = ctx.config.websocket_timeout;
+    let mut ping = interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut awaiting_pong = false;
+    let connect_deadline = sleep(limits.connect_timeout);
+    tokio::pin!(connect_deadline);
+    let mut batch: Vec<Bytes> = Vec::new();
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => break End::Close(CloseCode::Away, "server shutting down", None),
+            () = outbox.notified() => {
+                if let Err(end) = flush_outbox(&mut ws, &outbox, &mut batch, &ctx).await {
+                    break end;
+                }
+            }
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    ctx.metrics.dropped(DropReason::PingTimeout);
+                    tracing::debug!("no pong since the last ping; dropping the peer");
+                    break End::Terminate;
+                }
+                awaiting_pong = true;
+                if let Err(end) = write_with_timeout(&mut ws, Message::Ping(Bytes::new()), ctx.config.limits.write_timeout, &ctx).await {
+                    break end;
+                }
+            }
+            () = &mut connect_deadline, if !session.is_connected() => {
+                ctx.metrics.dropped(DropReason::ConnectTimeout);
+                break End::Close(
+                    CloseCode::Policy,
+                    "connect timeout",
+                    Some(WireError::new(ErrorCode::Timeout, "Timed out waiting for connect")),
+                );
+            }
+            inbound = ws.next() => match inbound {
+                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::Peer,
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    ctx.metrics.dropped(DropReason::MessageTooLarge);
+                    let limit = ctx.config.limits.max_message_bytes;
+                    break End::Close(
+                        CloseCode::Size,
+                        "message too large",
+                        Some(WireError::new(ErrorCode::FrameTooLarge, format!("Message too large (limit {limit} bytes)"))),
+                    );
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "websocket read failed");
+                    break End::Terminate;
+                }
+                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the close reply; flush it and finish.
+                    let _ = tokio::time::timeout(ctx.config.limits.write_timeout, ws.flush()).await;
+                    break End::Peer;
+                }
+                Some(Ok(Message::Binary(payload))) => session.handle_binary(&payload),
+                Some(Ok(Message::Text(text))) => {
+                    let was_connected = session.is_connected();
+                    let end = {
+                        let handled = session.handle_text(text.as_str());
+                        tokio::pin!(handled);
+                        // Keep the socket serviced while the frame's handling waits.
+                        loop {
+                            tokio::select! {
+                                biased;
+                                () = &mut handled => break None,
+                                () = ctx.shutdown.cancelled() => break Some(End::Close(CloseCode::Away, "server shutting down", None)),
+                                () = outbox.notified() => {
+                                    if let Err(end) = flush_outbox(&mut ws, &outbox, &mut batch, &ctx).await {
+                                        break Some(end);
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    if let Some(end) = end {
+                        break end;
+                    }
+                    if !was_connected && let Some(id) = session.client_id() {
+                        span.record("client_id", tracing::field::display(id));
+                    }
+                    if let Err(end) = flush_outbox(&mut ws, &outbox, &mut batch, &ctx).await {
+                        break end;
+                    }
+                }
+            },
+        }
+    };
+
+    session.disconnect();
+    outbox.close();
+    match end {
+        End::Peer => tracing::debug!("peer closed"),
+        End::Terminate => {}
+        End::Close(code, reason, error) => {
+            tracing::debug!(?code, reason, "closing");
+            let grace = if code == CloseCode::Away {
+                ctx.config.shutdown_grace
+            } else {
+                ctx.config.limits.write_timeout
+            };
+            close(&mut ws, code, reason, error, grace, &ctx).await;
+        }
+    }
+}
+
+/// Writes every queued frame (one flush per batch).
+async fn flush_outbox<S>(
+    ws: &mut WebSocketStream<S>,
+    outbox: &Outbox,
+    batch: &mut Vec<Bytes>,
+    ctx: &ServerCtx,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        batch.clear();
+        match outbox.drain_into(batch, WRITE_BATCH) {
+            Drain::Open => {}
+            Drain::Closed => return Err(End::Terminate),
+            Drain::Overflowed => {
+                tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                return Err(End::Close(
+                    CloseCode::Policy,
+                    "client too slow",
+                    Some(slow_consumer_error()),
+                ));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            for frame in batch.drain(..) {
+                let text = Utf8Bytes::try_from(frame)
+                    .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
+                ws.feed(Message::Text(text)).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(ctx.config.limits.write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "websocket write failed");
+                return Err(End::Terminate);
+            }
+            Err(_) => {
+                ctx.metrics.dropped(DropReason::SlowConsumerWrite);
+                tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
+                // The socket cannot take more data: an error frame could not get through.
+                return Err(End::Terminate);
+            }
+        }
+    }
+}
+
+async fn write_with_timeout<S>(
+    ws: &mut WebSocketStream<S>,
+    message: Message,
+    timeout: Duration,
+    ctx: &ServerCtx,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, ws.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Terminate),
+        Err(_) => {
+            ctx.metrics.dropped(DropReason::SlowConsumerWrite);
+            Err(End::Terminate)
+        }
+    }
+}
+
+fn slow_consumer_error() -> WireError {
+    WireError::new(
+        ErrorCode::LimitExceeded,
+        "Client too slow: outbound queue overflow",
+    )
+    .with_reconnect(true)
+}
+
+/// Sends an optional error frame and a close frame, then waits (bounded) for the peer's
+/// close reply.
+async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    code: CloseCode,
+    reason: &'static str,
+    error: Option<WireError>,
+    grace: Duration,
+    ctx: &ServerCtx,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = async {
+        if let Some(error) = &error {
+            ctx.metrics.error_frames.fetch_add(1, Relaxed);
+            let frame = ServerMessage::Error {
+                error,
+                request_id: None,
+            }
+            .encode();
+            let text = Utf8Bytes::try_from(frame)
+                .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
+            ws.feed(Message::Text(text)).await?;
+        }
+        ws.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await?;
+        // Read until the peer's close reply ends the stream.
+        while let Some(message) = ws.next().await {
+            if message.is_err() {
+                break;
+            }
+        }
+        Ok::<(), WsError>(())
+    };
+    let _ = tokio::time::timeout(grace, handshake).await;
+}

@@ -1,0 +1,43 @@
+//! What every task of a running server shares.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::source::ObjectReader;
+use crate::source::embedded::EmbeddedSource;
+
+/// Shared state of a running server.
+pub struct ServerCtx {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Subscriptions and dispatch.
+    pub hub: Arc<Hub>,
+    /// Identities and class permissions.
+    pub auth: Arc<Auth>,
+    /// Reads current objects for the `query` op, when the deployment can.
+    pub reader: Option<Arc<dyn ObjectReader>>,
+    /// The embedded source's HTTP ingest, when it is the source.
+    pub embedded: Option<Arc<EmbeddedSource>>,
+    /// The source's name (for `/health`).
+    pub source_name: &'static str,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Every connection task.
+    pub tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for ServerCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCtx")
+            .field("source", &self.source_name)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,256 @@
+//! The HTTP side of the port: `/health`, `/metrics`, and the embedded source's ingest API.
+//! WebSocket upgrades on any path are handed to [`crate::listener`].
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use livequery_matcher::date::parse_iso_millis;
+use serde_json::{Value, json};
+
+use crate::auth::keys::constant_time_eq;
+use crate::context::ServerCtx;
+use crate::source::embedded::{Channel, IngestError};
+
+/// The response type of every handler.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {
+    json_response(status, &json!({ "error": message.to_string() }))
+}
+
+/// Routes a plain HTTP request.
+pub async fn handle(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (&Method::GET, ["health"]) => health(ctx),
+        (&Method::GET, ["metrics"]) => {
+            let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (_, ["livequery", "v1", ..]) => ingest_api(request, ctx).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found: connect with a WebSocket client, or use /health, /metrics",
+        ),
+    }
+}
+
+fn health(ctx: &ServerCtx) -> HttpResponse {
+    let connected = ctx.metrics.source_connected.load(Relaxed) == 1;
+    let body = json!({
+        "status": if connected { "ok" } else { "unavailable" },
+        "source": ctx.source_name,
+        "sourceConnected": connected,
+        "connections": ctx.metrics.connections.load(Relaxed),
+        "subscriptions": ctx.metrics.subscriptions.load(Relaxed),
+    });
+    json_response(
+        if connected {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse {
+    let Some(embedded) = ctx.embedded.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the ingest API is only served when source.kind = \"embedded\"",
+        );
+    };
+    let expected = ctx.config.master_key.as_bytes();
+    let presented = request
+        .headers()
+        .get("x-parse-master-key")
+        .map(|v| v.as_bytes());
+    if expected.is_empty() || !presented.is_some_and(|p| constant_time_eq(p, expected)) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: send the master key in the X-Parse-Master-Key header",
+        );
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().trim_matches('/').to_owned();
+    let segments: Vec<String> = path.split('/').skip(2).map(percent_decode).collect();
+    let limit = ctx.config.limits.max_ingest_bytes;
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body too large (limit {limit} bytes)"),
+            );
+        }
+    };
+    let parse_body = || -> Result<Value, HttpResponse> {
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (method, segments.as_slice()) {
+        (Method::POST, ["publish", channel]) => {
+            let Some(channel) = Channel::parse(channel) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "unknown channel: use afterSave, afterDelete or clearCache",
+                );
+            };
+            let body = match parse_body() {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            match embedded.ingest(channel, body).await {
+                Ok(accepted) => {
+                    json_response(StatusCode::ACCEPTED, &json!({ "accepted": accepted }))
+                }
+                Err(err @ (IngestError::Invalid { .. } | IngestError::BadClearCache)) => {
+                    error(StatusCode::BAD_REQUEST, err)
+                }
+                Err(err @ IngestError::Unavailable) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+            }
+        }
+        (Method::PUT, ["sessions", token]) => {
+            let body = match parse_body() {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let Some(user_id) = body.get("userId").and_then(Value::as_str) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body needs {\"userId\": <string>, \"roles\"?: [<string>], \"expiresAt\"?: <ISO date>}",
+                );
+            };
+            let roles = match body.get("roles") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+                    items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|r| r.trim_start_matches("role:").to_owned())
+                        .collect(),
+                ),
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "roles must be an array of role names",
+                    );
+                }
+            };
+            let expires = match body.get("expiresAt") {
+                None | Some(Value::Null) => None,
+                Some(value) => match value
+                    .as_str()
+                    .or_else(|| value.get("iso").and_then(Value::as_str))
+                    .and_then(parse_iso_millis)
+                {
+                    Some(ms) => Some(ms),
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "expiresAt must be an ISO date or a Parse Date",
+                        );
+                    }
+                },
+            };
+            embedded.put_session(token, user_id, roles, expires).await;
+            json_response(StatusCode::OK, &json!({}))
+        }
+        (Method::DELETE, ["sessions", token]) => {
+            let existed = embedded.delete_session(token).await;
+            json_response(
+                if existed {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NOT_FOUND
+                },
+                &json!({ "deleted": existed }),
+            )
+        }
+        (Method::PUT, ["users", user_id, "roles"]) => {
+            let body = match parse_body() {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let Some(roles) = body
+                .get("roles")
+                .and_then(Value::as_array)
+                .filter(|r| r.iter().all(Value::is_string))
+            else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body needs {\"roles\": [<role name>, ...]} (inherited roles included)",
+                );
+            };
+            let roles = roles
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|r| r.trim_start_matches("role:").to_owned())
+                .collect();
+            embedded.set_user_roles(user_id, roles).await;
+            json_response(StatusCode::OK, &json!({}))
+        }
+        (Method::PUT, ["schemas", class_name]) => {
+            let body = match parse_body() {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let clp = body.get("classLevelPermissions").cloned().unwrap_or(body);
+            if !clp.is_object() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be a class-level permissions object",
+                );
+            }
+            embedded.put_schema(class_name, clp, &ctx.auth);
+            json_response(StatusCode::OK, &json!({}))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (tokens and class names are plain ASCII in
+/// practice; a malformed escape is kept as is).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(value) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

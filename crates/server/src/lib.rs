@@ -1,0 +1,215 @@
+//! # livequery-server
+//!
+//! A WebSocket server that speaks Parse Server's LiveQuery protocol, built on the
+//! `livequery-protocol` and `livequery-matcher` libraries. All I/O lives in this crate.
+//!
+//! ## Architecture
+//! ```text
+//! source task ──ChangeEvent──▶ dispatcher threads (sharded by object)
+//!    subscription index → candidate queries → evaluate → classify → ACL/CLP → views
+//!    → encode each view once → per-recipient frame ──▶ bounded outbox ──▶ connection task
+//! ```
+//! - [`listener`]: the accept loop; hyper serves HTTP and hands WebSocket upgrades (any
+//!   path) to [`connection`], one task per socket.
+//! - [`session`]: a client's protocol state (`connect`, `subscribe`, `update`,
+//!   `unsubscribe`, `query`).
+//! - [`hub`]: the subscription registry and the per-event dispatch; [`dispatch`] runs it on
+//!   dedicated threads so the async runtime only does I/O.
+//! - [`outbox`]: the bounded per-connection queue; overflow cuts a slow client off.
+//! - [`auth`]: identities resolved at subscribe time, cached, coalesced and refreshed in the
+//!   background, so the event path never waits; key checks.
+//! - [`source`]: change sources behind one trait; [`source::embedded`] is the default
+//!   (parse-server's pub/sub messages over HTTP on the same port).
+//! - [`config`], [`telemetry`], [`metrics`], [`http`]: operations.
+//!
+//! ## Invariants
+//! - Every queue is bounded: the source → dispatcher queues and each connection's outbox.
+//! - Dispatch never awaits and never scans queries that cannot match (the index answers).
+//! - A client never receives an object or a field its identity may not read.
+//! - Shutdown: stop accepting, close every socket with 1001, wait at most `shutdown_grace`.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod context;
+pub mod dispatch;
+pub mod http;
+pub mod hub;
+pub mod listener;
+pub mod metrics;
+pub mod outbox;
+pub mod session;
+pub mod source;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::memory::MemoryAuth;
+use crate::auth::{Auth, AuthProvider};
+use crate::config::{Config, SourceKind};
+use crate::context::ServerCtx;
+use crate::dispatch::Dispatcher;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::source::embedded::EmbeddedSource;
+use crate::source::{EventSink, ObjectReader, Source};
+
+/// The pluggable parts of a server.
+pub struct Components {
+    /// Where events come from.
+    pub source: Arc<dyn Source>,
+    /// Where sessions, roles and class permissions come from.
+    pub auth: Arc<dyn AuthProvider>,
+    /// What answers the `query` op, if anything.
+    pub reader: Option<Arc<dyn ObjectReader>>,
+    /// The embedded source's ingest API, when the source is the embedded one.
+    pub embedded: Option<Arc<EmbeddedSource>>,
+}
+
+impl std::fmt::Debug for Components {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Components")
+            .field("source", &self.source.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Components {
+    /// The components the configuration asks for.
+    pub fn from_config(config: &Config) -> Self {
+        match config.source {
+            SourceKind::Embedded => Self::embedded(Arc::new(MemoryAuth::new())),
+        }
+    }
+
+    /// The embedded source, with sessions and schemas kept in `memory`.
+    pub fn embedded(memory: Arc<MemoryAuth>) -> Self {
+        let embedded = Arc::new(EmbeddedSource::new(memory.clone()));
+        Self {
+            source: embedded.clone(),
+            auth: memory,
+            reader: None,
+            embedded: Some(embedded),
+        }
+    }
+}
+
+/// A server whose listener is bound.
+pub struct Server {
+    listener: TcpListener,
+    config: Arc<Config>,
+    components: Components,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Prepares a server on an already bound listener.
+    pub fn new(config: Arc<Config>, listener: TcpListener, components: Components) -> Self {
+        Self {
+            listener,
+            config,
+            components,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every connection gracefully.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            config,
+            components,
+        } = self;
+        let metrics = Arc::new(Metrics::default());
+        let auth = Arc::new(Auth::new(components.auth, config.clone(), metrics.clone()));
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        // Internal token: cancelled on external shutdown, and also when we stop on our own.
+        let stop = shutdown.child_token();
+        let (shards, dispatcher) = Dispatcher::start(
+            hub.clone(),
+            metrics.clone(),
+            config.dispatch_workers,
+            config.source_queue,
+            tokio::runtime::Handle::current(),
+            stop.clone(),
+        )?;
+        let sink = EventSink::new(shards, auth.clone(), metrics.clone());
+        let tracker = TaskTracker::new();
+        let ctx = Arc::new(ServerCtx {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            hub,
+            auth: auth.clone(),
+            reader: components.reader,
+            embedded: components.embedded,
+            source_name: components.source.name(),
+            shutdown: stop.clone(),
+            tracker: tracker.clone(),
+        });
+        tracing::info!(listen = %listener.local_addr()?, source = ctx.source_name, "livequery is serving");
+
+        let source = components.source.clone();
+        let source_task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let name = source.name();
+                if let Err(err) = source.run(sink, stop.clone()).await {
+                    tracing::error!(source = name, error = ?err, "the change source failed; shutting down");
+                    stop.cancel();
+                }
+            }
+        });
+        let refresher = tokio::spawn(auth.clone().run_refresher(stop.clone()));
+
+        listener::accept_loop(listener, ctx.clone()).await;
+
+        // Shutdown: the accept loop has stopped; connection tasks see `stop` and close
+        // with 1001.
+        tracing::info!(
+            connections = metrics
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "shutting down"
+        );
+        tracker.close();
+        if tokio::time::timeout(
+            config.shutdown_grace + std::time::Duration::from_secs(1),
+            tracker.wait(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("some connections did not close within the grace period");
+        }
+        let _ = source_task.await;
+        let _ = refresher.await;
+        tokio::task::spawn_blocking(move || dispatcher.join()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds `config.listen` and serves with the configured components until `shutdown`.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let components = Components::from_config(&config);
+    Server::new(config, listener, components)
+        .run(shutdown)
+        .await
+}

@@ -1,0 +1,180 @@
+//! The accept loop: one port for WebSocket upgrades (any path) and the HTTP endpoints.
+//!
+//! Each TCP connection is served by hyper; an upgrade request becomes a WebSocket served by
+//! [`crate::connection::serve`] in its own task. The number of WebSockets is capped by
+//! `limits.max_connections` (HTTP 503 beyond it), and the number of TCP connections by that
+//! plus a small margin for HTTP clients, so a flood cannot exhaust file descriptors.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::context::ServerCtx;
+use crate::http::{self, HttpResponse, json_response};
+use crate::metrics::DropReason;
+
+/// Extra TCP connections allowed beyond `max_connections`, for HTTP clients.
+const HTTP_MARGIN: usize = 256;
+
+/// The WebSocket settings: small read buffers (idle connections are cheap) and the
+/// configured size limits.
+fn websocket_config(ctx: &ServerCtx) -> WebSocketConfig {
+    let max = ctx.config.limits.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
+    let permits = Arc::new(Semaphore::new(
+        ctx.config.limits.max_connections + HTTP_MARGIN,
+    ));
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // EMFILE and friends: wait a little instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ctx.metrics.dropped(DropReason::ConnectionLimit);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx2 = ctx.clone();
+        let ctx3 = ctx.clone();
+        ctx.tracker.spawn(async move {
+            let ctx = ctx3;
+            let io = TokioIo::new(stream);
+            let service = service_fn(move |request| {
+                let ctx = ctx2.clone();
+                async move { Ok::<_, Infallible>(route(request, ctx, peer).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let shutdown = ctx.shutdown.clone();
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%peer, error = %err, "http connection ended with an error");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn is_upgrade(request: &Request<Incoming>) -> bool {
+    let has_token = |name, token: &str| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    has_token(CONNECTION, "upgrade") && has_token(UPGRADE, "websocket")
+}
+
+async fn route(request: Request<Incoming>, ctx: Arc<ServerCtx>, peer: SocketAddr) -> HttpResponse {
+    if is_upgrade(&request) {
+        upgrade(request, ctx, peer)
+    } else {
+        http::handle(request, &ctx).await
+    }
+}
+
+/// Answers a WebSocket handshake (any path, no subprotocol selected) and spawns the
+/// connection task.
+fn upgrade(mut request: Request<Incoming>, ctx: Arc<ServerCtx>, peer: SocketAddr) -> HttpResponse {
+    let key = request.headers().get(SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = request
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let (Some(key), true) = (key, version_ok) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "bad WebSocket handshake: need Sec-WebSocket-Key and Sec-WebSocket-Version: 13"}),
+        );
+    };
+    let max = ctx.config.limits.max_connections as i64;
+    if ctx.metrics.connections.fetch_add(1, Relaxed) >= max {
+        ctx.metrics.connections.fetch_sub(1, Relaxed);
+        ctx.metrics.dropped(DropReason::ConnectionLimit);
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "too many connections"}),
+        );
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let config = websocket_config(&ctx);
+    let ctx2 = ctx.clone();
+    ctx.tracker.spawn(async move {
+        match hyper::upgrade::on(&mut request).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                crate::connection::serve(ws, ctx2, peer).await;
+            }
+            Err(err) => {
+                ctx2.metrics.connections.fetch_sub(1, Relaxed);
+                tracing::debug!(%peer, error = %err, "websocket upgrade failed");
+            }
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}

@@ -1,0 +1,169 @@
+//! The bounded outbound queue of one connection.
+//!
+//! The dispatcher pushes pre-encoded frames from any thread without waiting; the
+//! connection task drains them into its socket. The queue is bounded in frames and bytes:
+//! the push that would exceed a bound marks the client as too slow, drops what was queued
+//! (so a stuck client cannot hold memory) and wakes the connection task, which sends the
+//! slow-consumer error and closes. A `std` mutex is right here: it is held for a few
+//! instructions and never across an `.await`.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued.
+    Queued,
+    /// Not queued: this push overflowed the queue; the client is being cut off.
+    Overflowed,
+    /// Not queued: the client is already cut off or gone.
+    Closed,
+}
+
+/// The state a drain observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Frames (possibly none) were moved out; keep going.
+    Open,
+    /// The client overflowed its queue: send the slow-consumer error and close.
+    Overflowed,
+    /// The connection is closing.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    state: Drain,
+}
+
+/// A connection's outbound queue.
+#[derive(Debug)]
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty queue with the given bounds (it allocates nothing until used).
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                state: Drain::Open,
+            }),
+            notify: Notify::new(),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    /// Queues a frame without waiting.
+    pub fn push(&self, frame: Bytes) -> Push {
+        let mut inner = self.inner.lock();
+        match inner.state {
+            Drain::Open => {}
+            Drain::Overflowed | Drain::Closed => return Push::Closed,
+        }
+        if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
+            inner.state = Drain::Overflowed;
+            inner.queue = VecDeque::new();
+            inner.bytes = 0;
+            drop(inner);
+            self.notify.notify_one();
+            return Push::Overflowed;
+        }
+        inner.bytes += frame.len();
+        let was_empty = inner.queue.is_empty();
+        inner.queue.push_back(frame);
+        drop(inner);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Moves up to `max` frames into `out`.
+    pub fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> Drain {
+        let mut inner = self.inner.lock();
+        let n = inner.queue.len().min(max);
+        let mut drained = 0;
+        for frame in inner.queue.drain(..n) {
+            drained += frame.len();
+            out.push(frame);
+        }
+        inner.bytes -= drained;
+        if inner.queue.is_empty() && inner.queue.capacity() > 64 {
+            // Give a burst's memory back once the client has caught up.
+            inner.queue = VecDeque::new();
+        }
+        inner.state
+    }
+
+    /// Whether frames are waiting.
+    pub fn has_pending(&self) -> bool {
+        !self.inner.lock().queue.is_empty()
+    }
+
+    /// Waits until a push or a state change happened since the last wait.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Marks the queue closed: later pushes are refused and queued frames released.
+    pub fn close(&self) {
+        let mut inner = self.inner.lock();
+        inner.state = Drain::Closed;
+        inner.queue = VecDeque::new();
+        inner.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_by_frames_and_bytes() {
+        let outbox = Outbox::new(2, 10);
+        assert_eq!(outbox.push(Bytes::from_static(b"abc")), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"abc")), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"abc")), Push::Overflowed);
+        assert_eq!(outbox.push(Bytes::from_static(b"a")), Push::Closed);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain_into(&mut out, 10), Drain::Overflowed);
+        assert!(out.is_empty(), "an overflowed queue releases its frames");
+
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(outbox.push(Bytes::from_static(b"123456")), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"123456")), Push::Overflowed);
+    }
+
+    #[test]
+    fn drains_in_order_and_closes() {
+        let outbox = Outbox::new(10, 100);
+        for frame in [&b"1"[..], b"2", b"3"] {
+            outbox.push(Bytes::copy_from_slice(frame));
+        }
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain_into(&mut out, 2), Drain::Open);
+        assert_eq!(
+            out,
+            vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+        );
+        assert!(outbox.has_pending());
+        outbox.close();
+        assert_eq!(outbox.push(Bytes::from_static(b"4")), Push::Closed);
+        out.clear();
+        assert_eq!(outbox.drain_into(&mut out, 10), Drain::Closed);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! The embedded default source: parse-server's pub/sub messages POSTed to this server.
+//!
+//! `POST /livequery/v1/publish/afterSave` (or `afterDelete`, `clearCache`) with the exact
+//! message parse-server publishes to Redis (`{currentParseObject, originalParseObject?,
+//! classLevelPermissions?}`, or an array of them), authenticated with the master key. A
+//! script, a Cloud Code `afterSave` webhook or a test can drive it with curl. Because this
+//! source has no database, it also keeps the sessions it needs in memory: `_Session` objects
+//! it is fed register or revoke their tokens, and `/livequery/v1/sessions`,
+//! `/livequery/v1/users/{id}/roles` and `/livequery/v1/schemas/{class}` set sessions, roles and
+//! class-level permissions directly (see `protocol-spec/ingest.md`).
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use livequery_matcher::ChangeKind;
+use livequery_matcher::date::parse_iso_millis;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{EventSink, Message, MessageError, Source};
+use crate::auth::memory::MemoryAuth;
+
+/// The pub/sub channel a message was posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// `afterSave`: creates and updates.
+    AfterSave,
+    /// `afterDelete`.
+    AfterDelete,
+    /// `clearCache`: `{"userId": …}`, a user's roles changed.
+    ClearCache,
+}
+
+impl Channel {
+    /// Parses a channel name as it appears in the URL.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "afterSave" => Self::AfterSave,
+            "afterDelete" => Self::AfterDelete,
+            "clearCache" => Self::ClearCache,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an ingest request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not a valid message (HTTP 400).
+    #[error("message {index}: {source}")]
+    Invalid {
+        /// Position in a batch.
+        index: usize,
+        /// What is wrong.
+        source: MessageError,
+    },
+    /// A `clearCache` body without a string `userId` (HTTP 400).
+    #[error("clearCache needs {{\"userId\": <string>}}")]
+    BadClearCache,
+    /// The server is shutting down or the source is not running (HTTP 503).
+    #[error("the server is not accepting events")]
+    Unavailable,
+}
+
+/// The embedded source.
+#[derive(Debug)]
+pub struct EmbeddedSource {
+    sink: OnceLock<EventSink>,
+    memory: Arc<MemoryAuth>,
+}
+
+impl EmbeddedSource {
+    /// A source whose sessions and schemas live in `memory`.
+    pub fn new(memory: Arc<MemoryAuth>) -> Self {
+        Self {
+            sink: OnceLock::new(),
+            memory,
+        }
+    }
+
+    /// The in-memory auth store this source maintains.
+    pub fn memory(&self) -> &Arc<MemoryAuth> {
+        &self.memory
+    }
+
+    fn sink(&self) -> Result<&EventSink, IngestError> {
+        self.sink.get().ok_or(IngestError::Unavailable)
+    }
+
+    /// Accepts one message or an array of messages posted to `channel`; returns how many
+    /// events were accepted. A batch is validated completely before any of it is published.
+    pub async fn ingest(&self, channel: Channel, body: Value) -> Result<usize, IngestError> {
+        let sink = self.sink()?;
+        let items = match body {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        if channel == Channel::ClearCache {
+            let users: Vec<String> = items
+                .iter()
+                .map(|item| {
+                    item.get("userId")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .ok_or(IngestError::BadClearCache)
+                })
+                .collect::<Result<_, _>>()?;
+            for user in &users {
+                sink.clear_user(user).await;
+            }
+            return Ok(users.len());
+        }
+        let kind = if channel == Channel::AfterSave {
+            ChangeKind::Save
+        } else {
+            ChangeKind::Delete
+        };
+        let messages: Vec<Message> = items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                Message::parse(kind, item).map_err(|source| IngestError::Invalid { index, source })
+            })
+            .collect::<Result<_, _>>()?;
+        let count = messages.len();
+        for message in messages {
+            if message.current.get("className").and_then(Value::as_str) == Some("_Session") {
+                self.track_session(kind, &message).await;
+            }
+            sink.publish(message)
+                .await
+                .map_err(|_| IngestError::Unavailable)?;
+        }
+        Ok(count)
+    }
+
+    /// Keeps the in-memory sessions in step with the `_Session` objects fed to us.
+    async fn track_session(&self, kind: ChangeKind, message: &Message) {
+        let object = &message.current;
+        let Some(token) = object.get("sessionToken").and_then(Value::as_str) else {
+            return;
+        };
+        match kind {
+            ChangeKind::Save => {
+                let Some(user) = object
+                    .get("user")
+                    .and_then(|u| u.get("objectId"))
+                    .and_then(Value::as_str)
+                else {
+                    return;
+                };
+                let expires = object
+                    .get("expiresAt")
+                    .and_then(|e| e.get("iso"))
+                    .and_then(Value::as_str)
+                    .and_then(parse_iso_millis);
+                self.memory.put_session(token, user, expires);
+            }
+            ChangeKind::Delete => {
+                self.memory.remove_session(token);
+            }
+        }
+        if let Ok(sink) = self.sink() {
+            sink.session_changed(token).await;
+        }
+    }
+
+    /// Registers a session token for a user (`PUT /livequery/v1/sessions/{token}`).
+    pub async fn put_session(
+        &self,
+        token: &str,
+        user_id: &str,
+        roles: Option<Vec<String>>,
+        expires_at_ms: Option<i64>,
+    ) {
+        self.memory.put_session(token, user_id, expires_at_ms);
+        if let Some(roles) = roles {
+            self.memory.set_user_roles(user_id, roles);
+        }
+        if let Ok(sink) = self.sink() {
+            sink.session_changed(token).await;
+            sink.clear_user(user_id).await;
+        }
+    }
+
+    /// Revokes a session token (`DELETE /livequery/v1/sessions/{token}`); returns whether
+    /// it existed.
+    pub async fn delete_session(&self, token: &str) -> bool {
+        let existed = self.memory.remove_session(token).is_some();
+        if let Ok(sink) = self.sink() {
+            sink.session_changed(token).await;
+        }
+        existed
+    }
+
+    /// Sets a user's roles (`PUT /livequery/v1/users/{id}/roles`).
+    pub async fn set_user_roles(&self, user_id: &str, roles: Vec<String>) {
+        self.memory.set_user_roles(user_id, roles);
+        if let Ok(sink) = self.sink() {
+            sink.clear_user(user_id).await;
+        }
+    }
+
+    /// Sets a class's class-level permissions (`PUT /livequery/v1/schemas/{class}`).
+    pub fn put_schema(&self, class_name: &str, clp: Value, auth: &crate::auth::Auth) {
+        self.memory.put_schema(class_name, clp);
+        auth.invalidate_schema(class_name);
+    }
+}
+
+#[async_trait]
+impl Source for EmbeddedSource {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        sink: EventSink,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        sink.set_connected(true);
+        // A second `run` would keep the first sink; there is only ever one.
+        let _ = self.sink.set(sink.clone());
+        shutdown.cancelled().await;
+        sink.set_connected(false);
+        Ok(())
+    }
+}

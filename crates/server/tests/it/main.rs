@@ -1,0 +1,8 @@
+//! Integration tests of the server over real sockets on 127.0.0.1:0, fed through the
+//! embedded source's HTTP ingest endpoint.
+
+mod auth;
+mod events;
+mod protocol;
+mod smoke;
+mod support;
