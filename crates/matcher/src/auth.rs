@@ -149,6 +149,10 @@ impl Permission {
     }
 }
 
+/// `protectedFields` groups (`*`, `authenticated`, a user id, `role:<name>`,
+/// `userField:<field>`) and the fields each hides, in order.
+pub type ProtectedFieldGroups = Vec<(Box<str>, Vec<Box<str>>)>;
+
 /// The read-related part of a class's class-level permissions (`find`, `get`,
 /// `readUserFields`, `protectedFields`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,7 +165,7 @@ pub struct ClassPermissions {
     pub read_user_fields: Vec<Box<str>>,
     /// `protectedFields`: groups (`*`, `authenticated`, a user id, `role:<name>`,
     /// `userField:<field>`) and the fields they hide, in CLP order.
-    pub protected_fields: Vec<(Box<str>, Vec<Box<str>>)>,
+    pub protected_fields: ProtectedFieldGroups,
 }
 
 impl ClassPermissions {
@@ -207,7 +211,7 @@ impl ClassPermissions {
 
     /// Adds server-level default protected fields for groups the class does not define
     /// (parse-server merges its `protectedFields` option, e.g. `_User: {"*": ["email"]}`).
-    pub fn merge_default_protected_fields(&mut self, defaults: &[(Box<str>, Vec<Box<str>>)]) {
+    pub fn merge_default_protected_fields(&mut self, defaults: &ProtectedFieldGroups) {
         for (group, fields) in defaults {
             if !self.protected_fields.iter().any(|(g, _)| g == group) {
                 self.protected_fields.push((group.clone(), fields.clone()));

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use livequery_matcher::auth::ClassPermissions;
+use livequery_matcher::auth::{ClassPermissions, ProtectedFieldGroups};
 use serde::{Deserialize, Serialize};
 
 /// The defaults, compiled in so the binary runs without any file.
@@ -150,7 +150,7 @@ pub struct Config {
     pub key_pairs: BTreeMap<String, String>,
     /// Default protected fields per class (merged into each class's CLP).
     #[serde(skip)]
-    pub protected_fields: BTreeMap<String, Vec<(Box<str>, Vec<Box<str>>)>>,
+    pub protected_fields: BTreeMap<String, ProtectedFieldGroups>,
     /// Raw form of `protected_fields`, for printing.
     #[serde(rename = "protected_fields")]
     pub protected_fields_raw: BTreeMap<String, BTreeMap<String, Vec<String>>>,

@@ -208,17 +208,33 @@ where
             }
             ws.flush().await
         };
-        match tokio::time::timeout(ctx.config.limits.write_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "websocket write failed");
-                return Err(End::Terminate);
-            }
-            Err(_) => {
-                ctx.metrics.dropped(DropReason::SlowConsumerWrite);
-                tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
-                // The socket cannot take more data: an error frame could not get through.
-                return Err(End::Terminate);
+        tokio::pin!(write);
+        let deadline = sleep(ctx.config.limits.write_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut write => match result {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "websocket write failed");
+                        return Err(End::Terminate);
+                    }
+                },
+                () = &mut deadline => {
+                    ctx.metrics.dropped(DropReason::SlowConsumerWrite);
+                    tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
+                    // The socket cannot take more data: an error frame could not get through.
+                    return Err(End::Terminate);
+                }
+                // While a write is blocked, the dispatcher may overflow the queue: stop
+                // waiting and cut the client off now.
+                () = outbox.notified() => {
+                    if outbox.is_overflowed() {
+                        tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                        return Err(End::Close(CloseCode::Policy, "client too slow", Some(slow_consumer_error())));
+                    }
+                }
             }
         }
     }

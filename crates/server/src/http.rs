@@ -103,12 +103,11 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
             );
         }
     };
-    let parse_body = || -> Result<Value, HttpResponse> {
+    let parse_body = || -> Result<Value, String> {
         if body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))
     };
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (method, segments.as_slice()) {
@@ -121,7 +120,7 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
             };
             let body = match parse_body() {
                 Ok(body) => body,
-                Err(response) => return response,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
             match embedded.ingest(channel, body).await {
                 Ok(accepted) => {
@@ -136,7 +135,7 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
         (Method::PUT, ["sessions", token]) => {
             let body = match parse_body() {
                 Ok(body) => body,
-                Err(response) => return response,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
             let Some(user_id) = body.get("userId").and_then(Value::as_str) else {
                 return error(
@@ -193,7 +192,7 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
         (Method::PUT, ["users", user_id, "roles"]) => {
             let body = match parse_body() {
                 Ok(body) => body,
-                Err(response) => return response,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
             let Some(roles) = body
                 .get("roles")
@@ -216,7 +215,7 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
         (Method::PUT, ["schemas", class_name]) => {
             let body = match parse_body() {
                 Ok(body) => body,
-                Err(response) => return response,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
             let clp = body.get("classLevelPermissions").cloned().unwrap_or(body);
             if !clp.is_object() {

@@ -108,6 +108,11 @@ impl Outbox {
         inner.state
     }
 
+    /// Whether the client overflowed its queue.
+    pub fn is_overflowed(&self) -> bool {
+        self.inner.lock().state == Drain::Overflowed
+    }
+
     /// Whether frames are waiting.
     pub fn has_pending(&self) -> bool {
         !self.inner.lock().queue.is_empty()

@@ -99,6 +99,7 @@ struct SchemaEntry {
 const SCHEMA_IDLE_PERIODS: u32 = 10;
 
 type Pending<T> = Arc<OnceCell<T>>;
+type PendingSchema = Pending<Option<Arc<ClassPermissions>>>;
 
 /// Cached, coalesced, continuously refreshed auth lookups.
 pub struct Auth {
@@ -109,7 +110,7 @@ pub struct Auth {
     cells: Mutex<HashMap<Box<str>, Weak<IdentityCell>>>,
     inflight_sessions: Mutex<HashMap<Box<str>, Pending<Arc<IdentityCell>>>>,
     schemas: Mutex<HashMap<Box<str>, SchemaEntry>>,
-    inflight_schemas: Mutex<HashMap<Box<str>, Pending<Option<Arc<ClassPermissions>>>>>,
+    inflight_schemas: Mutex<HashMap<Box<str>, PendingSchema>>,
 }
 
 impl std::fmt::Debug for Auth {

@@ -3,6 +3,9 @@
 
 mod auth;
 mod events;
+mod limits;
+mod operations;
 mod protocol;
+mod query;
 mod smoke;
 mod support;

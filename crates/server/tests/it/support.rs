@@ -28,7 +28,6 @@ pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) shutdown: CancellationToken,
     pub(crate) handle: Option<JoinHandle<anyhow::Result<()>>>,
-    pub(crate) memory: Arc<MemoryAuth>,
 }
 
 impl TestServer {
@@ -47,7 +46,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let memory = Arc::new(MemoryAuth::new());
-        let mut components = Components::embedded(memory.clone());
+        let mut components = Components::embedded(memory);
         components.reader = reader;
         let shutdown = CancellationToken::new();
         let server = Server::new(Arc::new(config), listener, components);
@@ -56,7 +55,6 @@ impl TestServer {
             addr,
             shutdown,
             handle: Some(handle),
-            memory,
         };
         this.wait_healthy().await;
         this
