@@ -174,6 +174,9 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The effective layered values in the file's structure, secrets redacted.
+    #[serde(skip)]
+    effective: RawConfig,
 }
 
 /// Resource limits; every one of them produces an error frame or close code when hit.
@@ -269,6 +272,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig) -> anyhow::Result<Self> {
+        let mut effective = raw.clone();
         let listen: SocketAddr = raw.server.listen.parse().with_context(|| {
             format!(
                 "server.listen: {:?} is not an IP:port address",
@@ -287,6 +291,13 @@ impl Config {
             if !value.is_empty() {
                 key_pairs.insert((*canonical).to_owned(), value);
             }
+        }
+        effective.parse.key_pairs = key_pairs
+            .keys()
+            .map(|name| (name.clone(), "<redacted>".to_owned()))
+            .collect();
+        if !effective.parse.master_key.is_empty() {
+            effective.parse.master_key = "<redacted>".to_owned();
         }
         let protected_fields = raw
             .parse
@@ -379,12 +390,15 @@ impl Config {
             dispatch_workers: workers,
             log_level: raw.log.level,
             log_format,
+            effective,
         })
     }
 
-    /// The effective configuration as TOML, secrets redacted (`--check-config`).
+    /// The effective configuration as TOML in the layout of `config/default.toml`, secrets
+    /// redacted (`--check-config`).
     pub fn to_redacted_toml(&self) -> String {
-        toml_like(&serde_json::to_value(self).unwrap_or_default(), "")
+        toml::to_string(&self.effective)
+            .unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n"))
     }
 
     /// Default protected fields of `class_name` merged into `clp`.
@@ -393,32 +407,6 @@ impl Config {
             clp.merge_default_protected_fields(defaults);
         }
     }
-}
-
-/// Renders a JSON object as TOML-ish text (tables for nested objects).
-fn toml_like(value: &serde_json::Value, prefix: &str) -> String {
-    let serde_json::Value::Object(map) = value else {
-        return String::new();
-    };
-    let mut scalars = String::new();
-    let mut tables = String::new();
-    for (key, value) in map {
-        match value {
-            serde_json::Value::Object(inner)
-                if inner.values().any(serde_json::Value::is_object) || prefix.is_empty() =>
-            {
-                let name = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                tables.push_str(&format!("\n[{name}]\n"));
-                tables.push_str(&toml_like(value, &name));
-            }
-            other => scalars.push_str(&format!("{key} = {other}\n")),
-        }
-    }
-    scalars + &tables
 }
 
 #[cfg(test)]

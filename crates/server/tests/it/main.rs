@@ -2,6 +2,7 @@
 //! embedded source's HTTP ingest endpoint.
 
 mod auth;
+mod cli;
 mod events;
 mod limits;
 mod operations;

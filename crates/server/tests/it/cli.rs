@@ -1,0 +1,86 @@
+//! The `livequery` binary's configuration handling.
+
+use std::process::Command;
+
+fn livequery() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_livequery"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LIVEQUERY__") {
+            command.env_remove(key);
+        }
+    }
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_with_secrets_redacted() {
+    let dir = std::env::temp_dir().join(format!("livequery-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("extra.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nmax_connections = 1234\n[parse]\napp_id = \"fromFile\"\n",
+    )
+    .unwrap();
+    let output = livequery()
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .env("LIVEQUERY__PARSE__MASTER_KEY", "super-secret-master")
+        .env(
+            "LIVEQUERY__PARSE__KEY_PAIRS__JAVASCRIPTKEY",
+            "super-secret-js",
+        )
+        .env("LIVEQUERY__SERVER__LISTEN", "127.0.0.1:4321")
+        .env("LIVEQUERY__PARSE__APP_ID", "fromEnv")
+        .output()
+        .expect("run livequery");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !printed.contains("super-secret"),
+        "secrets leaked:\n{printed}"
+    );
+    assert!(printed.contains("<redacted>"), "{printed}");
+    assert!(
+        printed.contains("javascriptKey"),
+        "key names are shown: {printed}"
+    );
+    assert!(
+        printed.contains("\"127.0.0.1:4321\""),
+        "env overrides defaults: {printed}"
+    );
+    assert!(
+        printed.contains("max_connections = 1234"),
+        "the file overrides defaults: {printed}"
+    );
+    assert!(
+        printed.contains("\"fromEnv\""),
+        "env overrides the file: {printed}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_reported_and_fails() {
+    let output = livequery()
+        .args(["--config", "/nonexistent/livequery.toml", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    let output = livequery()
+        .arg("--check-config")
+        .env("LIVEQUERY__LIMITS__MAX_CONNECTIONS", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("limits.max_connections must be greater than 0")
+    );
+}
