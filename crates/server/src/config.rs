@@ -92,6 +92,8 @@ struct RawLimits {
 struct RawSource {
     kind: String,
     queue: usize,
+    redis_url: String,
+    channel_prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,11 +110,18 @@ struct RawLog {
 }
 
 /// Which change source feeds the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// parse-server's pub/sub messages posted to the HTTP ingest endpoint on the same port.
     Embedded,
+    /// parse-server's Redis pub/sub channels (`liveQuery.redisURL`).
+    Redis {
+        /// `redis://…` URL.
+        url: String,
+        /// Channel prefix (parse-server uses the app id).
+        channel_prefix: String,
+    },
 }
 
 /// Log output format.
@@ -204,6 +213,18 @@ pub struct Limits {
     pub query_result_limit: usize,
     /// Largest body accepted by the HTTP ingest endpoint.
     pub max_ingest_bytes: usize,
+}
+
+/// `scheme://user:password@host` → `scheme://<redacted>@host`.
+fn redact_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 fn redact<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -299,6 +320,8 @@ impl Config {
         if !effective.parse.master_key.is_empty() {
             effective.parse.master_key = "<redacted>".to_owned();
         }
+        effective.source.redis_url = redact_url_credentials(&effective.source.redis_url);
+        effective.parse.server_url = redact_url_credentials(&effective.parse.server_url);
         let protected_fields = raw
             .parse
             .protected_fields
@@ -318,8 +341,40 @@ impl Config {
             .collect();
         let source = match raw.source.kind.as_str() {
             "embedded" => SourceKind::Embedded,
-            other => bail!("source.kind: unknown source {other:?} (expected \"embedded\")"),
+            "redis" => {
+                if !raw.source.redis_url.starts_with("redis://")
+                    && !raw.source.redis_url.starts_with("rediss://")
+                    && !raw.source.redis_url.starts_with("redis+unix://")
+                    && !raw.source.redis_url.starts_with("unix://")
+                {
+                    bail!(
+                        "source.redis_url: {:?} is not a redis:// URL",
+                        raw.source.redis_url
+                    );
+                }
+                let channel_prefix = if raw.source.channel_prefix.is_empty() {
+                    raw.parse.app_id.clone()
+                } else {
+                    raw.source.channel_prefix.clone()
+                };
+                SourceKind::Redis {
+                    url: raw.source.redis_url.clone(),
+                    channel_prefix,
+                }
+            }
+            other => {
+                bail!("source.kind: unknown source {other:?} (expected \"embedded\" or \"redis\")")
+            }
         };
+        if !raw.parse.server_url.is_empty()
+            && !raw.parse.server_url.starts_with("http://")
+            && !raw.parse.server_url.starts_with("https://")
+        {
+            bail!(
+                "parse.server_url: {:?} is not an http(s) URL",
+                raw.parse.server_url
+            );
+        }
         let log_format = match raw.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -447,6 +502,27 @@ mod tests {
             "{printed}"
         );
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url_credentials("redis://:secret@127.0.0.1:6379/0"),
+            "redis://<redacted>@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url_credentials("http://host/path@x"),
+            "http://host/path@x"
+        );
+        let config = Config::from_toml_layers(&[
+            "[source]\nkind = \"redis\"\nredis_url = \"redis://u:pw@h:1\"",
+        ])
+        .unwrap();
+        assert!(!config.to_redacted_toml().contains("pw"));
     }
 
     #[test]

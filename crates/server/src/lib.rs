@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::memory::MemoryAuth;
+use crate::auth::rest::ParseRest;
 use crate::auth::{Auth, AuthProvider};
 use crate::config::{Config, SourceKind};
 use crate::context::ServerCtx;
@@ -57,6 +58,7 @@ use crate::dispatch::Dispatcher;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::source::embedded::EmbeddedSource;
+use crate::source::redis::RedisSource;
 use crate::source::{EventSink, ObjectReader, Source};
 
 /// The pluggable parts of a server.
@@ -81,10 +83,44 @@ impl std::fmt::Debug for Components {
 
 impl Components {
     /// The components the configuration asks for.
-    pub fn from_config(config: &Config) -> Self {
-        match config.source {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let rest = if config.server_url.is_empty() {
+            None
+        } else {
+            Some(Arc::new(ParseRest::new(
+                &config.server_url,
+                &config.app_id,
+                &config.master_key,
+                config.lookup_timeout,
+            )?))
+        };
+        let mut components = match &config.source {
             SourceKind::Embedded => Self::embedded(Arc::new(MemoryAuth::new())),
+            SourceKind::Redis {
+                url,
+                channel_prefix,
+            } => {
+                let auth: Arc<dyn AuthProvider> = match &rest {
+                    Some(rest) => rest.clone(),
+                    None => {
+                        tracing::warn!(
+                            "source.kind = \"redis\" without parse.server_url: session tokens cannot be resolved, every subscriber reads as anonymous"
+                        );
+                        Arc::new(MemoryAuth::new())
+                    }
+                };
+                Self {
+                    source: Arc::new(RedisSource::new(url.clone(), channel_prefix.clone())),
+                    auth,
+                    reader: None,
+                    embedded: None,
+                }
+            }
+        };
+        if let Some(rest) = rest {
+            components.reader = Some(rest);
         }
+        Ok(components)
     }
 
     /// The embedded source, with sessions and schemas kept in `memory`.
@@ -208,7 +244,7 @@ impl Server {
 /// Binds `config.listen` and serves with the configured components until `shutdown`.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
-    let components = Components::from_config(&config);
+    let components = Components::from_config(&config)?;
     Server::new(config, listener, components)
         .run(shutdown)
         .await

@@ -16,6 +16,7 @@
 
 pub mod keys;
 pub mod memory;
+pub mod rest;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -111,7 +112,12 @@ pub struct Auth {
     inflight_sessions: Mutex<HashMap<Box<str>, Pending<Arc<IdentityCell>>>>,
     schemas: Mutex<HashMap<Box<str>, SchemaEntry>>,
     inflight_schemas: Mutex<HashMap<Box<str>, PendingSchema>>,
+    /// Wakes the refresher before its next tick.
+    refresh_now: tokio::sync::Notify,
 }
+
+/// Lookups the refresher runs at once.
+const REFRESH_CONCURRENCY: usize = 16;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,6 +143,7 @@ impl Auth {
             inflight_sessions: Mutex::new(HashMap::new()),
             schemas: Mutex::new(HashMap::new()),
             inflight_schemas: Mutex::new(HashMap::new()),
+            refresh_now: tokio::sync::Notify::new(),
         }
     }
 
@@ -146,10 +153,23 @@ impl Auth {
             .max(1)
     }
 
-    fn is_fresh(&self, cell: &IdentityCell) -> bool {
+    fn age_ms(&self, cell: &IdentityCell) -> Option<u64> {
         let resolved = cell.resolved_ms.load(Relaxed);
-        resolved != 0
-            && self.now_ms().saturating_sub(resolved) < self.config.cache_timeout.as_millis() as u64
+        (resolved != 0).then(|| self.now_ms().saturating_sub(resolved))
+    }
+
+    /// Usable without a lookup: resolved less than `cache_timeout` ago.
+    fn is_fresh(&self, cell: &IdentityCell) -> bool {
+        self.age_ms(cell)
+            .is_some_and(|age| age < self.config.cache_timeout.as_millis() as u64)
+    }
+
+    /// Due for re-validation by the refresher: half the cache period has passed, so that
+    /// with a tick of a quarter period a revoked session stops granting access within
+    /// `cache_timeout` (plus the lookup's own time).
+    fn is_due(&self, cell: &IdentityCell) -> bool {
+        self.age_ms(cell)
+            .is_none_or(|age| age >= self.config.cache_timeout.as_millis() as u64 / 2)
     }
 
     /// The identity cell of `token`, resolving it if it is not known and fresh.
@@ -245,30 +265,39 @@ impl Auth {
         }
     }
 
-    /// Re-resolves every cell and forgets every schema (e.g. a role graph change whose
-    /// members are unknown).
-    pub async fn invalidate_all(&self) {
-        self.schemas.lock().clear();
+    /// Marks every identity in use for re-resolution and wakes the refresher (e.g. a role
+    /// graph change whose members are unknown). Until each lookup completes the previous
+    /// identity stays in effect, as it would until `cache_timeout` otherwise.
+    pub fn mark_all_stale(&self) {
         for cell in self.live_cells() {
-            self.resolve_into(&cell).await;
+            cell.resolved_ms.store(0, Relaxed);
         }
+        self.refresh_now.notify_one();
     }
 
     /// Keeps every identity in use fresh until `shutdown`; run it once.
     pub async fn run_refresher(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.config.cache_timeout / 2).max(Duration::from_millis(50));
+        use futures_util::StreamExt;
+        let period = (self.config.cache_timeout / 4).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+                () = self.refresh_now.notified() => {}
             }
-            for cell in self.live_cells() {
-                if !self.is_fresh(&cell) {
-                    self.resolve_into(&cell).await;
-                }
-            }
+            let due: Vec<Arc<IdentityCell>> = self
+                .live_cells()
+                .into_iter()
+                .filter(|cell| self.is_due(cell))
+                .collect();
+            futures_util::stream::iter(due)
+                .for_each_concurrent(REFRESH_CONCURRENCY, |cell| {
+                    let this = &*self;
+                    async move { this.resolve_into(&cell).await }
+                })
+                .await;
             self.refresh_schemas().await;
         }
     }

@@ -6,6 +6,7 @@
 //! dispatcher shard of its object, waiting when the bounded queue is full (backpressure).
 
 pub mod embedded;
+pub mod redis;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -200,6 +201,13 @@ impl EventSink {
     pub async fn session_changed(&self, token: &str) {
         self.metrics.invalidations_in.fetch_add(1, Relaxed);
         self.auth.invalidate_token(token).await;
+    }
+
+    /// Role membership or hierarchy changed for unknown users: every identity in use is
+    /// re-resolved in the background.
+    pub fn roles_changed(&self) {
+        self.metrics.invalidations_in.fetch_add(1, Relaxed);
+        self.auth.mark_all_stale();
     }
 
     /// Reports whether the source is connected (drives `/health`).

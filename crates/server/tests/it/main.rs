@@ -2,11 +2,13 @@
 //! embedded source's HTTP ingest endpoint.
 
 mod auth;
+mod auth_backend;
 mod cli;
 mod events;
 mod limits;
 mod operations;
 mod protocol;
 mod query;
+mod redis;
 mod smoke;
 mod support;

@@ -39,15 +39,23 @@ impl TestServer {
 
     /// Same, with a reader for the `query` op.
     pub(crate) async fn start_with(overrides: &str, reader: Option<Arc<dyn ObjectReader>>) -> Self {
+        let mut components = Components::embedded(Arc::new(MemoryAuth::new()));
+        components.reader = reader;
+        Self::start_components(overrides, components, true).await
+    }
+
+    /// A server with the given components; `wait_for_source` waits until `/health` is 200.
+    pub(crate) async fn start_components(
+        overrides: &str,
+        components: Components,
+        wait_for_source: bool,
+    ) -> Self {
         let base = format!(
             "[parse]\nmaster_key = \"{MASTER_KEY}\"\n[dispatch]\nworkers = 1\n[server]\nshutdown_grace = \"2s\"\n"
         );
         let config = Config::from_toml_layers(&[&base, overrides]).expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let memory = Arc::new(MemoryAuth::new());
-        let mut components = Components::embedded(memory);
-        components.reader = reader;
         let shutdown = CancellationToken::new();
         let server = Server::new(Arc::new(config), listener, components);
         let handle = tokio::spawn(server.run(shutdown.clone()));
@@ -56,11 +64,13 @@ impl TestServer {
             shutdown,
             handle: Some(handle),
         };
-        this.wait_healthy().await;
+        if wait_for_source {
+            this.wait_healthy().await;
+        }
         this
     }
 
-    async fn wait_healthy(&self) {
+    pub(crate) async fn wait_healthy(&self) {
         for _ in 0..200 {
             if let Ok((200, _)) = self.http("GET", "/health", None, None).await {
                 return;

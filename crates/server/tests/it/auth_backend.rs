@@ -1,0 +1,90 @@
+//! A failing auth backend never grants access, and is retried at a bounded pace.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use livequery_server::Components;
+use livequery_server::auth::{AuthError, AuthProvider, SessionInfo};
+use livequery_server::source::embedded::EmbeddedSource;
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, object};
+
+/// Resolves `r:u` to user `u` while `up`, fails while down; counts lookups.
+#[derive(Debug, Default)]
+struct FlakyBackend {
+    up: AtomicBool,
+    lookups: AtomicUsize,
+}
+
+#[async_trait]
+impl AuthProvider for FlakyBackend {
+    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if !self.up.load(Ordering::SeqCst) {
+            return Err(AuthError("parse-server is down".into()));
+        }
+        Ok((token == "r:u").then(|| SessionInfo {
+            user_id: "u".into(),
+            roles: vec![],
+        }))
+    }
+
+    async fn class_permissions(&self, _class_name: &str) -> Result<Option<Value>, AuthError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_backend_never_grants_access_and_is_not_hammered() {
+    let backend = Arc::new(FlakyBackend::default());
+    let embedded = Arc::new(EmbeddedSource::new(Arc::new(
+        livequery_server::auth::memory::MemoryAuth::new(),
+    )));
+    let components = Components {
+        source: embedded.clone(),
+        auth: backend.clone(),
+        reader: None,
+        embedded: Some(embedded),
+    };
+    let server =
+        TestServer::start_components("[auth]\ncache_timeout = \"1s\"", components, true).await;
+    let mut client = server.connected(Some("r:u")).await;
+    client.subscribe(1, "M", json!({})).await;
+    server
+        .create(object(
+            "M",
+            "private",
+            json!({"ACL": {"u": {"read": true}}}),
+        ))
+        .await;
+    server.create(object("M", "public", json!({}))).await;
+    assert_eq!(
+        client.recv().await["object"]["objectId"],
+        "public",
+        "a failed lookup reads as anonymous"
+    );
+    assert!(server.metric("livequery_auth_lookup_failures_total").await >= 1.0);
+
+    // Ten (virtual) seconds of outage: retries are paced by the refresh tick (a quarter of
+    // cache_timeout), never a tight loop.
+    let before = backend.lookups.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let retries = backend.lookups.load(Ordering::SeqCst) - before;
+    eprintln!("{retries} lookups in 10 s of outage");
+    assert!((5..=50).contains(&retries), "{retries} lookups in 10 s");
+
+    // The backend recovers: the identity is restored without any client action.
+    backend.up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server
+        .create(object(
+            "M",
+            "private2",
+            json!({"ACL": {"u": {"read": true}}}),
+        ))
+        .await;
+    assert_eq!(client.recv().await["object"]["objectId"], "private2");
+}

@@ -1,0 +1,174 @@
+//! The Redis source against a real redis-server: parse-server's message format, clearCache,
+//! and surviving Redis going away.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use livequery_server::Components;
+use livequery_server::auth::memory::MemoryAuth;
+use livequery_server::source::redis::RedisSource;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::support::{TestServer, object};
+
+/// Starts redis-server on `port`. Missing redis-server fails the test when
+/// `LIVEQUERY_TEST_REQUIRE_REDIS` is set (scripts/test installs it first), and is reported
+/// as a skip otherwise.
+async fn redis_server(port: u16) -> Option<Child> {
+    let spawned = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(err) if std::env::var_os("LIVEQUERY_TEST_REQUIRE_REDIS").is_none() => {
+            eprintln!("SKIPPED: redis-server is not available ({err}); run scripts/stack-install");
+            return None;
+        }
+        Err(err) => panic!("redis-server is required (LIVEQUERY_TEST_REQUIRE_REDIS is set): {err}"),
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Some(child);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis-server did not start");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn publish(port: u16, channel: &str, message: &serde_json::Value) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message.to_string())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
+
+async fn health(server: &TestServer) -> u16 {
+    server
+        .http("GET", "/health", None, None)
+        .await
+        .map(|(status, _)| status)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_are_survived() {
+    let port = free_port();
+    let Some(mut redis) = redis_server(port).await else {
+        return;
+    };
+    let memory = Arc::new(MemoryAuth::new());
+    memory.put_session("r:u", "u", None);
+    let components = Components {
+        source: Arc::new(RedisSource::new(
+            format!("redis://127.0.0.1:{port}"),
+            "lqApp",
+        )),
+        auth: memory.clone(),
+        reader: None,
+        embedded: None,
+    };
+    let server = TestServer::start_components("", components, true).await;
+    assert_eq!(health(&server).await, 200);
+    let mut client = server.connected(Some("r:u")).await;
+    client.subscribe(1, "Message", json!({"room": "r"})).await;
+
+    // Exactly what parse-server 9.10 publishes (wire-samples.md §6), with the prefix.
+    let v1 = json!({"ACL": {"u": {"read": true}}, "room": "r", "score": 1, "createdAt": "2026-11-22T09:13:04.224Z", "updatedAt": "2026-11-22T09:13:04.224Z", "objectId": "m1", "__type": "Object", "className": "Message"});
+    let clp = json!({"ACL": {"*": {"read": true, "write": true}}, "find": {"*": true}, "get": {"*": true}, "protectedFields": {"*": []}});
+    publish(
+        port,
+        "lqAppafterSave",
+        &json!({"currentParseObject": v1, "classLevelPermissions": clp}),
+    )
+    .await;
+    let event = client.recv().await;
+    assert_eq!(
+        (event["op"].as_str(), event["object"]["objectId"].as_str()),
+        (Some("create"), Some("m1"))
+    );
+    assert!(event["object"].get("__type").is_none());
+    let v2 = json!({"ACL": {"u": {"read": true}}, "room": "r", "score": 2, "createdAt": "2026-11-22T09:13:04.224Z", "updatedAt": "2026-11-22T09:13:05.000Z", "objectId": "m1", "__type": "Object", "className": "Message"});
+    publish(
+        port,
+        "lqAppafterSave",
+        &json!({"currentParseObject": v2, "originalParseObject": v1, "classLevelPermissions": clp}),
+    )
+    .await;
+    let event = client.recv().await;
+    assert_eq!(
+        (event["op"].as_str(), &event["original"]["score"]),
+        (Some("update"), &json!(1))
+    );
+    // Another app's channel is not ours.
+    publish(
+        port,
+        "otherAppafterDelete",
+        &json!({"currentParseObject": v2}),
+    )
+    .await;
+    publish(
+        port,
+        "lqAppafterDelete",
+        &json!({"currentParseObject": v2, "classLevelPermissions": clp}),
+    )
+    .await;
+    assert_eq!(client.recv().await["op"], "delete");
+
+    // clearCache: the user's roles are looked up again.
+    memory.set_user_roles("u", vec!["Admin".into()]);
+    publish(port, "lqAppclearCache", &json!({"userId": "u"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(port, "lqAppafterSave", &json!({"currentParseObject": object("Message", "m2", json!({"room": "r", "ACL": {"role:Admin": {"read": true}}}))})).await;
+    assert_eq!(client.recv().await["object"]["objectId"], "m2");
+
+    // Redis goes away: /health reports it; when it is back, events flow again.
+    redis.kill().await.unwrap();
+    let mut unhealthy = false;
+    for _ in 0..200 {
+        if health(&server).await == 503 {
+            unhealthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unhealthy, "/health must report the lost source");
+    assert_eq!(server.metric("livequery_source_connected").await, 0.0);
+    let _redis = redis_server(port).await.expect("redis-server restarts");
+    server.wait_healthy().await;
+    assert!(server.metric("livequery_source_connects_total").await >= 2.0);
+    publish(
+        port,
+        "lqAppafterSave",
+        &json!({"currentParseObject": object("Message", "m3", json!({"room": "r"}))}),
+    )
+    .await;
+    assert_eq!(client.recv().await["object"]["objectId"], "m3");
+}

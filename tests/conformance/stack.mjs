@@ -1,0 +1,183 @@
+// Starts the real stack on 127.0.0.1, with ephemeral ports and a throw-away directory:
+// redis-server, PostgreSQL (own data directory) with PostGIS, parse-server 9.10 publishing to
+// Redis, and the LiveQuery server under test — livequery on its Redis source, or
+// parse-server's own LiveQuery server. stop() ends everything it started.
+import { execFileSync, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** Classes parse-server publishes (each entry is an anchored regex for parse-server). */
+export const LIVE_CLASSES = ['LQ.*', '_User', '_Session', '_Role'];
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(what, check, ms = 60_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not become ready within ${ms / 1000} s${last ? `: ${last.message}` : ''}`);
+}
+
+function waitForLine(child, predicate, what, ms = 60_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start within ${ms / 1000} s`)), ms);
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${what} exited with ${code}`)); });
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      const value = predicate(line);
+      if (value) {
+        clearTimeout(timer);
+        resolve(value);
+      }
+    });
+  });
+}
+
+function pgBin(name) {
+  const versions = fs.readdirSync('/usr/lib/postgresql').sort();
+  return path.join('/usr/lib/postgresql', versions[versions.length - 1], 'bin', name);
+}
+
+const isRoot = process.getuid?.() === 0;
+/** PostgreSQL refuses to run as root: use the `postgres` account then. */
+function asPostgres(command, args) {
+  return isRoot ? ['runuser', ['-u', 'postgres', '--', command, ...args]] : [command, args];
+}
+
+export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000 } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'livequery-stack-'));
+  fs.chmodSync(dir, 0o755);
+  const children = [];
+  const spawnChild = (name, command, args, options = {}) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+    const log = fs.createWriteStream(path.join(dir, `${name}.log`));
+    child.stderr.pipe(log);
+    child.name = name;
+    children.push(child);
+    return child;
+  };
+  const stop = async () => {
+    for (const child of children.reverse()) {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill(child.name === 'postgres' ? 'SIGINT' : 'SIGTERM');
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
+    }
+    if (process.env.KEEP_STACK_LOGS) console.error(`stack logs kept in ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const appId = 'lqConformance';
+    const masterKey = `mk-${randomUUID()}`;
+    const jsKey = `js-${randomUUID()}`;
+    const [redisPort, pgPort, parsePort, lqPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+
+    const redis = spawnChild('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
+    await waitForLine(redis, (line) => line.includes('Ready to accept connections'), 'redis-server');
+    const redisURL = `redis://127.0.0.1:${redisPort}`;
+
+    const data = path.join(dir, 'pg');
+    fs.mkdirSync(data);
+    if (isRoot) execFileSync('chown', ['postgres', data]);
+    const [initdb, initdbArgs] = asPostgres(pgBin('initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C']);
+    execFileSync(initdb, initdbArgs, { stdio: 'ignore' });
+    const [postgres, postgresArgs] = asPostgres(pgBin('postgres'), [
+      '-D', data, '-p', String(pgPort), '-k', data, '-c', 'listen_addresses=127.0.0.1',
+      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off',
+    ]);
+    spawnChild('postgres', postgres, postgresArgs);
+    const psql = (db, sql) => execFileSync(pgBin('psql'), ['-h', '127.0.0.1', '-p', String(pgPort), '-U', 'postgres', '-d', db, '-v', 'ON_ERROR_STOP=1', '-qc', sql], { stdio: 'pipe' });
+    await waitFor('PostgreSQL', () => { psql('postgres', 'select 1'); return true; });
+    psql('postgres', 'CREATE DATABASE parse');
+    psql('parse', 'CREATE EXTENSION IF NOT EXISTS postgis');
+    const databaseURI = `postgres://postgres@127.0.0.1:${pgPort}/parse`;
+
+    const common = { ...process.env, APP_ID: appId, MASTER_KEY: masterKey, JS_KEY: jsKey, DATABASE_URI: databaseURI, REDIS_URL: redisURL, LOGS_DIR: path.join(dir, 'parse-logs'), PARSE_SERVER_LOGS_FOLDER: path.join(dir, 'parse-logs') };
+    const parse = spawnChild('parse-server', process.execPath, [path.join(here, 'stack/parse-server.mjs')], {
+      cwd: dir,
+      env: { ...common, PARSE_PORT: String(parsePort), LIVE_CLASSES: LIVE_CLASSES.join(',') },
+    });
+    await waitForLine(parse, (line) => line === 'ready', 'parse-server');
+    const parseServerURL = `http://127.0.0.1:${parsePort}/parse`;
+
+    if (target === 'livequery') {
+      if (!livequeryBin) throw new Error('livequeryBin is required for target livequery');
+      const lq = spawnChild('livequery', livequeryBin, [], {
+        env: {
+          ...process.env,
+          RUST_LOG: '',
+          LIVEQUERY__SERVER__LISTEN: `127.0.0.1:${lqPort}`,
+          LIVEQUERY__SERVER__SHUTDOWN_GRACE: '2s',
+          LIVEQUERY__PARSE__APP_ID: appId,
+          LIVEQUERY__PARSE__MASTER_KEY: masterKey,
+          LIVEQUERY__PARSE__SERVER_URL: parseServerURL,
+          LIVEQUERY__PARSE__KEY_PAIRS__JAVASCRIPTKEY: jsKey,
+          LIVEQUERY__PARSE__KEY_PAIRS__MASTERKEY: masterKey,
+          LIVEQUERY__AUTH__CACHE_TIMEOUT: `${cacheTimeoutMs}ms`,
+          LIVEQUERY__SOURCE__KIND: 'redis',
+          LIVEQUERY__SOURCE__REDIS_URL: redisURL,
+          LIVEQUERY__LOG__FORMAT: 'json',
+          LIVEQUERY__LOG__LEVEL: 'info',
+        },
+      });
+      lq.stdout.pipe(fs.createWriteStream(path.join(dir, 'livequery.out.log')));
+      await waitFor('livequery (source connected)', async () => (await fetch(`http://127.0.0.1:${lqPort}/health`)).ok);
+    } else if (target === 'reference') {
+      const lq = spawnChild('reference-lq', process.execPath, [path.join(here, 'stack/reference-lq.mjs')], {
+        cwd: dir,
+        env: { ...common, LQ_PORT: String(lqPort), PARSE_SERVER_URL: parseServerURL, CACHE_TIMEOUT_MS: String(cacheTimeoutMs) },
+      });
+      await waitForLine(lq, (line) => line === 'ready', 'parse-server LiveQuery server');
+    } else {
+      throw new Error(`unknown target ${target}`);
+    }
+    return {
+      dir,
+      stop,
+      env: {
+        TARGET: target,
+        APP_ID: appId,
+        MASTER_KEY: masterKey,
+        JS_KEY: jsKey,
+        PARSE_SERVER_URL: parseServerURL,
+        LQ_URL: `ws://127.0.0.1:${lqPort}`,
+        LQ_HTTP: `http://127.0.0.1:${lqPort}`,
+        REDIS_URL: redisURL,
+        CACHE_TIMEOUT_MS: String(cacheTimeoutMs),
+      },
+    };
+  } catch (error) {
+    error.message += ` (logs in ${dir})`;
+    const keep = process.env.KEEP_STACK_LOGS;
+    if (keep) {
+      for (const child of children) child.kill('SIGKILL');
+    } else {
+      await stop();
+    }
+    throw error;
+  }
+}
