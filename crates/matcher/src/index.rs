@@ -315,6 +315,11 @@ impl<S: PartialEq> SubscriptionIndex<S> {
         self.classes.get(class_name).map_or(0, |c| c.scan.len())
     }
 
+    /// Every distinct query.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<S>> {
+        self.entries.iter().flatten()
+    }
+
     /// The entry of a query.
     pub fn get(&self, id: QueryId) -> Option<&Entry<S>> {
         self.entries.get(id.index()).and_then(Option::as_ref)

@@ -58,6 +58,13 @@ impl Query {
         out
     }
 
+    /// Restricts de-duplication: only queries isolated with the same `key` (and equal
+    /// clauses) share an evaluation. Used when a query is bound to per-identity subquery
+    /// sets.
+    pub fn isolate(&mut self, key: &str) {
+        self.canonical = format!("{}\u{1}{key}", self.canonical).into_boxed_str();
+    }
+
     /// Attaches a resolved value set to every subquery; `resolve` is called once per
     /// subquery, in [`Query::subqueries`] order.
     pub fn bind_subqueries(&mut self, resolve: &mut dyn FnMut(&Subquery) -> Arc<dyn SubquerySet>) {

@@ -24,6 +24,9 @@ pub enum ErrorCode {
     UnknownOperation,
     /// 4 — the `connect` did not present a key that matches the configured `keyPairs`.
     InvalidKey,
+    /// 100 — `Parse.Error.CONNECTION_FAILED`: the server lost events it should have
+    /// delivered (the change source's history was lost); reconnect and query again.
+    EventsLost,
     /// 101 — `Parse.Error.OBJECT_NOT_FOUND`; the reference uses it for a class-level
     /// permission that requires an authenticated user.
     RequiresAuthentication,
@@ -57,6 +60,7 @@ impl ErrorCode {
             Self::ClientOrSubscriptionNotFound => 2,
             Self::UnknownOperation => 3,
             Self::InvalidKey => 4,
+            Self::EventsLost => 100,
             Self::RequiresAuthentication => 101,
             Self::InvalidQuery => 102,
             Self::CommandUnavailable => 108,
@@ -76,6 +80,7 @@ impl ErrorCode {
             2 => Self::ClientOrSubscriptionNotFound,
             3 => Self::UnknownOperation,
             4 => Self::InvalidKey,
+            100 => Self::EventsLost,
             101 => Self::RequiresAuthentication,
             102 => Self::InvalidQuery,
             108 => Self::CommandUnavailable,
@@ -100,6 +105,7 @@ impl ErrorCode {
                 | Self::ClientOrSubscriptionNotFound
                 | Self::UnknownOperation
                 | Self::InvalidKey
+                | Self::EventsLost
                 | Self::FrameTooLarge
                 | Self::Timeout
         )
@@ -224,6 +230,7 @@ mod tests {
             ErrorCode::ClientOrSubscriptionNotFound,
             ErrorCode::UnknownOperation,
             ErrorCode::InvalidKey,
+            ErrorCode::EventsLost,
             ErrorCode::RequiresAuthentication,
             ErrorCode::InvalidQuery,
             ErrorCode::CommandUnavailable,

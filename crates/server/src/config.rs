@@ -35,8 +35,23 @@ struct RawConfig {
     auth: RawAuth,
     limits: RawLimits,
     source: RawSource,
+    mongodb: RawMongo,
     dispatch: RawDispatch,
     log: RawLog,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawMongo {
+    url: String,
+    database: String,
+    collection_prefix: String,
+    classes: Vec<String>,
+    enable_pre_images: bool,
+    resume_token_file: String,
+    object_cache_entries: usize,
+    max_subquery_results: usize,
+    files_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -122,6 +137,32 @@ pub enum SourceKind {
         /// Channel prefix (parse-server uses the app id).
         channel_prefix: String,
     },
+    /// MongoDB change streams on parse-server's database.
+    #[serde(rename = "mongodb")]
+    Mongo(MongoConfig),
+}
+
+/// Settings of the MongoDB source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MongoConfig {
+    /// `mongodb://…` URL of the replica set.
+    pub url: String,
+    /// Database (empty: the URL's).
+    pub database: String,
+    /// parse-server's `collectionPrefix`.
+    pub collection_prefix: String,
+    /// Live classes (empty: every class).
+    pub classes: Vec<String>,
+    /// Switch pre- and post-images on at start-up.
+    pub enable_pre_images: bool,
+    /// Where the resume token is saved (empty: not saved).
+    pub resume_token_file: String,
+    /// Documents kept to reconstruct originals without pre-images.
+    pub object_cache_entries: usize,
+    /// Largest result of one subquery.
+    pub max_subquery_results: usize,
+    /// Base of File URLs (parse-server's publicServerURL; empty: `parse.server_url`).
+    pub files_url: String,
 }
 
 /// Log output format.
@@ -321,6 +362,7 @@ impl Config {
             effective.parse.master_key = "<redacted>".to_owned();
         }
         effective.source.redis_url = redact_url_credentials(&effective.source.redis_url);
+        effective.mongodb.url = redact_url_credentials(&effective.mongodb.url);
         effective.parse.server_url = redact_url_credentials(&effective.parse.server_url);
         let protected_fields = raw
             .parse
@@ -362,8 +404,41 @@ impl Config {
                     channel_prefix,
                 }
             }
+            "mongodb" => {
+                let mongo = &raw.mongodb;
+                if !mongo.url.starts_with("mongodb://") && !mongo.url.starts_with("mongodb+srv://")
+                {
+                    bail!(
+                        "mongodb.url: {:?} is not a mongodb:// or mongodb+srv:// URL",
+                        redact_url_credentials(&mongo.url)
+                    );
+                }
+                if mongo.max_subquery_results == 0 {
+                    bail!("mongodb.max_subquery_results must be at least 1");
+                }
+                if let Some(bad) = mongo
+                    .classes
+                    .iter()
+                    .find(|c| c.is_empty() || c.starts_with("_Join:") || c.as_str() == "_SCHEMA")
+                {
+                    bail!("mongodb.classes: {bad:?} is not a class that can be served");
+                }
+                SourceKind::Mongo(MongoConfig {
+                    url: mongo.url.clone(),
+                    database: mongo.database.clone(),
+                    collection_prefix: mongo.collection_prefix.clone(),
+                    classes: mongo.classes.clone(),
+                    enable_pre_images: mongo.enable_pre_images,
+                    resume_token_file: mongo.resume_token_file.clone(),
+                    object_cache_entries: mongo.object_cache_entries,
+                    max_subquery_results: mongo.max_subquery_results,
+                    files_url: mongo.files_url.trim_end_matches('/').to_owned(),
+                })
+            }
             other => {
-                bail!("source.kind: unknown source {other:?} (expected \"embedded\" or \"redis\")")
+                bail!(
+                    "source.kind: unknown source {other:?} (expected \"embedded\", \"redis\" or \"mongodb\")"
+                )
             }
         };
         if !raw.parse.server_url.is_empty()
@@ -526,12 +601,31 @@ mod tests {
     }
 
     #[test]
+    fn the_mongodb_source_is_configured_and_its_credentials_redacted() {
+        let config = Config::from_toml_layers(&[
+            "[source]\nkind = \"mongodb\"\n[mongodb]\nurl = \"mongodb://lq:pw@db:27017/app?replicaSet=rs0\"\nclasses = [\"Message\"]\nfiles_url = \"https://x/parse/\"",
+        ])
+        .unwrap();
+        let SourceKind::Mongo(mongo) = &config.source else {
+            panic!("{:?}", config.source)
+        };
+        assert_eq!(mongo.classes, ["Message"]);
+        assert!(mongo.enable_pre_images);
+        assert_eq!(mongo.files_url, "https://x/parse");
+        assert!(!config.to_redacted_toml().contains("pw"));
+    }
+
+    #[test]
     fn invalid_values_are_rejected() {
         for bad in [
             "[server]\nlisten = \"nope\"",
             "[parse]\nkey_pairs = { fooKey = \"x\" }",
             "[limits]\nmax_connections = 0",
             "[source]\nkind = \"kafka\"",
+            "[source]\nkind = \"mongodb\"\n[mongodb]\nurl = \"http://h\"",
+            "[source]\nkind = \"mongodb\"\n[mongodb]\nmax_subquery_results = 0",
+            "[source]\nkind = \"mongodb\"\n[mongodb]\nclasses = [\"_SCHEMA\"]",
+            "[mongodb]\nresume_token = \"x\"",
             "[log]\nformat = \"xml\"",
             "[server]\nunknown = 1",
         ] {

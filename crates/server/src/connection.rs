@@ -41,6 +41,9 @@ enum End {
     Close(CloseCode, &'static str, Option<WireError>),
     /// Drop the TCP connection without a close handshake (dead or stuck peer).
     Terminate,
+    /// The server ends the connection with this frame (e.g. events were lost), then
+    /// closes with 1012 (service restart) so the client reconnects.
+    Abort(Bytes),
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -161,6 +164,25 @@ where
     match end {
         End::Peer => tracing::debug!("peer closed"),
         End::Terminate => {}
+        End::Abort(frame) => {
+            let handshake = async {
+                let text = Utf8Bytes::try_from(frame)
+                    .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
+                ws.feed(Message::Text(text)).await?;
+                ws.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Restart,
+                    reason: "events lost".into(),
+                })))
+                .await?;
+                while let Some(message) = ws.next().await {
+                    if message.is_err() {
+                        break;
+                    }
+                }
+                Ok::<(), WsError>(())
+            };
+            let _ = tokio::time::timeout(ctx.config.limits.write_timeout, handshake).await;
+        }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
             let grace = if code == CloseCode::Away {
@@ -196,6 +218,7 @@ where
                     Some(slow_consumer_error()),
                 ));
             }
+            Drain::Abort(frame) => return Err(End::Abort(frame)),
         }
         if batch.is_empty() {
             return Ok(());
@@ -230,9 +253,16 @@ where
                 // While a write is blocked, the dispatcher may overflow the queue: stop
                 // waiting and cut the client off now.
                 () = outbox.notified() => {
-                    if outbox.is_overflowed() {
-                        tracing::info!("client too slow: outbound queue overflow; disconnecting");
-                        return Err(End::Close(CloseCode::Policy, "client too slow", Some(slow_consumer_error())));
+                    if outbox.is_ending() {
+                        // Overflow or abort while a write is blocked: stop waiting.
+                        let mut rest = Vec::new();
+                        return Err(match outbox.drain_into(&mut rest, 0) {
+                            Drain::Abort(frame) => End::Abort(frame),
+                            _ => {
+                                tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                                End::Close(CloseCode::Policy, "client too slow", Some(slow_consumer_error()))
+                            }
+                        });
                     }
                 }
             }

@@ -9,8 +9,8 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::source::ObjectReader;
 use crate::source::embedded::EmbeddedSource;
+use crate::source::{ObjectReader, SubqueryResolver};
 
 /// Shared state of a running server.
 pub struct ServerCtx {
@@ -26,6 +26,8 @@ pub struct ServerCtx {
     pub reader: Option<Arc<dyn ObjectReader>>,
     /// The embedded source's HTTP ingest, when it is the source.
     pub embedded: Option<Arc<EmbeddedSource>>,
+    /// Resolves subqueries, when the source can.
+    pub subqueries: Option<Arc<dyn SubqueryResolver>>,
     /// The source's name (for `/health`).
     pub source_name: &'static str,
     /// Cancelled when the server shuts down.

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use crate::auth::IdentityCell;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
-use crate::source::ChangeEvent;
+use crate::source::{ChangeEvent, OriginalState};
 
 /// Who a subscription reads as.
 #[derive(Debug, Clone)]
@@ -164,6 +164,39 @@ impl Hub {
         self.index.read().get(id).map(|e| e.query().clone())
     }
 
+    /// Ends every connection with a subscription (to `class_name`, or to any class) with the
+    /// error frame `error`; the clients reconnect and subscribe again.
+    pub fn abort_subscribers(
+        &self,
+        class_name: Option<&str>,
+        error: &livequery_protocol::WireError,
+    ) -> usize {
+        let frame = ServerMessage::Error {
+            error,
+            request_id: None,
+        }
+        .encode();
+        let index = self.index.read();
+        let mut outboxes: Vec<&Arc<Outbox>> = Vec::new();
+        for entry in index.entries() {
+            if class_name.is_some_and(|c| c != entry.class_name()) {
+                continue;
+            }
+            for subscriber in entry.subscribers() {
+                if !outboxes
+                    .iter()
+                    .any(|o| Arc::ptr_eq(o, &subscriber.0.outbox))
+                {
+                    outboxes.push(&subscriber.0.outbox);
+                }
+            }
+        }
+        for outbox in &outboxes {
+            outbox.abort(frame.clone());
+        }
+        outboxes.len()
+    }
+
     /// Delivers one event to every subscription it concerns.
     pub fn dispatch(&self, event: &ChangeEvent, scratch: &mut DispatchScratch) {
         let index = self.index.read();
@@ -172,14 +205,15 @@ impl Hub {
             .original
             .as_ref()
             .filter(|_| event.kind == ChangeKind::Save);
-        match original {
-            Some(original) => index.candidates(
+        match (original, &event.original_state) {
+            (Some(original), OriginalState::Exact) => index.candidates(
                 &event.class_name,
                 &[&event.current, original],
                 &mut scratch.index,
                 &mut scratch.candidates,
             ),
-            None => index.candidates(
+            // A partial original's fields are the current's: probing the current suffices.
+            _ => index.candidates(
                 &event.class_name,
                 &[&event.current],
                 &mut scratch.index,
@@ -198,8 +232,21 @@ impl Hub {
             let Some(entry) = index.get(id) else { continue };
             let query = entry.query();
             let current_matches = query.matches(&event.current);
-            let original_matches = original.is_some_and(|o| query.matches(o));
-            if !current_matches && !original_matches {
+            let original_matches = match (&event.original_state, original) {
+                (OriginalState::Exact, None) => Known(false),
+                (OriginalState::Exact, Some(original)) => Known(query.matches(original)),
+                // Without the original, the match did not change when no field the query
+                // reads changed.
+                (OriginalState::Partial { changed }, _)
+                    if !query
+                        .referenced_fields()
+                        .any(|f| changed.iter().any(|c| c == f)) =>
+                {
+                    Known(current_matches)
+                }
+                _ => Unknown,
+            };
+            if !current_matches && original_matches != Known(true) {
                 continue;
             }
             for subscriber in entry.subscribers() {
@@ -223,7 +270,7 @@ impl Hub {
         event: &'e ChangeEvent,
         original: Option<&'e Map<String, Value>>,
         current_matches: bool,
-        original_matches: bool,
+        original_matches: Knowledge,
         permissions: Option<&'e ClassPermissions>,
         views: &mut HashMap<(Which, FieldView<'e>), EncodedObject>,
     ) {
@@ -242,22 +289,57 @@ impl Hub {
                     pointer_fields_allow(object, fields, reader.user_id.as_deref())
                 })
         };
+        let current_readable = readable(&event.current);
         let current_side = Side {
             object: &event.current,
             matches: current_matches,
-            readable: readable(&event.current),
+            readable: current_readable,
         };
-        let original_side = original.map(|o| Side {
-            object: o,
-            matches: original_matches,
-            readable: readable(o),
-        });
-        let (op, object, original_sent) = match classify(
-            event.kind,
-            original_side,
-            current_side,
-            sub.watch.as_deref(),
-        ) {
+        let classification = match (&event.original_state, original_matches) {
+            (OriginalState::Exact, Known(original_matches)) => {
+                let original_side = original.map(|o| Side {
+                    object: o,
+                    matches: original_matches,
+                    readable: readable(o),
+                });
+                classify(
+                    event.kind,
+                    original_side,
+                    current_side,
+                    sub.watch.as_deref(),
+                )
+            }
+            (state, original_matches) => {
+                // The original's readability is known only if nothing that decides it changed.
+                let access_changed = match state {
+                    OriginalState::Partial { changed } => changed.iter().any(|f| {
+                        f == "ACL" || pointer_fields.is_some_and(|p| p.iter().any(|pf| **pf == **f))
+                    }),
+                    _ => true,
+                };
+                let original_readable = if access_changed {
+                    Unknown
+                } else {
+                    Known(current_readable)
+                };
+                match classify_uncertain(
+                    original_matches,
+                    original_readable,
+                    current_matches && current_readable,
+                    current_readable,
+                ) {
+                    // The `watch` rule needs only the changed fields, which are known.
+                    Classification::Update
+                        if matches!((state, sub.watch.as_deref()), (OriginalState::Partial { changed }, Some(watch))
+                            if !watch.iter().any(|w| changed.contains(w))) =>
+                    {
+                        Classification::Nothing
+                    }
+                    other => other,
+                }
+            }
+        };
+        let (op, object, original_sent) = match classification {
             Classification::Nothing => return,
             Classification::Create => (EventOp::Create, Which::Current, None),
             Classification::Enter { with_original } => (
@@ -314,6 +396,43 @@ impl Hub {
             Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
             Push::Closed => {}
         }
+    }
+}
+
+/// Whether something about the original is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Knowledge {
+    Known(bool),
+    Unknown,
+}
+use Knowledge::{Known, Unknown};
+
+/// Classification when the original is only partly known (no pre-image; see
+/// `OriginalState`). Only data from the current object is ever sent, and only when the reader
+/// may read it now; when the transition cannot be told, a matching object is reported as
+/// `enter` without original, and a possible `leave` is not reported.
+fn classify_uncertain(
+    original_matches: Knowledge,
+    original_readable: Knowledge,
+    visible_now: bool,
+    current_readable: bool,
+) -> Classification {
+    match (original_matches, original_readable, visible_now) {
+        (Known(true), Known(true), true) => Classification::Update,
+        (Known(true), Known(true), false) if current_readable => Classification::Leave {
+            object_is_original: false,
+        },
+        (Known(true), Unknown, true) => Classification::Update,
+        (Known(true), Unknown, false) if current_readable => Classification::Leave {
+            object_is_original: false,
+        },
+        (Known(false), _, true) => Classification::Enter {
+            with_original: false,
+        },
+        (Unknown, _, true) => Classification::Enter {
+            with_original: false,
+        },
+        _ => Classification::Nothing,
     }
 }
 

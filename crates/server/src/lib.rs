@@ -52,14 +52,22 @@ use tokio_util::task::TaskTracker;
 use crate::auth::memory::MemoryAuth;
 use crate::auth::rest::ParseRest;
 use crate::auth::{Auth, AuthProvider};
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, MongoConfig, SourceKind};
 use crate::context::ServerCtx;
 use crate::dispatch::Dispatcher;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::source::embedded::EmbeddedSource;
+use crate::source::mongo::auth::MongoAuth;
+use crate::source::mongo::backend::{MongoBackend, Store};
+use crate::source::mongo::convert::FileUrls;
+use crate::source::mongo::reader::MongoReader;
+use crate::source::mongo::resume::ResumeStore;
+use crate::source::mongo::schema::Schemas;
+use crate::source::mongo::subquery::Subqueries;
+use crate::source::mongo::{MongoSettings, MongoSource};
 use crate::source::redis::RedisSource;
-use crate::source::{EventSink, ObjectReader, Source};
+use crate::source::{EventSink, ObjectReader, Source, SubqueryResolver};
 
 /// The pluggable parts of a server.
 pub struct Components {
@@ -71,6 +79,8 @@ pub struct Components {
     pub reader: Option<Arc<dyn ObjectReader>>,
     /// The embedded source's ingest API, when the source is the embedded one.
     pub embedded: Option<Arc<EmbeddedSource>>,
+    /// Resolves subqueries, when the source can.
+    pub subqueries: Option<Arc<dyn SubqueryResolver>>,
 }
 
 impl std::fmt::Debug for Components {
@@ -83,7 +93,7 @@ impl std::fmt::Debug for Components {
 
 impl Components {
     /// The components the configuration asks for.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
         let rest = if config.server_url.is_empty() {
             None
         } else {
@@ -114,13 +124,68 @@ impl Components {
                     auth,
                     reader: None,
                     embedded: None,
+                    subqueries: None,
                 }
+            }
+            SourceKind::Mongo(mongo) => {
+                let store: Arc<dyn Store> =
+                    Arc::new(MongoBackend::connect(&mongo.url, &mongo.database).await?);
+                return Ok(Self::mongo(store, mongo, config));
             }
         };
         if let Some(rest) = rest {
             components.reader = Some(rest);
         }
         Ok(components)
+    }
+
+    /// The MongoDB source over `store` (the driver, or a test double), with auth, `query`
+    /// and subqueries all served from the database.
+    pub fn mongo(store: Arc<dyn Store>, mongo: &MongoConfig, config: &Config) -> Self {
+        let schemas = Arc::new(Schemas::default());
+        let prefix = mongo.collection_prefix.as_str();
+        let files_base = if mongo.files_url.is_empty() {
+            &config.server_url
+        } else {
+            &mongo.files_url
+        };
+        let files = FileUrls {
+            base: (!files_base.is_empty()).then(|| files_base.trim_end_matches('/').to_owned()),
+            app_id: config.app_id.clone(),
+        };
+        let auth = Arc::new(MongoAuth::new(store.clone(), prefix, schemas.clone()));
+        let subqueries = Arc::new(Subqueries::new(
+            store.clone(),
+            schemas.clone(),
+            prefix,
+            files.clone(),
+            mongo.max_subquery_results,
+        ));
+        let settings = MongoSettings {
+            prefix: prefix.to_owned(),
+            classes: (!mongo.classes.is_empty()).then(|| mongo.classes.clone()),
+            enable_pre_images: mongo.enable_pre_images,
+            resume: ResumeStore::new(
+                (!mongo.resume_token_file.is_empty())
+                    .then(|| mongo.resume_token_file.clone().into()),
+            ),
+            object_cache_entries: mongo.object_cache_entries,
+            files: files.clone(),
+        };
+        let source = Arc::new(MongoSource::new(
+            store.clone(),
+            settings,
+            schemas.clone(),
+            auth.clone(),
+            subqueries.clone(),
+        ));
+        Self {
+            source,
+            auth,
+            reader: Some(Arc::new(MongoReader::new(store, schemas, prefix, files))),
+            embedded: None,
+            subqueries: Some(subqueries),
+        }
     }
 
     /// The embedded source, with sessions and schemas kept in `memory`.
@@ -131,6 +196,7 @@ impl Components {
             auth: memory,
             reader: None,
             embedded: Some(embedded),
+            subqueries: None,
         }
     }
 }
@@ -185,15 +251,16 @@ impl Server {
             tokio::runtime::Handle::current(),
             stop.clone(),
         )?;
-        let sink = EventSink::new(shards, auth.clone(), metrics.clone());
+        let sink = EventSink::new(shards, auth.clone(), hub.clone(), metrics.clone());
         let tracker = TaskTracker::new();
         let ctx = Arc::new(ServerCtx {
             config: config.clone(),
             metrics: metrics.clone(),
-            hub,
+            hub: hub.clone(),
             auth: auth.clone(),
             reader: components.reader,
             embedded: components.embedded,
+            subqueries: components.subqueries,
             source_name: components.source.name(),
             shutdown: stop.clone(),
             tracker: tracker.clone(),
@@ -244,7 +311,7 @@ impl Server {
 /// Binds `config.listen` and serves with the configured components until `shutdown`.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
-    let components = Components::from_config(&config)?;
+    let components = Components::from_config(&config).await?;
     Server::new(config, listener, components)
         .run(shutdown)
         .await

@@ -108,6 +108,10 @@ pub struct Metrics {
     pub auth_lookup_failures: AtomicU64,
     /// Candidate queries evaluated by the dispatcher.
     pub candidates_evaluated: AtomicU64,
+    /// Milliseconds between the source's commit time of the latest event and its arrival.
+    pub source_event_age_ms: AtomicU64,
+    /// Times the source lost its history and clients were told to reconnect.
+    pub resyncs: AtomicU64,
 }
 
 impl Metrics {
@@ -216,6 +220,11 @@ impl Metrics {
             self.source_connects.load(Relaxed),
         );
         counter(
+            "livequery_source_resyncs_total",
+            "Times the source lost events (change stream history gone, collection dropped) and told subscribers to reconnect.",
+            self.resyncs.load(Relaxed),
+        );
+        counter(
             "livequery_auth_lookup_failures_total",
             "Auth lookups that failed.",
             self.auth_lookup_failures.load(Relaxed),
@@ -253,6 +262,11 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP livequery_source_lag_seconds Time the last event waited between the source and dispatch.\n# TYPE livequery_source_lag_seconds gauge\nlivequery_source_lag_seconds {lag}"
+        );
+        let age = self.source_event_age_ms.load(Relaxed) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "# HELP livequery_source_event_age_seconds Age of the latest event when it arrived (source commit time to receipt).\n# TYPE livequery_source_event_age_seconds gauge\nlivequery_source_event_age_seconds {age}"
         );
         out
     }

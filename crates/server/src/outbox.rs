@@ -25,12 +25,14 @@ pub enum Push {
 }
 
 /// The state a drain observes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drain {
     /// Frames (possibly none) were moved out; keep going.
     Open,
     /// The client overflowed its queue: send the slow-consumer error and close.
     Overflowed,
+    /// The server ends the connection: send this frame (an error), then close.
+    Abort(Bytes),
     /// The connection is closing.
     Closed,
 }
@@ -71,7 +73,7 @@ impl Outbox {
         let mut inner = self.inner.lock();
         match inner.state {
             Drain::Open => {}
-            Drain::Overflowed | Drain::Closed => return Push::Closed,
+            Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Push::Closed,
         }
         if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
             inner.state = Drain::Overflowed;
@@ -105,12 +107,25 @@ impl Outbox {
             // Give a burst's memory back once the client has caught up.
             inner.queue = VecDeque::new();
         }
-        inner.state
+        inner.state.clone()
     }
 
-    /// Whether the client overflowed its queue.
-    pub fn is_overflowed(&self) -> bool {
-        self.inner.lock().state == Drain::Overflowed
+    /// Ends the connection with `frame` (an error frame): queued frames are dropped, later
+    /// pushes refused, and the connection task writes the frame and closes.
+    pub fn abort(&self, frame: Bytes) {
+        let mut inner = self.inner.lock();
+        if inner.state == Drain::Open {
+            inner.state = Drain::Abort(frame);
+            inner.queue = VecDeque::new();
+            inner.bytes = 0;
+            drop(inner);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Whether the connection must stop writing queued frames (overflow or abort).
+    pub fn is_ending(&self) -> bool {
+        matches!(self.inner.lock().state, Drain::Overflowed | Drain::Abort(_))
     }
 
     /// Whether frames are waiting.

@@ -257,12 +257,24 @@ impl Session {
         let options = CompileOptions {
             max_depth: config.limits.max_query_depth,
             allow_regex: config.allow_regex || master,
-            subqueries: SubqueryPolicy::Reject,
+            subqueries: if ctx.subqueries.is_some() {
+                SubqueryPolicy::Represent
+            } else {
+                SubqueryPolicy::Reject
+            },
         };
-        let query = match Query::compile(&where_, &options) {
+        let mut query = match Query::compile(&where_, &options) {
             Ok(query) => query,
             Err(err) => return fail(self, ErrorCode::InvalidQuery, err.to_string()),
         };
+        if let Some(resolver) = &ctx.subqueries
+            && !query.subqueries().is_empty()
+        {
+            let reader = identity.reader().clone();
+            if let Err(err) = resolver.bind(&mut query, &reader).await {
+                return fail(self, ErrorCode::InvalidQuery, err.to_string());
+            }
+        }
 
         let op = if query.object_id_lookup().is_some() {
             ReadOp::Get
@@ -401,7 +413,7 @@ impl Session {
         let limit = self.ctx.config.limits.query_result_limit;
         let found = tokio::time::timeout(
             self.ctx.config.lookup_timeout * 2,
-            reader.find(&subscription.class_name, &where_, limit),
+            reader.find(&subscription.class_name, &where_, &query, limit),
         )
         .await;
         let objects = match found {

@@ -240,6 +240,7 @@ impl ObjectReader for ParseRest {
         &self,
         class_name: &str,
         where_: &Map<String, Value>,
+        _query: &livequery_matcher::Query,
         limit: usize,
     ) -> anyhow::Result<Vec<Map<String, Value>>> {
         let results = ParseRest::find(

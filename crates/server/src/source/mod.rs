@@ -6,6 +6,7 @@
 //! dispatcher shard of its object, waiting when the bounded queue is full (backpressure).
 
 pub mod embedded;
+pub mod mongo;
 pub mod redis;
 
 use std::hash::{Hash, Hasher};
@@ -14,14 +15,31 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use livequery_matcher::ChangeKind;
-use livequery_matcher::auth::{ClassPermissions, is_identifier};
+use livequery_matcher::auth::{ClassPermissions, Reader, is_identifier};
+use livequery_matcher::{ChangeKind, Query, QueryError};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
+
+/// How much is known about an update's original.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OriginalState {
+    /// The original is the exact previous version (parse-server messages, pre-images, the
+    /// MongoDB source's object cache).
+    #[default]
+    Exact,
+    /// Only the fields an update did not change are known (no pre-image): `original` holds
+    /// them; `changed` lists the Parse fields that changed (`ACL` for permission changes).
+    Partial {
+        /// Changed top-level Parse fields.
+        changed: Vec<String>,
+    },
+    /// Nothing is known of the previous version (a replace without pre-image).
+    Unknown,
+}
 
 /// One change of one object, as the dispatcher consumes it.
 #[derive(Debug)]
@@ -36,6 +54,8 @@ pub struct ChangeEvent {
     pub original: Option<Map<String, Value>>,
     /// The class's permissions delivered with the event (parse-server sends them), if any.
     pub permissions: Option<Arc<ClassPermissions>>,
+    /// How exact `original` is.
+    pub original_state: OriginalState,
     /// When the source handed the event over (for lag metrics).
     pub received: Instant,
 }
@@ -69,6 +89,8 @@ pub struct Message {
     pub original: Option<Map<String, Value>>,
     /// `classLevelPermissions`.
     pub permissions: Option<Value>,
+    /// How exact `original` is.
+    pub original_state: OriginalState,
 }
 
 /// Drops every top-level key that is not identifier-like (`_hashed_password`, `_rperm`,
@@ -128,6 +150,7 @@ impl Message {
             current,
             original,
             permissions,
+            original_state: OriginalState::Exact,
         })
     }
 }
@@ -137,6 +160,7 @@ impl Message {
 pub struct EventSink {
     shards: Arc<[mpsc::Sender<ChangeEvent>]>,
     auth: Arc<Auth>,
+    hub: Arc<crate::hub::Hub>,
     metrics: Arc<Metrics>,
 }
 
@@ -157,13 +181,49 @@ impl EventSink {
     pub(crate) fn new(
         shards: Arc<[mpsc::Sender<ChangeEvent>]>,
         auth: Arc<Auth>,
+        hub: Arc<crate::hub::Hub>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             shards,
             auth,
+            hub,
             metrics,
         }
+    }
+
+    /// A class schema (field types, permissions) changed.
+    pub fn schema_changed(&self, class_name: &str) {
+        self.metrics.invalidations_in.fetch_add(1, Relaxed);
+        self.auth.invalidate_schema(class_name);
+    }
+
+    /// Records the source's own timestamp of the latest event (its commit time), for the
+    /// `livequery_source_event_age_seconds` gauge.
+    pub fn observe_source_time(&self, millis: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.metrics
+            .source_event_age_ms
+            .store(u64::try_from(now - millis).unwrap_or(0), Relaxed);
+    }
+
+    /// Events may have been lost (the source's history is gone): every client subscribed to
+    /// `class_name` (or to anything) gets an error frame with `reconnect: true` and is
+    /// disconnected, so it subscribes again and re-reads what it shows.
+    pub async fn resync(&self, class_name: Option<&str>) {
+        self.metrics.resyncs.fetch_add(1, Relaxed);
+        let error = livequery_protocol::WireError::new(
+            livequery_protocol::ErrorCode::EventsLost,
+            "Events may have been lost: the change stream's history is gone. Reconnect and query again.",
+        );
+        let clients = self.hub.abort_subscribers(class_name, &error);
+        tracing::warn!(
+            clients,
+            class = class_name,
+            "told clients that events may have been lost"
+        );
     }
 
     /// Delivers one message; waits while the dispatcher's queue is full.
@@ -184,6 +244,7 @@ impl EventSink {
             current: message.current,
             original: message.original,
             permissions,
+            original_state: message.original_state,
             received: Instant::now(),
         };
         self.metrics.events_in.fetch_add(1, Relaxed);
@@ -251,15 +312,25 @@ pub trait Source: Send + Sync + 'static {
 /// Reads current objects, for the `query` op.
 #[async_trait]
 pub trait ObjectReader: Send + Sync + 'static {
-    /// Up to `limit` objects of `class_name` matching `where_`, as Parse REST JSON with
-    /// `className`. The server re-checks every object against the subscription's query and
-    /// permissions, so a reader may return more than matches, never less.
+    /// Up to `limit` objects of `class_name` matching `where_` (compiled: `query`), as Parse
+    /// REST JSON with `className`. The server re-checks every object against the
+    /// subscription's query and permissions.
     async fn find(
         &self,
         class_name: &str,
         where_: &Map<String, Value>,
+        query: &Query,
         limit: usize,
     ) -> anyhow::Result<Vec<Map<String, Value>>>;
+}
+
+/// Resolves `$inQuery`, `$notInQuery`, `$select`, `$dontSelect` and `$relatedTo` against the
+/// database, for sources that can.
+#[async_trait]
+pub trait SubqueryResolver: Send + Sync + 'static {
+    /// Binds every subquery of `query` to a maintained result set, computed for `reader`
+    /// (the inner objects it may read).
+    async fn bind(&self, query: &mut Query, reader: &Reader) -> Result<(), QueryError>;
 }
 
 #[cfg(test)]

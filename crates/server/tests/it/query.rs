@@ -18,6 +18,7 @@ impl ObjectReader for FixedReader {
         &self,
         class_name: &str,
         _where: &Map<String, Value>,
+        _query: &livequery_matcher::Query,
         limit: usize,
     ) -> anyhow::Result<Vec<Map<String, Value>>> {
         Ok(self

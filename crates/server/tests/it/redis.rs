@@ -94,6 +94,7 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
         auth: memory.clone(),
         reader: None,
         embedded: None,
+        subqueries: None,
     };
     let server = TestServer::start_components("", components, true).await;
     assert_eq!(health(&server).await, 200);

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use livequery_server::auth::memory::MemoryAuth;
-use livequery_server::config::Config;
+use livequery_server::config::{Config, SourceKind};
 use livequery_server::source::ObjectReader;
+use livequery_server::source::mongo::backend::Store;
 use livequery_server::{Components, Server};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +23,16 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const MASTER_KEY: &str = "test-master-key";
 /// How long a test waits for a frame that must arrive.
 pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The test defaults (known master key, one dispatcher worker, short grace) plus `layers`.
+pub(crate) fn test_config(layers: &[&str]) -> Config {
+    let base = format!(
+        "[parse]\nmaster_key = \"{MASTER_KEY}\"\n[dispatch]\nworkers = 1\n[server]\nshutdown_grace = \"2s\"\n"
+    );
+    let mut all: Vec<&str> = vec![&base];
+    all.extend_from_slice(layers);
+    Config::from_toml_layers(&all).expect("test config is valid")
+}
 
 /// A running server.
 pub(crate) struct TestServer {
@@ -50,10 +61,25 @@ impl TestServer {
         components: Components,
         wait_for_source: bool,
     ) -> Self {
-        let base = format!(
-            "[parse]\nmaster_key = \"{MASTER_KEY}\"\n[dispatch]\nworkers = 1\n[server]\nshutdown_grace = \"2s\"\n"
-        );
-        let config = Config::from_toml_layers(&[&base, overrides]).expect("test config is valid");
+        Self::start_config(test_config(&[overrides]), components, wait_for_source).await
+    }
+
+    /// A server on the MongoDB source over `store` (in CI: the simulated database of
+    /// `mongo_sim`); `overrides` may set `[mongodb]` options.
+    pub(crate) async fn start_mongo(
+        overrides: &str,
+        store: Arc<dyn Store>,
+        wait_for_source: bool,
+    ) -> Self {
+        let config = test_config(&["[source]\nkind = \"mongodb\"\n", overrides]);
+        let SourceKind::Mongo(mongo) = &config.source else {
+            panic!("not a mongodb configuration")
+        };
+        let components = Components::mongo(store, &mongo.clone(), &config);
+        Self::start_config(config, components, wait_for_source).await
+    }
+
+    async fn start_config(config: Config, components: Components, wait_for_source: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

@@ -1,0 +1,174 @@
+//! Sessions, roles and class permissions read straight from MongoDB (parse-livequery.md §5.2,
+//! §5.3). Invalidation comes from the change stream itself: a deleted session, a role
+//! membership row, a schema change reach [`crate::auth::Auth`] as they happen.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bson::{Bson, doc};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::backend::Store;
+use super::schema::Schemas;
+use crate::auth::{AuthError, AuthProvider, SessionInfo};
+
+/// Roles beyond this many per user are not followed.
+const MAX_ROLES: usize = 10_000;
+
+/// Session ids remembered for delete events without pre-image. When full the map starts
+/// over; the auth refresher re-resolves every token in use within `auth.cache_timeout`, which
+/// both refills it and bounds how late a forgotten session's logout takes effect.
+const MAX_SESSION_IDS: usize = 200_000;
+
+/// The MongoDB auth provider.
+pub struct MongoAuth {
+    store: Arc<dyn Store>,
+    prefix: String,
+    schemas: Arc<Schemas>,
+    /// `_Session` objectId → token, for sessions resolved so far (a delete event without
+    /// pre-image names only the objectId).
+    session_tokens: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for MongoAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoAuth")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(context: &str, error: anyhow::Error) -> AuthError {
+    AuthError(format!("{context}: {error:#}"))
+}
+
+impl MongoAuth {
+    /// Reads from `store`; collections are `<prefix><class>`.
+    pub fn new(store: Arc<dyn Store>, prefix: &str, schemas: Arc<Schemas>) -> Self {
+        Self {
+            store,
+            prefix: prefix.to_owned(),
+            schemas,
+            session_tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The token of a session resolved earlier.
+    pub fn token_of_session(&self, session_id: &str) -> Option<String> {
+        self.session_tokens.lock().get(session_id).cloned()
+    }
+
+    async fn owning_ids(&self, join: &str, related: Bson) -> Result<Vec<String>, AuthError> {
+        let collection = format!("{}{join}", self.prefix);
+        let filter = match related {
+            Bson::Array(ids) => doc! {"relatedId": {"$in": ids}},
+            single => doc! {"relatedId": single},
+        };
+        let rows = self
+            .store
+            .find(&collection, filter, 0)
+            .await
+            .map_err(|e| err(&collection, e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get_str("owningId").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// Role names of `user_id`: the roles whose `users` relation holds the user, then the
+    /// roles whose `roles` relation holds a role already found (members of a child role are
+    /// members of its parents), breadth-first with a visited set.
+    pub async fn roles_of(&self, user_id: &str) -> Result<Vec<String>, AuthError> {
+        let mut visited: HashSet<String> = HashSet::new();
+        let mut frontier: Vec<String> = self
+            .owning_ids("_Join:users:_Role", Bson::String(user_id.to_owned()))
+            .await?;
+        frontier.retain(|id| visited.insert(id.clone()));
+        while !frontier.is_empty() && visited.len() < MAX_ROLES {
+            let ids = Bson::Array(frontier.iter().cloned().map(Bson::String).collect());
+            frontier = self.owning_ids("_Join:roles:_Role", ids).await?;
+            frontier.retain(|id| visited.insert(id.clone()));
+        }
+        if visited.is_empty() {
+            return Ok(Vec::new());
+        }
+        let collection = format!("{}_Role", self.prefix);
+        let ids: Vec<Bson> = visited.into_iter().map(Bson::String).collect();
+        let roles = self
+            .store
+            .find(&collection, doc! {"_id": {"$in": ids}}, 0)
+            .await
+            .map_err(|e| err(&collection, e))?;
+        Ok(roles
+            .iter()
+            .filter_map(|r| r.get_str("name").ok().map(str::to_owned))
+            .collect())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[async_trait]
+impl AuthProvider for MongoAuth {
+    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+        let collection = format!("{}_Session", self.prefix);
+        let sessions = self
+            .store
+            .find(&collection, doc! {"_session_token": token}, 1)
+            .await
+            .map_err(|e| err(&collection, e))?;
+        let Some(session) = sessions.first() else {
+            return Ok(None);
+        };
+        if let Ok(id) = session.get_str("_id") {
+            let mut tokens = self.session_tokens.lock();
+            if tokens.len() >= MAX_SESSION_IDS && !tokens.contains_key(id) {
+                tokens.clear();
+            }
+            tokens.insert(id.to_owned(), token.to_owned());
+        }
+        let Some(user_id) = session
+            .get_str("_p_user")
+            .ok()
+            .and_then(|p| p.strip_prefix("_User$"))
+        else {
+            return Ok(None);
+        };
+        if let Ok(expires) = session.get_datetime("expiresAt")
+            && expires.timestamp_millis() <= now_ms()
+        {
+            return Ok(None);
+        }
+        let roles = self.roles_of(user_id).await?;
+        Ok(Some(SessionInfo {
+            user_id: user_id.to_owned(),
+            roles,
+        }))
+    }
+
+    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, AuthError> {
+        if let Some(schema) = self.schemas.get(class_name) {
+            return Ok(Some(schema.permissions.clone()));
+        }
+        let collection = format!("{}_SCHEMA", self.prefix);
+        let found = self
+            .store
+            .find(&collection, doc! {"_id": class_name}, 1)
+            .await
+            .map_err(|e| err(&collection, e))?;
+        match found.first() {
+            Some(document) => {
+                self.schemas.put_document(document);
+                Ok(self.schemas.get(class_name).map(|s| s.permissions.clone()))
+            }
+            // A class without a schema has no objects yet: parse-server's defaults apply.
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! `$inQuery`, `$notInQuery`, `$select`, `$dontSelect` and `$relatedTo` against MongoDB.
+//!
+//! Each subquery of a subscription is bound to a *set*: the objectIds of the inner class's
+//! matching objects (`$inQuery`), the values of their `key` (`$select`), or the objects of a
+//! relation (`$relatedTo`). A set is read once from MongoDB (through the prefilter, decided by
+//! the matcher, limited to the inner objects the subscriber may read) and then kept current
+//! from the change stream: every change of the inner class re-decides that object's
+//! membership, every `_Join` row added or removed updates relations. Identical subqueries of
+//! the same identity share one set; a set lives as long as a subscription uses it.
+//!
+//! Events are produced for changes of the *outer* object only (as Parse LiveQuery does): an
+//! inner change never fires events for outer objects, it changes how their next change is
+//! judged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use bson::doc;
+use livequery_matcher::auth::{Reader, acl_allows_read};
+use livequery_matcher::{
+    ChangeKind, CompileOptions, Query, QueryError, Subquery, SubqueryKind, SubqueryPolicy,
+    SubquerySet,
+};
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Map, Value};
+
+use super::backend::Store;
+use super::convert::{FileUrls, to_parse_json};
+use super::filter::prefilter;
+use super::schema::Schemas;
+use crate::source::{Message, SubqueryResolver};
+
+#[derive(Debug, Default)]
+struct Members {
+    /// objectId → the selected value (`$select`) or `Null` (`$inQuery`, `$relatedTo`).
+    by_id: HashMap<String, Value>,
+    /// Canonical text of a selected value → how many members have it.
+    values: HashMap<String, usize>,
+}
+
+impl Members {
+    fn insert(&mut self, id: String, value: Value) {
+        if let Some(old) = self.by_id.insert(id, value.clone()) {
+            self.forget_value(&old);
+        }
+        *self.values.entry(value.to_string()).or_default() += 1;
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.forget_value(&old);
+        }
+    }
+
+    fn forget_value(&mut self, value: &Value) {
+        let key = value.to_string();
+        if let Some(count) = self.values.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.values.remove(&key);
+            }
+        }
+    }
+}
+
+/// One maintained subquery result.
+#[derive(Debug)]
+pub struct SubSet {
+    kind: SubqueryKind,
+    class_name: String,
+    /// The inner query (`$inQuery`/`$select`); `None` for `$relatedTo`.
+    inner: Option<Query>,
+    key: Option<String>,
+    owner_id: Option<String>,
+    reader: Reader,
+    members: RwLock<Members>,
+}
+
+impl SubquerySet for SubSet {
+    fn contains(&self, value: &Value) -> bool {
+        let members = self.members.read();
+        match self.kind {
+            SubqueryKind::InQuery | SubqueryKind::NotInQuery => {
+                value.get("className").and_then(Value::as_str) == Some(self.class_name.as_str())
+                    && value
+                        .get("objectId")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| members.by_id.contains_key(id))
+            }
+            SubqueryKind::Select | SubqueryKind::DontSelect => {
+                members.values.contains_key(&value.to_string())
+            }
+            SubqueryKind::RelatedTo => value
+                .as_str()
+                .is_some_and(|id| members.by_id.contains_key(id)),
+        }
+    }
+}
+
+impl SubSet {
+    /// Re-decides one inner object's membership after a change.
+    fn apply(&self, message: &Message) {
+        let Some(inner) = &self.inner else { return };
+        let Some(id) = message.current.get("objectId").and_then(Value::as_str) else {
+            return;
+        };
+        let member = message.kind == ChangeKind::Save
+            && inner.matches(&message.current)
+            && acl_allows_read(&message.current, &self.reader);
+        let mut members = self.members.write();
+        if !member {
+            members.remove(id);
+            return;
+        }
+        match self.kind {
+            SubqueryKind::Select | SubqueryKind::DontSelect => {
+                match self.key.as_ref().and_then(|k| message.current.get(k)) {
+                    Some(value) => members.insert(id.to_owned(), value.clone()),
+                    None => members.remove(id),
+                }
+            }
+            _ => members.insert(id.to_owned(), Value::Null),
+        }
+    }
+}
+
+/// The registry of maintained subquery sets.
+pub struct Subqueries {
+    store: Arc<dyn Store>,
+    schemas: Arc<Schemas>,
+    prefix: String,
+    files: FileUrls,
+    max_results: usize,
+    sets: Mutex<HashMap<String, Weak<SubSet>>>,
+}
+
+impl std::fmt::Debug for Subqueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subqueries")
+            .field("sets", &self.sets.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn reader_key(reader: &Reader) -> String {
+    if reader.master {
+        return "master".to_owned();
+    }
+    let mut roles: Vec<&str> = reader.roles.iter().map(|r| &**r).collect();
+    roles.sort_unstable();
+    format!(
+        "{}|{}",
+        reader.user_id.as_deref().unwrap_or(""),
+        roles.join(",")
+    )
+}
+
+impl Subqueries {
+    /// A registry reading from `store`; a set larger than `max_results` is refused.
+    pub fn new(
+        store: Arc<dyn Store>,
+        schemas: Arc<Schemas>,
+        prefix: &str,
+        files: FileUrls,
+        max_results: usize,
+    ) -> Self {
+        Self {
+            store,
+            schemas,
+            prefix: prefix.to_owned(),
+            files,
+            max_results,
+            sets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn live(&self) -> Vec<Arc<SubSet>> {
+        let mut sets = self.sets.lock();
+        sets.retain(|_, weak| weak.strong_count() > 0);
+        sets.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Applies a change of a live object to every set of its class.
+    pub fn apply_change(&self, message: &Message) {
+        let Some(class) = message.current.get("className").and_then(Value::as_str) else {
+            return;
+        };
+        for set in self.live() {
+            if set.class_name == class {
+                set.apply(message);
+            }
+        }
+    }
+
+    /// Applies a relation row added or removed.
+    pub fn apply_join(
+        &self,
+        field: &str,
+        owner_class: &str,
+        owning_id: &str,
+        related_id: &str,
+        added: bool,
+    ) {
+        for set in self.live() {
+            if set.kind == SubqueryKind::RelatedTo
+                && set.class_name == owner_class
+                && set.key.as_deref() == Some(field)
+                && set.owner_id.as_deref() == Some(owning_id)
+            {
+                let mut members = set.members.write();
+                if added {
+                    members.insert(related_id.to_owned(), Value::Null);
+                } else {
+                    members.remove(related_id);
+                }
+            }
+        }
+    }
+
+    /// Forgets every set's contents (after a resynchronisation the sets are stale); sets are
+    /// dropped, so subscriptions must be made again.
+    pub fn clear(&self) {
+        self.sets.lock().clear();
+    }
+
+    async fn materialise(
+        &self,
+        subquery: &Subquery,
+        reader: &Reader,
+    ) -> Result<Arc<SubSet>, QueryError> {
+        let too_large = || QueryError::Unsupported {
+            operator: kind_name(subquery.kind).to_owned(),
+            detail: format!(
+                ": the subquery selects more than {} objects",
+                self.max_results
+            ),
+        };
+        let failed = |e: anyhow::Error| {
+            QueryError::Invalid(format!(
+                "{}: reading the subquery failed: {e:#}",
+                kind_name(subquery.kind)
+            ))
+        };
+        let mut members = Members::default();
+        let limit = i64::try_from(self.max_results)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let inner = if subquery.kind == SubqueryKind::RelatedTo {
+            let owner = subquery.owner_id.clone().unwrap_or_default();
+            let key = subquery.key.clone().unwrap_or_default();
+            let collection = format!("{}_Join:{key}:{}", self.prefix, subquery.class_name);
+            let rows = self
+                .store
+                .find(&collection, doc! {"owningId": owner}, limit)
+                .await
+                .map_err(failed)?;
+            if rows.len() > self.max_results {
+                return Err(too_large());
+            }
+            for row in rows {
+                if let Ok(related) = row.get_str("relatedId") {
+                    members.insert(related.to_owned(), Value::Null);
+                }
+            }
+            None
+        } else {
+            // Nested subqueries are not resolved (their sets would need sets of their own).
+            let options = CompileOptions {
+                subqueries: SubqueryPolicy::Reject,
+                ..CompileOptions::default()
+            };
+            let inner = Query::compile(&subquery.where_, &options)?;
+            let schema = self.schemas.get(&subquery.class_name);
+            let (filter, exact) = prefilter(&subquery.where_, schema.as_deref());
+            let collection = format!("{}{}", self.prefix, subquery.class_name);
+            // An inexact filter reads candidates the matcher rejects; bound those too.
+            let cap = if exact {
+                limit
+            } else {
+                limit.saturating_mul(4)
+            };
+            let documents = self
+                .store
+                .find(&collection, filter, cap)
+                .await
+                .map_err(failed)?;
+            if documents.len() as i64 >= cap {
+                return Err(too_large());
+            }
+            for document in &documents {
+                let object: Map<String, Value> = to_parse_json(
+                    &subquery.class_name,
+                    document,
+                    schema.as_deref(),
+                    &self.files,
+                );
+                if !inner.matches(&object) || !acl_allows_read(&object, reader) {
+                    continue;
+                }
+                let Some(id) = object.get("objectId").and_then(Value::as_str) else {
+                    continue;
+                };
+                let value = match subquery.kind {
+                    SubqueryKind::Select | SubqueryKind::DontSelect => {
+                        match subquery.key.as_ref().and_then(|k| object.get(k)) {
+                            Some(value) => value.clone(),
+                            None => continue,
+                        }
+                    }
+                    _ => Value::Null,
+                };
+                members.insert(id.to_owned(), value);
+                if members.by_id.len() > self.max_results {
+                    return Err(too_large());
+                }
+            }
+            Some(inner)
+        };
+        Ok(Arc::new(SubSet {
+            kind: subquery.kind,
+            class_name: subquery.class_name.clone(),
+            inner,
+            key: subquery.key.clone(),
+            owner_id: subquery.owner_id.clone(),
+            reader: reader.clone(),
+            members: RwLock::new(members),
+        }))
+    }
+}
+
+fn kind_name(kind: SubqueryKind) -> &'static str {
+    match kind {
+        SubqueryKind::InQuery => "$inQuery",
+        SubqueryKind::NotInQuery => "$notInQuery",
+        SubqueryKind::Select => "$select",
+        SubqueryKind::DontSelect => "$dontSelect",
+        SubqueryKind::RelatedTo => "$relatedTo",
+    }
+}
+
+#[async_trait]
+impl SubqueryResolver for Subqueries {
+    async fn bind(&self, query: &mut Query, reader: &Reader) -> Result<(), QueryError> {
+        let identity = reader_key(reader);
+        let mut bound: Vec<Arc<SubSet>> = Vec::new();
+        for subquery in query.subqueries() {
+            let key = format!(
+                "{:?}\u{1}{}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{identity}",
+                subquery.kind,
+                subquery.class_name,
+                Value::Object(subquery.where_.clone()),
+                subquery.key,
+                subquery.owner_id
+            );
+            let existing = self.sets.lock().get(&key).and_then(Weak::upgrade);
+            let set = match existing {
+                Some(set) => set,
+                None => {
+                    let set = self.materialise(subquery, reader).await?;
+                    self.sets.lock().insert(key, Arc::downgrade(&set));
+                    set
+                }
+            };
+            bound.push(set);
+        }
+        let mut sets = bound.into_iter();
+        query.bind_subqueries(&mut |_| {
+            let set: Arc<dyn SubquerySet> = sets.next().expect("one set per subquery, in order");
+            set
+        });
+        // The sets are specific to this identity: do not share the query across identities.
+        query.isolate(&identity);
+        Ok(())
+    }
+}
