@@ -209,12 +209,20 @@ impl ClassPermissions {
         }
     }
 
-    /// Adds server-level default protected fields for groups the class does not define
-    /// (parse-server merges its `protectedFields` option, e.g. `_User: {"*": ["email"]}`).
+    /// Adds the server-level default protected fields (parse-server's `protectedFields`
+    /// option, e.g. `_User: {"*": ["email"]}`): per group, the union with the class's own.
     pub fn merge_default_protected_fields(&mut self, defaults: &ProtectedFieldGroups) {
+        // parse-server: the class's list and the default list of each group are united.
         for (group, fields) in defaults {
-            if !self.protected_fields.iter().any(|(g, _)| g == group) {
-                self.protected_fields.push((group.clone(), fields.clone()));
+            match self.protected_fields.iter_mut().find(|(g, _)| g == group) {
+                Some((_, existing)) => {
+                    for field in fields {
+                        if !existing.contains(field) {
+                            existing.push(field.clone());
+                        }
+                    }
+                }
+                None => self.protected_fields.push((group.clone(), fields.clone())),
             }
         }
     }
@@ -640,5 +648,27 @@ mod tests {
         assert!(!view.keeps("sessionToken"));
         let view = FieldView::new("_Session", &session, &Reader::master(), vec![], None);
         assert!(view.keeps("sessionToken"));
+    }
+
+    #[test]
+    fn default_protected_fields_are_united_with_the_class_ones() {
+        let mut clp = ClassPermissions::from_json(
+            &json!({"protectedFields": {"*": ["phone"], "role:HR": []}}),
+        );
+        let defaults: ProtectedFieldGroups = vec![
+            ("*".into(), vec!["email".into(), "phone".into()]),
+            ("authenticated".into(), vec!["email".into()]),
+        ];
+        clp.merge_default_protected_fields(&defaults);
+        let anon = Reader::anonymous();
+        let mut fields = clp.protected_fields("_User", &anon, None);
+        fields.sort_unstable();
+        assert_eq!(fields, ["email", "phone"]);
+        clp.merge_default_protected_fields(&defaults);
+        assert_eq!(
+            clp.protected_fields("_User", &anon, None).len(),
+            2,
+            "merging twice changes nothing"
+        );
     }
 }

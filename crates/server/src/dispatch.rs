@@ -16,6 +16,17 @@ use crate::hub::{DispatchScratch, Hub};
 use crate::metrics::Metrics;
 use crate::source::ChangeEvent;
 
+/// What a dispatcher worker takes from its queue.
+// Events are nearly every job: boxing them would cost an allocation each, for rare barriers.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Job {
+    /// An event to dispatch.
+    Event(ChangeEvent),
+    /// Answered once every job queued before it was dispatched.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The running workers.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -31,13 +42,13 @@ impl Dispatcher {
         queue: usize,
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
-    ) -> std::io::Result<(Arc<[mpsc::Sender<ChangeEvent>]>, Self)> {
+    ) -> std::io::Result<(Arc<[mpsc::Sender<Job>]>, Self)> {
         let workers = workers.max(1);
         let per_shard = (queue / workers).max(1);
         let mut senders = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         for worker in 0..workers {
-            let (tx, mut rx) = mpsc::channel::<ChangeEvent>(per_shard);
+            let (tx, mut rx) = mpsc::channel::<Job>(per_shard);
             senders.push(tx);
             let hub = hub.clone();
             let metrics = metrics.clone();
@@ -51,13 +62,20 @@ impl Dispatcher {
                     // synchronous and never touches the runtime's worker threads.
                     runtime.block_on(async {
                         loop {
-                            let event = tokio::select! {
+                            let job = tokio::select! {
                                 biased;
                                 () = shutdown.cancelled() => return,
-                                event = rx.recv() => match event {
-                                    Some(event) => event,
+                                job = rx.recv() => match job {
+                                    Some(job) => job,
                                     None => return,
                                 },
+                            };
+                            let event = match job {
+                                Job::Event(event) => event,
+                                Job::Barrier(done) => {
+                                    let _ = done.send(());
+                                    continue;
+                                }
                             };
                             let lag = event.received.elapsed();
                             metrics

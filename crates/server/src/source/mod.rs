@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::dispatch::Job;
 use crate::metrics::Metrics;
 
 /// How much is known about an update's original.
@@ -158,7 +159,7 @@ impl Message {
 /// How a source hands events to the server.
 #[derive(Clone)]
 pub struct EventSink {
-    shards: Arc<[mpsc::Sender<ChangeEvent>]>,
+    shards: Arc<[mpsc::Sender<Job>]>,
     auth: Arc<Auth>,
     hub: Arc<crate::hub::Hub>,
     metrics: Arc<Metrics>,
@@ -179,7 +180,7 @@ pub struct SinkClosed;
 
 impl EventSink {
     pub(crate) fn new(
-        shards: Arc<[mpsc::Sender<ChangeEvent>]>,
+        shards: Arc<[mpsc::Sender<Job>]>,
         auth: Arc<Auth>,
         hub: Arc<crate::hub::Hub>,
         metrics: Arc<Metrics>,
@@ -249,18 +250,39 @@ impl EventSink {
         };
         self.metrics.events_in.fetch_add(1, Relaxed);
         let shard = shard_of(&event, self.shards.len());
-        self.shards[shard].send(event).await.map_err(|_| SinkClosed)
+        self.shards[shard]
+            .send(Job::Event(event))
+            .await
+            .map_err(|_| SinkClosed)
+    }
+
+    /// Waits until every event published so far has been dispatched. Identity changes wait
+    /// for it, so that events the source produced before a change are judged with the
+    /// identity of before, and events after it with the new one.
+    pub async fn barrier(&self) {
+        let mut pending = Vec::with_capacity(self.shards.len());
+        for shard in self.shards.iter() {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if shard.send(Job::Barrier(done)).await.is_ok() {
+                pending.push(wait);
+            }
+        }
+        for wait in pending {
+            let _ = wait.await;
+        }
     }
 
     /// A user's roles or sessions changed (parse-server's `clearCache` message).
     pub async fn clear_user(&self, user_id: &str) {
         self.metrics.invalidations_in.fetch_add(1, Relaxed);
+        self.barrier().await;
         self.auth.invalidate_user(user_id).await;
     }
 
     /// A session token stopped (or started) being valid.
     pub async fn session_changed(&self, token: &str) {
         self.metrics.invalidations_in.fetch_add(1, Relaxed);
+        self.barrier().await;
         self.auth.invalidate_token(token).await;
     }
 

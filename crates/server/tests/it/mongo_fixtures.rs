@@ -14,6 +14,9 @@ use livequery_server::source::mongo::schema::Schemas;
 use livequery_server::source::mongo::transform::{LiveClasses, Output, Transformer};
 use serde_json::{Value, json};
 
+use crate::mongo_sim::SimMongo;
+use crate::support::TestServer;
+
 fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/mongo")
@@ -285,4 +288,62 @@ fn a_looked_up_later_version_does_not_replace_the_exact_one() {
         second[0]["change"]["current"],
         json!({"objectId": "d1", "a": 1, "b": 1, "className": "Doc"})
     );
+}
+
+/// Replays each recorded stream of `stream.json` through a running server and compares every
+/// client's frames with the expected ones, exactly and in order.
+#[tokio::test]
+async fn recorded_streams_become_the_expected_client_events() {
+    let cases = fixture("stream.json");
+    let cases = cases["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let sim = SimMongo::new();
+        for (collection, documents) in case["collections"].as_object().expect("collections") {
+            for stored in documents.as_array().expect("documents") {
+                sim.insert(collection, document(stored));
+            }
+        }
+        let server = TestServer::start_mongo("", sim.store(), true).await;
+        let mut clients = Vec::new();
+        for spec in case["clients"].as_array().expect("clients") {
+            let mut client = server.connected(spec["session"].as_str()).await;
+            client
+                .subscribe_with(
+                    json!({"op": "subscribe", "requestId": 1, "query": spec["subscribe"]}),
+                )
+                .await;
+            client.subscribe(99, "Sentinel", json!({})).await;
+            clients.push((
+                spec["name"].as_str().expect("client name").to_owned(),
+                client,
+            ));
+        }
+        for event in case["events"].as_array().expect("events") {
+            sim.replay(document(event));
+        }
+        sim.replay(document(&json!({
+            "operationType": "insert", "ns": {"db": "parse", "coll": "Sentinel"}, "documentKey": {"_id": "end"},
+            "fullDocument": {"_id": "end"}
+        })));
+        for (client_name, client) in &mut clients {
+            let mut frames = Vec::new();
+            loop {
+                let mut frame = client.recv().await;
+                if frame["requestId"] == 99 {
+                    break;
+                }
+                frame.as_object_mut().expect("frame").remove("clientId");
+                frames.push(frame);
+            }
+            assert_eq!(
+                Value::Array(frames),
+                case["expect"][client_name.as_str()],
+                "case {name:?}, client {client_name:?}"
+            );
+        }
+        drop(clients);
+        server.stop().await;
+    }
 }

@@ -41,6 +41,8 @@ struct Entry {
     before: Option<Document>,
     description: Option<Document>,
     wall: DateTime,
+    /// A recorded event delivered as it is (only its `_id` becomes this entry's token).
+    raw: Option<Document>,
 }
 
 /// One write, as the oplog records it.
@@ -138,6 +140,7 @@ impl SimMongo {
             before: if imaged { before } else { None },
             description,
             wall: DateTime::now(),
+            raw: None,
         };
         state.oplog.push(entry);
         self.changed.notify_waiters();
@@ -258,6 +261,33 @@ impl SimMongo {
         );
     }
 
+    /// Appends a recorded change event to the oplog, delivered verbatim. When a stream
+    /// delivers it, it is applied to the collections as far as it tells (its `fullDocument`
+    /// is stored, a delete removes), so lookups see the database as of that event.
+    pub(crate) fn replay(&self, event: Document) {
+        let mut state = self.state.lock();
+        state.seq += 1;
+        let collection = event
+            .get_document("ns")
+            .ok()
+            .and_then(|ns| ns.get_str("coll").ok())
+            .unwrap_or_default()
+            .to_owned();
+        let entry = Entry {
+            seq: state.seq,
+            operation: "raw",
+            collection,
+            id: Bson::Null,
+            after: None,
+            before: None,
+            description: None,
+            wall: DateTime::now(),
+            raw: Some(event),
+        };
+        state.oplog.push(entry);
+        self.changed.notify_waiters();
+    }
+
     /// Breaks every open stream, as a lost connection or a primary step-down does.
     pub(crate) fn break_streams(&self) {
         self.state.lock().generation += 1;
@@ -314,8 +344,38 @@ impl SimMongo {
     }
 }
 
+/// Applies a recorded event to the collections (idempotent: replaces by `_id`).
+fn apply_raw(state: &mut State, event: &Document) {
+    let collection = event
+        .get_document("ns")
+        .ok()
+        .and_then(|ns| ns.get_str("coll").ok())
+        .unwrap_or_default()
+        .to_owned();
+    let Some(id) = event
+        .get_document("documentKey")
+        .ok()
+        .and_then(|key| key.get("_id"))
+        .cloned()
+    else {
+        return;
+    };
+    let documents = state.collections.entry(collection).or_default();
+    documents.retain(|d| d.get("_id") != Some(&id));
+    if event.get_str("operationType") != Ok("delete")
+        && let Ok(full) = event.get_document("fullDocument")
+    {
+        documents.push(full.clone());
+    }
+}
+
 /// Builds the change event document MongoDB would send for `entry`.
 fn event_document(entry: &Entry, pre_images: bool, lookup: Option<Document>) -> Document {
+    if let Some(raw) = &entry.raw {
+        let mut event = raw.clone();
+        event.insert("_id", doc! {"_data": format!("{:016x}", entry.seq)});
+        return event;
+    }
     let mut event = doc! {
         "_id": {"_data": format!("{:016x}", entry.seq)},
         "operationType": entry.operation,
@@ -364,7 +424,7 @@ impl EventStream for SimStream {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let state = self.sim.state.lock();
+                let mut state = self.sim.state.lock();
                 if state.generation != self.generation {
                     return Err(StreamError::Other(anyhow::anyhow!(
                         "connection reset by peer"
@@ -374,6 +434,9 @@ impl EventStream for SimStream {
                     return Err(StreamError::HistoryLost("Resume of change stream was not possible, as the resume point may no longer be in the oplog.".to_owned()));
                 }
                 if let Some(entry) = state.oplog.iter().find(|e| e.seq >= self.position).cloned() {
+                    if let Some(raw) = &entry.raw {
+                        apply_raw(&mut state, raw);
+                    }
                     self.position = entry.seq + 1;
                     self.token = Some(entry.seq);
                     let lookup = state.collections.get(&entry.collection).and_then(|docs| {

@@ -170,8 +170,17 @@ impl MongoSource {
         let mut names: Vec<String> = SYSTEM.iter().map(|c| format!("{prefix}{c}")).collect();
         match &self.settings.classes {
             Some(classes) => names.extend(classes.iter().map(|c| format!("{prefix}{c}"))),
-            None => namespaces
-                .push(doc! {"ns.coll": {"$regex": format!("^{}[^_]", regex_escape(prefix))}}),
+            // Every user class, and the system classes apps subscribe to (`_Session` and
+            // `_Role` are in SYSTEM already).
+            None => {
+                namespaces
+                    .push(doc! {"ns.coll": {"$regex": format!("^{}[^_]", regex_escape(prefix))}});
+                names.extend(
+                    ["_User", "_Installation"]
+                        .iter()
+                        .map(|c| format!("{prefix}{c}")),
+                );
+            }
         }
         namespaces.push(doc! {"ns.coll": {"$in": names}});
         vec![doc! {"$match": {"$or": [
