@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use bson::{Bson, DateTime, Document, doc};
 use serde_json::{Value, json};
 
+use livequery_server::source::mongo::backend::StreamMode;
+
 use crate::mongo_sim::{SimMongo, WatchRecord};
 use crate::support::{Client, TestServer};
 
@@ -75,7 +77,7 @@ async fn change_stream_events_reach_subscribers_as_parse_events() {
     assert!(
         sim.watches()
             .iter()
-            .all(|w| w.pre_images && w.after.is_none()),
+            .all(|w| w.mode == StreamMode::Images && w.after.is_none()),
         "{:?}",
         sim.watches()
     );
@@ -177,7 +179,7 @@ async fn without_pre_images_originals_come_from_the_cache_and_nothing_is_invente
     sim.insert("Message", stored("gone", doc! {"room": "r1"}));
     let server = TestServer::start_mongo("", sim.store(), true).await;
     assert!(
-        sim.watches().iter().all(|w| !w.pre_images),
+        sim.watches().iter().all(|w| w.mode == StreamMode::Lookup),
         "MongoDB refused images: streams run without them"
     );
 
@@ -779,6 +781,48 @@ async fn only_served_classes_are_read_and_new_collections_get_images() {
     sim.update("Fresh", "f1", doc! {"n": 1}, &[]);
     let update = client.recv().await;
     assert_eq!(update["op"], "update");
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_too_large_with_its_documents_is_read_without_them() {
+    let sim = database();
+    sim.insert("Message", stored("big", doc! {"room": "r1", "n": 1}));
+    let server = TestServer::start_mongo("", sim.store(), true).await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({"room": "r1"})).await;
+    sim.update("Message", "big", doc! {"n": 2}, &[]);
+    assert_eq!(client.recv().await["object"]["n"], 2);
+    // Its pre- and post-image together would exceed 16 MB.
+    sim.update("Message", "big", doc! {"n": 3}, &[]);
+    sim.make_last_write_too_large();
+    sim.update("Message", "big", doc! {"n": 4}, &[]);
+    let update = client.recv().await;
+    assert_eq!(
+        (
+            update["op"].clone(),
+            update["object"]["n"].clone(),
+            update["original"]["n"].clone()
+        ),
+        (json!("update"), json!(3), json!(2)),
+        "rebuilt from the cached version: {update}"
+    );
+    let update = client.recv().await;
+    assert_eq!(
+        (
+            update["object"]["n"].clone(),
+            update["original"]["n"].clone()
+        ),
+        (json!(4), json!(3)),
+        "{update}"
+    );
+    let modes: Vec<StreamMode> = sim.watches().iter().map(|w| w.mode).collect();
+    assert_eq!(
+        modes,
+        [StreamMode::Images, StreamMode::Lean, StreamMode::Images],
+        "one lean stream for the large event only"
+    );
     drop(client);
     server.stop().await;
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bson::{Bson, DateTime, Document, doc};
 use livequery_server::source::mongo::backend::{
-    EventStream, RawEvent, Store, StreamError, StreamStart,
+    EventStream, RawEvent, Store, StreamError, StreamMode, StreamStart,
 };
 use mongodb::change_stream::event::ResumeToken;
 use parking_lot::Mutex;
@@ -25,8 +25,8 @@ use serde::Deserialize;
 pub(crate) struct WatchRecord {
     /// The sequence number the stream resumed after (`None`: from now).
     pub(crate) after: Option<u64>,
-    /// Whether pre- and post-images were requested.
-    pub(crate) pre_images: bool,
+    /// Which documents the events carry.
+    pub(crate) mode: StreamMode,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +64,8 @@ struct State {
     horizon: u64,
     images: HashSet<String>,
     images_unsupported: bool,
+    /// Events too large to carry their documents.
+    too_large: HashSet<u64>,
     /// Bumped to break every open stream (a connection loss).
     generation: u64,
     refuse_watches: usize,
@@ -311,6 +313,13 @@ impl SimMongo {
         self.state.lock().refuse_watches = count;
     }
 
+    /// The latest write becomes an event too large to carry its documents (> 16 MB).
+    pub(crate) fn make_last_write_too_large(&self) {
+        let mut state = self.state.lock();
+        let seq = state.seq;
+        state.too_large.insert(seq);
+    }
+
     /// Older MongoDB: `collMod changeStreamPreAndPostImages` is refused.
     pub(crate) fn without_image_support(&self) {
         self.state.lock().images_unsupported = true;
@@ -370,7 +379,7 @@ fn apply_raw(state: &mut State, event: &Document) {
 }
 
 /// Builds the change event document MongoDB would send for `entry`.
-fn event_document(entry: &Entry, pre_images: bool, lookup: Option<Document>) -> Document {
+fn event_document(entry: &Entry, mode: StreamMode, lookup: Option<Document>) -> Document {
     if let Some(raw) = &entry.raw {
         let mut event = raw.clone();
         event.insert("_id", doc! {"_data": format!("{:016x}", entry.seq)});
@@ -392,14 +401,19 @@ fn event_document(entry: &Entry, pre_images: bool, lookup: Option<Document>) -> 
     }
     let full = match entry.operation {
         "insert" | "replace" => entry.after.clone(),
-        "update" if pre_images => entry.after.clone(),
-        "update" => lookup,
+        "update" => match mode {
+            StreamMode::Images => entry.after.clone(),
+            StreamMode::Lookup => lookup,
+            StreamMode::Lean => None,
+        },
         _ => None,
     };
     if let Some(full) = full {
         event.insert("fullDocument", full);
     }
-    if pre_images && let Some(before) = &entry.before {
+    if mode == StreamMode::Images
+        && let Some(before) = &entry.before
+    {
         event.insert("fullDocumentBeforeChange", before.clone());
     }
     event
@@ -408,7 +422,7 @@ fn event_document(entry: &Entry, pre_images: bool, lookup: Option<Document>) -> 
 struct SimStream {
     sim: SimMongo,
     pipeline: Vec<Document>,
-    pre_images: bool,
+    mode: StreamMode,
     generation: u64,
     /// Next sequence number to examine.
     position: u64,
@@ -434,6 +448,9 @@ impl EventStream for SimStream {
                     return Err(StreamError::HistoryLost("Resume of change stream was not possible, as the resume point may no longer be in the oplog.".to_owned()));
                 }
                 if let Some(entry) = state.oplog.iter().find(|e| e.seq >= self.position).cloned() {
+                    if self.mode != StreamMode::Lean && state.too_large.contains(&entry.seq) {
+                        return Err(StreamError::TooLarge("BSONObjectTooLarge: BSONObj size: 17825792 (0x1100000) is invalid. Size must be between 0 and 16793600(16MB)".to_owned()));
+                    }
                     if let Some(raw) = &entry.raw {
                         apply_raw(&mut state, raw);
                     }
@@ -444,7 +461,7 @@ impl EventStream for SimStream {
                             .find(|d| d.get("_id") == Some(&entry.id))
                             .cloned()
                     });
-                    let document = event_document(&entry, self.pre_images, lookup);
+                    let document = event_document(&entry, self.mode, lookup);
                     if self
                         .pipeline
                         .iter()
@@ -480,7 +497,7 @@ impl Store for SimMongo {
         &self,
         start: StreamStart,
         pipeline: Vec<Document>,
-        pre_images: bool,
+        mode: StreamMode,
     ) -> Result<Box<dyn EventStream>, StreamError> {
         // Only the `$match` stage the source uses is understood.
         for stage in &pipeline {
@@ -495,7 +512,7 @@ impl Store for SimMongo {
             StreamStart::Now => None,
             StreamStart::After(token) => Some(seq_of(token)),
         };
-        state.watches.push(WatchRecord { after, pre_images });
+        state.watches.push(WatchRecord { after, mode });
         if state.refuse_watches > 0 {
             state.refuse_watches -= 1;
             return Err(StreamError::Other(anyhow::anyhow!(
@@ -514,7 +531,7 @@ impl Store for SimMongo {
         Ok(Box::new(SimStream {
             sim: this,
             pipeline,
-            pre_images,
+            mode,
             generation: state.generation,
             position,
             token,

@@ -21,6 +21,18 @@ pub enum StreamStart {
     After(ResumeToken),
 }
 
+/// Which documents change events carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    /// Pre- and post-images where the collection records them (`whenAvailable`).
+    Images,
+    /// The current document looked up for updates (`updateLookup`); no pre-images.
+    Lookup,
+    /// Only what the event itself says (key and update description): used to step over an
+    /// event that would exceed 16 MB with its documents attached.
+    Lean,
+}
+
 /// Why a change stream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -31,6 +43,10 @@ pub enum StreamError {
     /// The stream was invalidated (database dropped or renamed).
     #[error("the change stream was invalidated")]
     Invalidated,
+    /// The next event with its documents attached exceeds MongoDB's 16 MB limit
+    /// (BSONObjectTooLarge): it must be read in [`StreamMode::Lean`].
+    #[error("the next change event is too large with its documents attached: {0}")]
+    TooLarge(String),
     /// Anything else (network, server down): resume from the last token.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -57,7 +73,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         start: StreamStart,
         pipeline: Vec<Document>,
-        pre_images: bool,
+        mode: StreamMode,
     ) -> Result<Box<dyn EventStream>, StreamError>;
     /// Documents of `collection` matching `filter`, at most `limit` (0: no limit).
     async fn find(
@@ -105,6 +121,10 @@ fn classify(error: mongodb::error::Error) -> StreamError {
         if command.code == 286 || command.code == 280 {
             return StreamError::HistoryLost(command.message.clone());
         }
+        // 10334 BSONObjectTooLarge: the event with its images exceeds 16 MB.
+        if command.code == 10334 {
+            return StreamError::TooLarge(command.message.clone());
+        }
     }
     StreamError::Other(anyhow::Error::new(error))
 }
@@ -131,21 +151,25 @@ impl Store for MongoBackend {
         &self,
         start: StreamStart,
         pipeline: Vec<Document>,
-        pre_images: bool,
+        mode: StreamMode,
     ) -> Result<Box<dyn EventStream>, StreamError> {
         let mut options = ChangeStreamOptions::default();
-        // With images enabled the post-image is exact; without, look the document up (it may
-        // be a later version than the event, which the source accounts for).
-        options.full_document = Some(if pre_images {
-            FullDocumentType::WhenAvailable
-        } else {
-            FullDocumentType::UpdateLookup
-        });
-        options.full_document_before_change = Some(if pre_images {
-            FullDocumentBeforeChangeType::WhenAvailable
-        } else {
-            FullDocumentBeforeChangeType::Off
-        });
+        // With images enabled the post-image is exact; without, the document is looked up (it
+        // may be a later version than the event, which the source accounts for).
+        let (full, before) = match mode {
+            StreamMode::Images => (
+                Some(FullDocumentType::WhenAvailable),
+                FullDocumentBeforeChangeType::WhenAvailable,
+            ),
+            StreamMode::Lookup => (
+                Some(FullDocumentType::UpdateLookup),
+                FullDocumentBeforeChangeType::Off,
+            ),
+            // MongoDB's default: post-images of inserts and replaces only.
+            StreamMode::Lean => (None, FullDocumentBeforeChangeType::Off),
+        };
+        options.full_document = full;
+        options.full_document_before_change = Some(before);
         if let StreamStart::After(token) = start {
             options.start_after = Some(token);
         }

@@ -44,7 +44,7 @@ use mongodb::change_stream::event::{OperationType, ResumeToken};
 use tokio_util::sync::CancellationToken;
 
 use self::auth::MongoAuth;
-use self::backend::{RawEvent, Store, StreamError, StreamStart};
+use self::backend::{RawEvent, Store, StreamError, StreamMode, StreamStart};
 use self::cache::ObjectCache;
 use self::convert::FileUrls;
 use self::resume::ResumeStore;
@@ -380,17 +380,33 @@ impl Source for MongoSource {
         };
         let mut token: Option<ResumeToken> = self.settings.resume.load().await;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let normal = if pre_images {
+            StreamMode::Images
+        } else {
+            StreamMode::Lookup
+        };
+        // Set when the next event is too large to carry its documents: read it alone, lean.
+        let mut lean = false;
         loop {
             let start = token.clone().map_or(StreamStart::Now, StreamStart::After);
+            let mode = if lean { StreamMode::Lean } else { normal };
             let opened = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                opened = self.store.watch(start, self.pipeline(), pre_images) => opened,
+                opened = self.store.watch(start, self.pipeline(), mode) => opened,
             };
             let mut stream = match opened {
                 Ok(stream) => stream,
                 Err(StreamError::HistoryLost(reason)) => {
                     self.resynchronise(&mut transformer, &sink, &reason).await;
                     token = None;
+                    continue;
+                }
+                Err(StreamError::TooLarge(reason)) if !lean => {
+                    tracing::warn!(
+                        reason,
+                        "the next change event is too large with its documents; reading it without them"
+                    );
+                    lean = true;
                     continue;
                 }
                 Err(err) => {
@@ -432,12 +448,17 @@ impl Source for MongoSource {
                             .handle(event, &mut transformer, &sink, pre_images)
                             .await
                         {
-                            break err;
+                            break Some(err);
+                        }
+                        if lean {
+                            // Stepped over the large event: back to the normal stream.
+                            lean = false;
+                            break None;
                         }
                     }
                     // An empty batch still advances the position (post-batch token).
                     Ok(None) => {}
-                    Err(err) => break err,
+                    Err(err) => break Some(err),
                 }
                 if let Some(latest) = stream.resume_token() {
                     token = Some(latest);
@@ -447,8 +468,16 @@ impl Source for MongoSource {
                     saved_at = Instant::now();
                 }
             };
+            let Some(failure) = failure else { continue };
             sink.set_connected(false);
             match failure {
+                StreamError::TooLarge(reason) if !lean => {
+                    tracing::warn!(
+                        reason,
+                        "the next change event is too large with its documents; reading it without them"
+                    );
+                    lean = true;
+                }
                 StreamError::HistoryLost(reason) => {
                     self.resynchronise(&mut transformer, &sink, &reason).await;
                     token = None;
@@ -458,7 +487,7 @@ impl Source for MongoSource {
                         .await;
                     token = None;
                 }
-                StreamError::Other(err) => {
+                err @ (StreamError::Other(_) | StreamError::TooLarge(_)) => {
                     self.save(token.as_ref()).await;
                     let delay = backoff.next_delay();
                     tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "change stream failed; resuming after the last event");
