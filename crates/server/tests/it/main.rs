@@ -9,6 +9,7 @@ mod limits;
 mod mongo;
 mod mongo_fixtures;
 mod mongo_live;
+mod mongo_sdk;
 mod mongo_sim;
 mod operations;
 mod protocol;
