@@ -826,3 +826,18 @@ async fn an_event_too_large_with_its_documents_is_read_without_them() {
     drop(client);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_database_down_at_start_up_still_gets_its_images_once_it_answers() {
+    let sim = database();
+    sim.insert("Message", stored("m", doc! {"n": 1}));
+    sim.refuse_listings(2);
+    let server = TestServer::start_mongo("", sim.store(), true).await;
+    assert!(sim.imaged().contains("Message"));
+    assert!(
+        sim.watches().iter().all(|w| w.mode == StreamMode::Images),
+        "{:?}",
+        sim.watches()
+    );
+    drop(server);
+}

@@ -69,6 +69,7 @@ struct State {
     /// Bumped to break every open stream (a connection loss).
     generation: u64,
     refuse_watches: usize,
+    refuse_listings: usize,
     watches: Vec<WatchRecord>,
     finds: usize,
 }
@@ -311,6 +312,11 @@ impl SimMongo {
     /// The next `count` watch attempts fail (the server is down).
     pub(crate) fn refuse_watches(&self, count: usize) {
         self.state.lock().refuse_watches = count;
+    }
+
+    /// The next `count` collection listings fail (the server is down at start-up).
+    pub(crate) fn refuse_listings(&self, count: usize) {
+        self.state.lock().refuse_listings = count;
     }
 
     /// The latest write becomes an event too large to carry its documents (> 16 MB).
@@ -574,6 +580,12 @@ impl Store for SimMongo {
     }
 
     async fn collections(&self) -> anyhow::Result<Vec<String>> {
+        let mut state = self.state.lock();
+        if state.refuse_listings > 0 {
+            state.refuse_listings -= 1;
+            anyhow::bail!("No servers available (simulated outage)");
+        }
+        drop(state);
         Ok(self.state.lock().collections.keys().cloned().collect())
     }
 }

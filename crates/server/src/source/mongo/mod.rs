@@ -190,34 +190,31 @@ impl MongoSource {
     }
 
     /// Switches pre- and post-images on for every collection the source reads; returns
-    /// whether that worked everywhere (older MongoDB versions refuse).
-    async fn enable_images(&self) -> bool {
-        let collections = match self.store.collections().await {
-            Ok(collections) => collections,
-            Err(err) => {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "cannot list collections to enable pre-images"
-                );
-                return false;
-            }
-        };
+    /// whether that worked anywhere (MongoDB < 6.0 refuses everywhere). An error means the
+    /// database could not be asked (it is down): try again later.
+    async fn enable_images(&self) -> anyhow::Result<bool> {
+        let collections = self.store.collections().await?;
+        let mut any = false;
         let mut all = true;
         for collection in collections {
             if !self.reads(&collection) {
                 continue;
             }
             self.imaged.lock().insert(collection.clone());
-            if let Err(err) = self.store.enable_images(&collection).await {
-                tracing::warn!(
-                    collection,
-                    error = format!("{err:#}"),
-                    "cannot enable pre-images (MongoDB < 6.0 or missing privileges); originals fall back to the object cache"
-                );
-                all = false;
+            match self.store.enable_images(&collection).await {
+                Ok(()) => any = true,
+                Err(err) => {
+                    tracing::warn!(
+                        collection,
+                        error = format!("{err:#}"),
+                        "cannot enable pre-images (MongoDB < 6.0 or missing privileges); originals fall back to the object cache"
+                    );
+                    all = false;
+                }
             }
         }
-        all
+        // An empty database: images are switched on per collection as classes appear.
+        Ok(any || all)
     }
 
     async fn load_schemas(&self) -> anyhow::Result<()> {
@@ -371,7 +368,8 @@ impl Source for MongoSource {
         sink: EventSink,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let pre_images = self.settings.enable_pre_images && self.enable_images().await;
+        // Decided once the database answers (it may be down at start-up).
+        let mut images: Option<bool> = (!self.settings.enable_pre_images).then_some(false);
         let mut transformer = Transformer {
             prefix: self.settings.prefix.clone(),
             live: self.live(),
@@ -380,14 +378,28 @@ impl Source for MongoSource {
         };
         let mut token: Option<ResumeToken> = self.settings.resume.load().await;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let normal = if pre_images {
-            StreamMode::Images
-        } else {
-            StreamMode::Lookup
-        };
         // Set when the next event is too large to carry its documents: read it alone, lean.
         let mut lean = false;
         loop {
+            let pre_images = match images {
+                Some(known) => known,
+                None => match self.enable_images().await {
+                    Ok(known) => *images.insert(known),
+                    Err(err) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "cannot reach MongoDB to enable pre-images");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                },
+            };
+            let normal = if pre_images {
+                StreamMode::Images
+            } else {
+                StreamMode::Lookup
+            };
             let start = token.clone().map_or(StreamStart::Now, StreamStart::After);
             let mode = if lean { StreamMode::Lean } else { normal };
             let opened = tokio::select! {
