@@ -40,12 +40,35 @@ struct RawConfig {
     log: RawLog,
 }
 
+/// A list from a file, or a comma-separated string from the environment
+/// (`LIVEQUERY__MONGODB__CLASSES=Message,Room`).
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Items(Vec<String>),
+        Text(String),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::Items(items) => items,
+        List::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawMongo {
     url: String,
     database: String,
     collection_prefix: String,
+    #[serde(deserialize_with = "list_or_comma_separated")]
     classes: Vec<String>,
     enable_pre_images: bool,
     resume_token_file: String,
@@ -307,7 +330,9 @@ impl Config {
             config::Environment::with_prefix("LIVEQUERY")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                // Values stay strings until a typed key asks for a number or a boolean, so a key
+                // like "00123" is not turned into the number 123.
+                .try_parsing(false),
         );
         let raw: RawConfig = builder
             .build()

@@ -84,3 +84,31 @@ fn bad_configuration_is_reported_and_fails() {
             .contains("limits.max_connections must be greater than 0")
     );
 }
+
+#[test]
+fn environment_values_keep_their_text_and_still_fill_typed_keys() {
+    let output = livequery()
+        .arg("--check-config")
+        .env("LIVEQUERY__PARSE__APP_ID", "00123")
+        .env("LIVEQUERY__LIMITS__MAX_CONNECTIONS", "0777")
+        .env("LIVEQUERY__PARSE__ALLOW_REGEX", "false")
+        .env("LIVEQUERY__MONGODB__CLASSES", "Message, Room")
+        .output()
+        .expect("run livequery");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        printed.contains("app_id = \"00123\""),
+        "a numeric-looking string stays a string: {printed}"
+    );
+    assert!(printed.contains("max_connections = 777"), "{printed}");
+    assert!(printed.contains("allow_regex = false"), "{printed}");
+    assert!(
+        printed.contains("classes = [\"Message\", \"Room\"]"),
+        "lists are comma-separated in the environment: {printed}"
+    );
+}
