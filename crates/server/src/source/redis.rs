@@ -34,6 +34,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RedisSource {
     url: String,
     prefix: String,
+    ping_interval: Duration,
 }
 
 impl RedisSource {
@@ -43,7 +44,15 @@ impl RedisSource {
         Self {
             url: url.into(),
             prefix: prefix.into(),
+            ping_interval: PING_INTERVAL,
         }
+    }
+
+    /// Checks the link every `interval` instead of every 15 s.
+    #[must_use]
+    pub fn with_ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
     }
 
     fn channels(&self) -> [String; 3] {
@@ -72,8 +81,10 @@ impl RedisSource {
         *connected = true;
         sink.set_connected(true);
         tracing::info!(channels = ?self.channels(), "subscribed to parse-server's Redis channels");
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.ping_interval,
+            self.ping_interval,
+        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -93,7 +104,9 @@ impl RedisSource {
                     }
                 }
                 _ = ping.tick() => {
-                    tokio::time::timeout(IO_TIMEOUT, control.ping::<String>()).await.context("ping timed out")?.context("ping failed")?;
+                    // A subscribed RESP2 connection answers PING with `["pong", ""]`, RESP3 with
+                    // `PONG`: accept any reply.
+                    tokio::time::timeout(IO_TIMEOUT, control.ping::<redis::Value>()).await.context("ping timed out")?.context("ping failed")?;
                 }
             }
         }

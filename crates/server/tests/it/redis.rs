@@ -173,3 +173,43 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
     .await;
     assert_eq!(client.recv().await["object"]["objectId"], "m3");
 }
+
+/// The link check runs while subscribed: Redis answers a subscribed RESP2 connection's PING
+/// with `["pong", ""]`, which must not count as a failure (a failed check reconnects, and
+/// whatever was published meanwhile is lost).
+#[tokio::test]
+async fn link_checks_while_subscribed_do_not_reconnect() {
+    let port = free_port();
+    let Some(_redis) = redis_server(port).await else {
+        return;
+    };
+    let components = Components {
+        source: Arc::new(
+            RedisSource::new(format!("redis://127.0.0.1:{port}"), "lqApp")
+                .with_ping_interval(Duration::from_millis(50)),
+        ),
+        auth: Arc::new(MemoryAuth::new()),
+        reader: None,
+        embedded: None,
+        subqueries: None,
+    };
+    let server = TestServer::start_components("", components, true).await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({"room": "r"})).await;
+    // Twenty link checks.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        server.metric("livequery_source_connects_total").await,
+        1.0,
+        "a successful link check must not reconnect"
+    );
+    publish(
+        port,
+        "lqAppafterSave",
+        &json!({"currentParseObject": object("Message", "m1", json!({"room": "r"}))}),
+    )
+    .await;
+    assert_eq!(client.recv().await["object"]["objectId"], "m1");
+    drop(client);
+    server.stop().await;
+}
