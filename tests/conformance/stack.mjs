@@ -66,11 +66,18 @@ function asPostgres(command, args) {
   return isRoot ? ['runuser', ['-u', 'postgres', '--', command, ...args]] : [command, args];
 }
 
-export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000 } = {}) {
+/**
+ * Options used by the benchmarks (tests/bench): `lqCpus` pins the LiveQuery server under test
+ * to those CPUs (`taskset -c`), `otherCpus` pins every other process; `lqEnv` adds environment
+ * to livequery; `lqLogLevel` sets its log level; `redisArgs` are extra redis-server arguments.
+ */
+export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000, lqCpus, otherCpus, lqEnv = {}, lqLogLevel = 'info', redisArgs = [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'livequery-stack-'));
   fs.chmodSync(dir, 0o755);
   const children = [];
   const spawnChild = (name, command, args, options = {}) => {
+    const cpus = name === 'livequery' || name === 'reference-lq' ? lqCpus : otherCpus;
+    if (cpus !== undefined) [command, args] = ['taskset', ['-c', String(cpus), command, ...args]];
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
     const log = fs.createWriteStream(path.join(dir, `${name}.log`));
     child.stderr.pipe(log);
@@ -90,13 +97,14 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
     if (process.env.KEEP_STACK_LOGS) console.error(`stack logs kept in ${dir}`);
     else fs.rmSync(dir, { recursive: true, force: true });
   };
+  let lqPid;
   try {
     const appId = 'lqConformance';
     const masterKey = `mk-${randomUUID()}`;
     const jsKey = `js-${randomUUID()}`;
     const [redisPort, pgPort, parsePort, lqPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
 
-    const redis = spawnChild('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
+    const redis = spawnChild('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...redisArgs]);
     await waitForLine(redis, (line) => line.includes('Ready to accept connections'), 'redis-server');
     const redisURL = `redis://127.0.0.1:${redisPort}`;
 
@@ -141,9 +149,11 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
           LIVEQUERY__SOURCE__KIND: 'redis',
           LIVEQUERY__SOURCE__REDIS_URL: redisURL,
           LIVEQUERY__LOG__FORMAT: 'json',
-          LIVEQUERY__LOG__LEVEL: 'info',
+          LIVEQUERY__LOG__LEVEL: lqLogLevel,
+          ...lqEnv,
         },
       });
+      lqPid = lq.pid;
       lq.stdout.pipe(fs.createWriteStream(path.join(dir, 'livequery.out.log')));
       await waitFor('livequery (source connected)', async () => (await fetch(`http://127.0.0.1:${lqPort}/health`)).ok);
     } else if (target === 'reference') {
@@ -152,12 +162,14 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
         env: { ...common, LQ_PORT: String(lqPort), PARSE_SERVER_URL: parseServerURL, CACHE_TIMEOUT_MS: String(cacheTimeoutMs) },
       });
       await waitForLine(lq, (line) => line === 'ready', 'parse-server LiveQuery server');
+      lqPid = lq.pid;
     } else {
       throw new Error(`unknown target ${target}`);
     }
     return {
       dir,
       stop,
+      lqPid,
       env: {
         TARGET: target,
         APP_ID: appId,

@@ -1,0 +1,339 @@
+//! The deterministic workload: which event goes to which room, which subscription asks for
+//! which room, and the exact bytes published to Redis.
+//!
+//! Everything is a pure function of the event index `i` and the global subscription index
+//! `j`, so the publisher and the receivers (the oracle) agree on the expected deliveries
+//! without talking to each other.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+/// The family of subscription queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum QueryFamily {
+    /// `where: {}` for every subscription: identical queries, every event matches every one.
+    Broadcast,
+    /// `where: {room: j mod R, tag: {$ne: j}}`: every where-clause differs; selectivity 1/R.
+    Distinct,
+}
+
+impl QueryFamily {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Broadcast => "broadcast",
+            Self::Distinct => "distinct",
+        }
+    }
+}
+
+/// How events are spread over rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Selectivity {
+    /// Event i goes to room i mod R.
+    Rooms,
+    /// Every event goes to room -1, which no `distinct` subscription asks for.
+    Zero,
+}
+
+/// The parameters shared by the publisher and the oracle.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload {
+    pub(crate) class: String,
+    pub(crate) query: QueryFamily,
+    pub(crate) rooms: u64,
+    pub(crate) selectivity: Selectivity,
+    /// M: the number of events published.
+    pub(crate) events: u64,
+    pub(crate) object_bytes: usize,
+    pub(crate) run_id: String,
+}
+
+impl Workload {
+    /// room(i).
+    pub(crate) fn event_room(&self, i: u64) -> i64 {
+        match self.selectivity {
+            Selectivity::Zero => -1,
+            Selectivity::Rooms => (i % self.rooms) as i64,
+        }
+    }
+
+    /// The room subscription `j` asks for; `None` when it asks for every event.
+    pub(crate) fn sub_room(&self, j: u64) -> Option<i64> {
+        match self.query {
+            QueryFamily::Broadcast => None,
+            QueryFamily::Distinct => Some((j % self.rooms) as i64),
+        }
+    }
+
+    /// The selectivity reported: the fraction of events one subscription receives.
+    pub(crate) fn selectivity_value(&self) -> f64 {
+        match (self.query, self.selectivity) {
+            (QueryFamily::Broadcast, _) => 1.0,
+            (QueryFamily::Distinct, Selectivity::Zero) => 0.0,
+            (QueryFamily::Distinct, Selectivity::Rooms) => 1.0 / self.rooms as f64,
+        }
+    }
+
+    /// How many distinct where-clauses `subscriptions` subscriptions use.
+    pub(crate) fn distinct_queries(&self, subscriptions: u64) -> u64 {
+        match self.query {
+            QueryFamily::Broadcast => subscriptions.min(1),
+            QueryFamily::Distinct => subscriptions,
+        }
+    }
+
+    /// How many of the M events a subscription on `room` must receive.
+    pub(crate) fn expected_count(&self, room: Option<i64>) -> u64 {
+        let Some(room) = room else {
+            return self.events;
+        };
+        match self.selectivity {
+            Selectivity::Zero => 0,
+            Selectivity::Rooms => {
+                let r = room as u64;
+                if room < 0 || r >= self.events {
+                    0
+                } else {
+                    (self.events - 1 - r) / self.rooms + 1
+                }
+            }
+        }
+    }
+
+    /// The position of event `seq` among the events a subscription on `room` expects, or
+    /// `None` when the subscription must not receive it.
+    pub(crate) fn expected_index(&self, room: Option<i64>, seq: u64) -> Option<u64> {
+        if seq >= self.events {
+            return None;
+        }
+        let Some(room) = room else {
+            return Some(seq);
+        };
+        if self.event_room(seq) != room {
+            return None;
+        }
+        Some(seq / self.rooms)
+    }
+
+    /// The `query` of subscription `j`.
+    pub(crate) fn subscribe_query(&self, j: u64) -> serde_json::Value {
+        match self.sub_room(j) {
+            None => json!({"className": self.class, "where": {}}),
+            Some(room) => json!({
+                "className": self.class,
+                "where": {"room": room, "tag": {"$ne": j}},
+            }),
+        }
+    }
+
+    /// A deterministic score in [0, 1) with at most 6 decimals (short to print, and printed
+    /// alike by JavaScript and Rust).
+    fn score(i: u64) -> f64 {
+        (i.wrapping_mul(618_034) % 1_000_000) as f64 / 1e6
+    }
+
+    /// Appends the Redis payload of event `i` (an afterSave of a new object), scheduled at
+    /// `sent_at_ns`, to `out`. The `currentParseObject` JSON is padded with its `body` to
+    /// `object_bytes` (it is longer only when the other fields alone exceed that).
+    pub(crate) fn encode_event(&self, i: u64, sent_at_ns: u64, out: &mut String) {
+        const PREFIX: &str = "{\"currentParseObject\":";
+        let iso = iso8601_millis(sent_at_ns);
+        let start = out.len();
+        out.push_str(PREFIX);
+        let object_start = out.len();
+        // `write!` into a String cannot fail.
+        let _ = write!(
+            out,
+            "{{\"room\":{},\"score\":{},\"seq\":{i},\"sentAt\":{sent_at_ns},\"body\":\"",
+            self.event_room(i),
+            Self::score(i)
+        );
+        let head = out.len() - object_start;
+        let mut tail = String::with_capacity(160);
+        let _ = write!(
+            tail,
+            "\",\"createdAt\":\"{iso}\",\"updatedAt\":\"{iso}\",\"ACL\":{{\"*\":{{\"read\":true}}}},\
+             \"objectId\":\"b{}{i}\",\"__type\":\"Object\",\"className\":{}}}",
+            self.run_id,
+            serde_json::Value::from(self.class.as_str())
+        );
+        let body = self.object_bytes.saturating_sub(head + tail.len());
+        out.extend(std::iter::repeat_n('x', body));
+        out.push_str(&tail);
+        out.push('}');
+        debug_assert!(out.len() > start);
+    }
+}
+
+/// `ns` since the UNIX epoch as Parse prints dates: `2026-11-22T09:13:04.224Z`.
+pub(crate) fn iso8601_millis(ns: u64) -> String {
+    let ms = ns / 1_000_000;
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(query: QueryFamily, rooms: u64, selectivity: Selectivity) -> Workload {
+        Workload {
+            class: "LQBench".into(),
+            query,
+            rooms,
+            selectivity,
+            events: 1000,
+            object_bytes: 256,
+            run_id: "r1".into(),
+        }
+    }
+
+    #[test]
+    fn rooms_and_selectivity() {
+        let w = workload(QueryFamily::Distinct, 100, Selectivity::Rooms);
+        assert_eq!(w.event_room(0), 0);
+        assert_eq!(w.event_room(257), 57);
+        assert_eq!(w.sub_room(1234), Some(34));
+        assert_eq!(w.selectivity_value(), 0.01);
+        assert_eq!(w.distinct_queries(500), 500);
+        // 1000 events over 100 rooms: 10 each.
+        assert_eq!(w.expected_count(Some(0)), 10);
+        assert_eq!(w.expected_count(Some(99)), 10);
+        assert_eq!(w.expected_index(Some(34), 34), Some(0));
+        assert_eq!(w.expected_index(Some(34), 934), Some(9));
+        assert_eq!(w.expected_index(Some(34), 35), None);
+        assert_eq!(w.expected_index(Some(34), 1034), None);
+
+        let w = workload(QueryFamily::Distinct, 1, Selectivity::Rooms);
+        assert_eq!(w.selectivity_value(), 1.0);
+        assert_eq!(w.expected_count(Some(0)), 1000);
+        assert_eq!(w.expected_index(Some(0), 999), Some(999));
+
+        let w = Workload {
+            events: 7,
+            ..workload(QueryFamily::Distinct, 3, Selectivity::Rooms)
+        };
+        // Events 0..7 in rooms 0,1,2,0,1,2,0.
+        assert_eq!(
+            [0, 1, 2].map(|r| w.expected_count(Some(r))),
+            [3, 2, 2],
+            "uneven split"
+        );
+        let w = Workload {
+            events: 2,
+            ..workload(QueryFamily::Distinct, 5, Selectivity::Rooms)
+        };
+        assert_eq!(w.expected_count(Some(3)), 0, "room beyond the last event");
+
+        let w = workload(QueryFamily::Distinct, 10, Selectivity::Zero);
+        assert_eq!(w.event_room(5), -1);
+        assert_eq!(w.selectivity_value(), 0.0);
+        assert_eq!(w.expected_count(Some(0)), 0);
+        assert_eq!(w.expected_index(Some(0), 0), None);
+
+        let w = workload(QueryFamily::Broadcast, 10, Selectivity::Rooms);
+        assert_eq!(w.sub_room(7), None);
+        assert_eq!(w.selectivity_value(), 1.0);
+        assert_eq!(w.distinct_queries(500), 1);
+        assert_eq!(w.expected_count(None), 1000);
+        assert_eq!(w.expected_index(None, 999), Some(999));
+        assert_eq!(w.expected_index(None, 1000), None);
+    }
+
+    #[test]
+    fn queries() {
+        let w = workload(QueryFamily::Distinct, 100, Selectivity::Rooms);
+        assert_eq!(
+            w.subscribe_query(1234).to_string(),
+            r#"{"className":"LQBench","where":{"room":34,"tag":{"$ne":1234}}}"#
+        );
+        let w = workload(QueryFamily::Broadcast, 100, Selectivity::Rooms);
+        assert_eq!(
+            w.subscribe_query(3).to_string(),
+            r#"{"className":"LQBench","where":{}}"#
+        );
+    }
+
+    #[test]
+    fn event_message_is_valid_and_sized() {
+        let sent_at = 1_795_338_784_224_123_456u64;
+        for (query, object_bytes) in [
+            (QueryFamily::Distinct, 256),
+            (QueryFamily::Broadcast, 1024),
+            (QueryFamily::Distinct, 10_240),
+        ] {
+            let w = Workload {
+                object_bytes,
+                ..workload(query, 7, Selectivity::Rooms)
+            };
+            for i in [0, 9, 123_456, 99_999_999] {
+                let mut out = String::new();
+                w.encode_event(i, sent_at, &mut out);
+                let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+                let obj = &v["currentParseObject"];
+                assert_eq!(v.as_object().unwrap().len(), 1, "only currentParseObject");
+                let obj_len = serde_json::to_string(obj).unwrap().len();
+                if obj["body"] == "" {
+                    assert!(obj_len >= object_bytes - 4, "{obj_len}");
+                } else {
+                    assert!(
+                        obj_len.abs_diff(object_bytes) <= 4,
+                        "object is {obj_len} bytes, want {object_bytes}"
+                    );
+                }
+                assert_eq!(obj["seq"], i);
+                assert_eq!(obj["sentAt"], sent_at);
+                assert_eq!(obj["room"], w.event_room(i));
+                assert_eq!(obj["className"], "LQBench");
+                assert_eq!(obj["__type"], "Object");
+                assert_eq!(obj["objectId"], format!("br1{i}"));
+                assert_eq!(obj["ACL"], json!({"*": {"read": true}}));
+                assert_eq!(obj["createdAt"], "2026-11-22T09:13:04.224Z");
+                assert!(obj["score"].as_f64().unwrap() < 1.0);
+                assert!(obj["body"].as_str().unwrap().bytes().all(|b| b == b'x'));
+            }
+        }
+        // Tiny objects cannot shrink below their fixed fields; the body is then empty.
+        let w = Workload {
+            object_bytes: 10,
+            ..workload(QueryFamily::Distinct, 7, Selectivity::Zero)
+        };
+        let mut out = String::new();
+        w.encode_event(3, sent_at, &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["currentParseObject"]["body"], "");
+        assert_eq!(v["currentParseObject"]["room"], -1);
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso8601_millis(951_782_400_123_000_000),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            iso8601_millis(1_795_338_784_224_999_999),
+            "2026-11-22T09:13:04.224Z"
+        );
+    }
+}
