@@ -38,7 +38,7 @@ pub(crate) enum Command {
     /// round(stall-fraction × C) then stop reading); (2) settle, then sample the server's RSS,
     /// PSS and CPU; (3) publish M events open-loop at --rate (or hold idle for --idle-seconds);
     /// (4) drain until every subscription has its events or --drain-timeout passes without
-    /// any receipt; (5) print the JSON report.
+    /// any receipt while the server (--server-pid) is idle; (5) print the JSON report.
     ///
     /// Workload: event i is a new object of --class with room(i) = i mod R (-1 with
     /// --selectivity zero), seq i, sentAt (scheduled publish time, ns since the epoch) and a
@@ -148,7 +148,8 @@ pub(crate) struct RunArgs {
     /// Pause between setup and publishing, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) settle_seconds: f64,
-    /// Stop draining once no event arrived for this many seconds.
+    /// Stop draining once no event arrived, and the server's CPU was quiet, for this many
+    /// seconds.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) drain_timeout: f64,
     /// Stop draining at the latest this many seconds after the last publish.

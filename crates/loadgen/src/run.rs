@@ -242,7 +242,8 @@ async fn drain(
         let (Some(server), true) = (server, published) else {
             return None;
         };
-        let limit = config.drain_timeout.min(config.max_drain);
+        // The server may need long for a large backlog: wait while it works, up to --max-drain.
+        let limit = config.max_drain;
         let mut previous = server.cpu_seconds()?;
         loop {
             tokio::time::sleep(QUIET_WINDOW).await;
@@ -252,20 +253,35 @@ async fn drain(
             }
             previous = cpu;
             if start.elapsed() >= limit {
-                tracing::warn!("the server's CPU did not go quiet within --drain-timeout");
+                tracing::warn!("the server's CPU did not go quiet within --max-drain");
                 return None;
             }
         }
     }
+    // A server still working through the backlog (its CPU time growing) counts as progress,
+    // like a receipt: a slow server may deliver its first event long after publishing ended.
+    let mut busy_ns = start_ns;
+    let mut cpu_checked = Instant::now();
+    let mut previous_cpu = server.and_then(|s| s.cpu_seconds());
     loop {
         if shared.finished_subs.load(Ordering::Relaxed) >= active_subs {
             return None;
+        }
+        if cpu_checked.elapsed() >= QUIET_WINDOW
+            && let Some(server) = server
+            && let Some(cpu) = server.cpu_seconds()
+        {
+            if previous_cpu.is_some_and(|p| cpu - p > QUIET_CPU) {
+                busy_ns = now_ns();
+            }
+            previous_cpu = Some(cpu);
+            cpu_checked = Instant::now();
         }
         if start.elapsed() >= config.max_drain {
             tracing::warn!("drain stopped by --max-drain");
             return None;
         }
-        let last = shared.recorder.last_receipt_ns().max(start_ns);
+        let last = shared.recorder.last_receipt_ns().max(busy_ns);
         let idle = Duration::from_nanos(now_ns().saturating_sub(last));
         if idle >= config.drain_timeout {
             tracing::warn!(

@@ -71,8 +71,8 @@ where
     let mut ping = interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
-    let connect_deadline = sleep(limits.connect_timeout);
-    tokio::pin!(connect_deadline);
+    // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
+    let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
     let mut batch: Vec<Bytes> = Vec::new();
 
     let end = loop {
@@ -80,7 +80,9 @@ where
             biased;
             () = ctx.shutdown.cancelled() => break End::Close(CloseCode::Away, "server shutting down", None),
             () = outbox.notified() => {
-                if let Err(end) = flush_outbox(&mut ws, &outbox, &mut batch, &ctx).await {
+                // Boxed: a write in progress needs a few hundred bytes that an idle
+                // connection should not carry (one allocation per batch written).
+                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
                     break end;
                 }
             }
@@ -91,11 +93,11 @@ where
                     break End::Terminate;
                 }
                 awaiting_pong = true;
-                if let Err(end) = write_with_timeout(&mut ws, Message::Ping(Bytes::new()), ctx.config.limits.write_timeout, &ctx).await {
+                if let Err(end) = Box::pin(write_with_timeout(&mut ws, Message::Ping(Bytes::new()), ctx.config.limits.write_timeout, &ctx)).await {
                     break end;
                 }
             }
-            () = &mut connect_deadline, if !session.is_connected() => {
+            () = async { connect_deadline.as_mut().expect("checked by the guard").await }, if connect_deadline.is_some() => {
                 ctx.metrics.dropped(DropReason::ConnectTimeout);
                 break End::Close(
                     CloseCode::Policy,
@@ -129,8 +131,9 @@ where
                 Some(Ok(Message::Text(text))) => {
                     let was_connected = session.is_connected();
                     let end = {
-                        let handled = session.handle_text(text.as_str());
-                        tokio::pin!(handled);
+                        // Boxed: a frame's handling (auth lookups included) can need a large
+                        // future; kept inline it would enlarge every idle connection's task.
+                        let mut handled = Box::pin(session.handle_text(text.as_str()));
                         // Keep the socket serviced while the frame's handling waits.
                         loop {
                             tokio::select! {
@@ -138,7 +141,7 @@ where
                                 () = &mut handled => break None,
                                 () = ctx.shutdown.cancelled() => break Some(End::Close(CloseCode::Away, "server shutting down", None)),
                                 () = outbox.notified() => {
-                                    if let Err(end) = flush_outbox(&mut ws, &outbox, &mut batch, &ctx).await {
+                                    if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
                                         break Some(end);
                                     }
                                 }
@@ -150,8 +153,9 @@ where
                     }
                     if !was_connected && let Some(id) = session.client_id() {
                         span.record("client_id", tracing::field::display(id));
+                        connect_deadline = None;
                     }
-                    if let Err(end) = flush_outbox(&mut ws, &outbox, &mut batch, &ctx).await {
+                    if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
                         break end;
                     }
                 }
@@ -181,7 +185,8 @@ where
                 }
                 Ok::<(), WsError>(())
             };
-            let _ = tokio::time::timeout(ctx.config.limits.write_timeout, handshake).await;
+            let _ =
+                tokio::time::timeout(ctx.config.limits.write_timeout, Box::pin(handshake)).await;
         }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
@@ -190,7 +195,7 @@ where
             } else {
                 ctx.config.limits.write_timeout
             };
-            close(&mut ws, code, reason, error, grace, &ctx).await;
+            Box::pin(close(&mut ws, code, reason, error, grace, &ctx)).await;
         }
     }
 }

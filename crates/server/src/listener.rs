@@ -36,12 +36,12 @@ use crate::metrics::DropReason;
 /// Extra TCP connections allowed beyond `max_connections`, for HTTP clients.
 const HTTP_MARGIN: usize = 256;
 
-/// The WebSocket settings: small read buffers (idle connections are cheap) and the
-/// configured size limits.
+/// The WebSocket settings: small read buffers (idle connections are cheap; a larger frame
+/// grows its connection's buffer as needed) and the configured size limits.
 fn websocket_config(ctx: &ServerCtx) -> WebSocketConfig {
     let max = ctx.config.limits.max_message_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(64 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
@@ -151,8 +151,13 @@ fn upgrade(mut request: Request<Incoming>, ctx: Arc<ServerCtx>, peer: SocketAddr
     let accept = derive_accept_key(key.as_bytes());
     let config = websocket_config(&ctx);
     let ctx2 = ctx.clone();
+    // Only the upgrade future goes into the task: the request's header values are slices of
+    // hyper's read buffer (8 KiB and more), which the task would otherwise keep alive for
+    // the connection's whole life.
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    drop(request);
     ctx.tracker.spawn(async move {
-        match hyper::upgrade::on(&mut request).await {
+        match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
@@ -160,7 +165,10 @@ fn upgrade(mut request: Request<Incoming>, ctx: Arc<ServerCtx>, peer: SocketAddr
                     Some(config),
                 )
                 .await;
-                crate::connection::serve(ws, ctx2, peer).await;
+                // Boxed: the task then holds only the connection's own state, not also the
+                // space of the upgrade and handshake futures (half of an idle connection's
+                // memory otherwise).
+                Box::pin(crate::connection::serve(ws, ctx2, peer)).await;
             }
             Err(err) => {
                 ctx2.metrics.connections.fetch_sub(1, Relaxed);
