@@ -302,7 +302,7 @@ impl Server {
         }
         let _ = source_task.await;
         let _ = refresher.await;
-        tokio::task::spawn_blocking(move || dispatcher.join()).await?;
+        dispatcher.join().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -6,7 +6,17 @@ use crate::support::{TestServer, object};
 
 #[tokio::test]
 async fn the_five_events_follow_the_reference_transcript() {
-    let server = TestServer::start("").await;
+    five_events("").await;
+}
+
+/// One dispatcher (a one-core machine) runs on the runtime instead of its own thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_single_dispatcher_on_the_runtime_delivers_the_same_events() {
+    five_events("[dispatch]\nworkers = 1\n").await;
+}
+
+async fn five_events(overrides: &str) {
+    let server = TestServer::start(overrides).await;
     let mut client = server.connected(None).await;
     client
         .subscribe(1, "Message", json!({"room": "r", "score": {"$gt": 10}}))
@@ -76,6 +86,8 @@ async fn the_five_events_follow_the_reference_transcript() {
         ))
         .await;
     assert_eq!(client.recv().await["object"]["objectId"], "sentinel");
+    drop(client);
+    server.stop().await;
 }
 
 #[tokio::test]
