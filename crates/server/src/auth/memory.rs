@@ -56,12 +56,6 @@ impl MemoryAuth {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[async_trait]
 impl AuthProvider for MemoryAuth {
     async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
@@ -70,7 +64,7 @@ impl AuthProvider for MemoryAuth {
         };
         if session
             .expires_at_ms
-            .is_some_and(|expires| expires <= now_ms())
+            .is_some_and(|expires| expires <= crate::auth::unix_millis())
         {
             return Ok(None);
         }

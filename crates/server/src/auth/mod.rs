@@ -448,3 +448,11 @@ impl Auth {
 fn closed_permissions() -> ClassPermissions {
     ClassPermissions::from_json(&serde_json::json!({"find": {}, "get": {}}))
 }
+
+/// Wall-clock time in milliseconds since the Unix epoch (session `expiresAt`, source
+/// timestamps).
+pub(crate) fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -176,12 +176,6 @@ fn urlencode(segment: &str) -> String {
         .collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[async_trait]
 impl AuthProvider for ParseRest {
     async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
@@ -207,7 +201,7 @@ impl AuthProvider for ParseRest {
             .and_then(|e| e.get("iso"))
             .and_then(Value::as_str)
             .and_then(parse_iso_millis);
-        if expires.is_some_and(|expires| expires <= now_ms()) {
+        if expires.is_some_and(|expires| expires <= crate::auth::unix_millis()) {
             return Ok(None);
         }
         let roles = self.roles_of(user_id).await?;

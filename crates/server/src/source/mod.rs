@@ -202,9 +202,7 @@ impl EventSink {
     /// Records the source's own timestamp of the latest event (its commit time), for the
     /// `livequery_source_event_age_seconds` gauge.
     pub fn observe_source_time(&self, millis: i64) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now = crate::auth::unix_millis();
         self.metrics
             .source_event_age_ms
             .store(u64::try_from(now - millis).unwrap_or(0), Relaxed);

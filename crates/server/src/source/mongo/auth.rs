@@ -108,12 +108,6 @@ impl MongoAuth {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[async_trait]
 impl AuthProvider for MongoAuth {
     async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
@@ -141,7 +135,7 @@ impl AuthProvider for MongoAuth {
             return Ok(None);
         };
         if let Ok(expires) = session.get_datetime("expiresAt")
-            && expires.timestamp_millis() <= now_ms()
+            && expires.timestamp_millis() <= crate::auth::unix_millis()
         {
             return Ok(None);
         }
