@@ -271,9 +271,6 @@ function renderMarkdown(all, info, commands) {
     const sorted = [...rows.filter((r) => r.target === 'livequery'), ...rows.filter((r) => r.target !== 'livequery')];
     for (const r of sorted) lines.push(row(r, info));
     if (workload === 'W0') {
-      for (const r of sorted.filter((x) => x.target === 'livequery')) {
-        lines.push(`<!-- ${r.label}: setup ${r.setup_seconds.toFixed(2)} s -->`);
-      }
       lines.push('', 'Connection set-up (connect + subscribe, all connections): ' + sorted.map((r) => `${r.target === 'livequery' ? 'livequery' : 'reference'} ${r.connections}: ${r.setup_seconds.toFixed(2)} s`).join('; ') + '.');
     }
     if (workload === 'W7') {
