@@ -100,6 +100,49 @@ pub fn classify(
     }
 }
 
+/// Whether something about the original is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knowledge {
+    /// Known to be true or false.
+    Known(bool),
+    /// Cannot be told (the original is not fully known).
+    Unknown,
+}
+
+/// Classification when the original is only partly known (a source without pre-images).
+/// Only data from the current object is ever sent, and only when the reader may read it
+/// now; when the transition cannot be told, a matching object is reported as `enter`
+/// without original, and a possible `leave` is not reported.
+///
+/// `visible_now` is "matches and is readable now"; `watch_changed` is whether a watched
+/// field is among the changed ones (`None` without `watch`).
+pub fn classify_uncertain(
+    original_matches: Knowledge,
+    original_readable: Knowledge,
+    visible_now: bool,
+    current_readable: bool,
+    watch_changed: Option<bool>,
+) -> Classification {
+    use Knowledge::{Known, Unknown};
+    let classification = match (original_matches, original_readable, visible_now) {
+        (Known(true), Known(true) | Unknown, true) => Classification::Update,
+        (Known(true), Known(true) | Unknown, false) if current_readable => Classification::Leave {
+            object_is_original: false,
+        },
+        (Known(false) | Unknown, _, true) | (Known(true), Known(false), true) => {
+            Classification::Enter {
+                with_original: false,
+            }
+        }
+        _ => Classification::Nothing,
+    };
+    // The `watch` rule needs only the changed fields, which are known.
+    match classification {
+        Classification::Update if watch_changed == Some(false) => Classification::Nothing,
+        other => other,
+    }
+}
+
 fn watch_allows(
     watch: Option<&[String]>,
     original: Option<&Map<String, Value>>,

@@ -13,7 +13,8 @@ use crate::date::parse_iso_millis;
 use crate::error::QueryError;
 use crate::geo::{EARTH_RADIUS_KM, EARTH_RADIUS_MILES};
 use crate::js_regex;
-use crate::query::{AllElement, Cmp, Node, Path, Pred, Query, Subquery, SubqueryKind};
+use crate::query::{Cmp, Node, Path, Pred, Query, Subquery, SubqueryKind};
+use crate::set::OperandSet;
 use crate::value::Operand;
 
 /// What to do with `$inQuery`, `$notInQuery`, `$select`, `$dontSelect` and `$relatedTo`.
@@ -37,6 +38,11 @@ pub struct CompileOptions {
     pub allow_regex: bool,
     /// Subquery handling.
     pub subqueries: SubqueryPolicy,
+    /// Most items in one `$in`, `$nin`, `$all` or `$containedBy` operand.
+    pub max_set_items: usize,
+    /// Most conditions in one clause ([`Query::conditions`]): bounds the cost of one
+    /// evaluation.
+    pub max_conditions: usize,
 }
 
 impl Default for CompileOptions {
@@ -45,6 +51,8 @@ impl Default for CompileOptions {
             max_depth: 16,
             allow_regex: true,
             subqueries: SubqueryPolicy::Reject,
+            max_set_items: 10_000,
+            max_conditions: 1_000,
         }
     }
 }
@@ -55,23 +63,36 @@ impl Query {
         where_: &Map<String, Value>,
         options: &CompileOptions,
     ) -> Result<Self, QueryError> {
+        Self::compile_at(where_, options, 0)
+    }
+
+    fn compile_at(
+        where_: &Map<String, Value>,
+        options: &CompileOptions,
+        depth: usize,
+    ) -> Result<Self, QueryError> {
         let mut compiler = Compiler {
             options,
             fields: Vec::new(),
+            conditions: 0,
         };
-        let root = compiler.clause(where_, 0)?;
+        let root = compiler.clause(where_, depth)?;
         let mut fields = compiler.fields;
         fields.sort_unstable();
         fields.dedup();
-        let object_id_lookup = match (where_.len(), where_.get("objectId")) {
-            (1, Some(Value::String(id))) => Some(id.as_str().into()),
+        let pinned_object_id = match where_.get("objectId") {
+            Some(Value::String(id)) => Some(id.as_str().into()),
             _ => None,
         };
+        let object_id_lookup = pinned_object_id.clone().filter(|_| where_.len() == 1);
         Ok(Self {
             root,
             canonical: canonical(where_).into_boxed_str(),
             object_id_lookup,
+            pinned_object_id,
             fields: fields.into_iter().map(String::into_boxed_str).collect(),
+            conditions: compiler.conditions,
+            bound_for: None,
         })
     }
 }
@@ -79,6 +100,7 @@ impl Query {
 struct Compiler<'o> {
     options: &'o CompileOptions,
     fields: Vec<String>,
+    conditions: usize,
 }
 
 fn is_field_name(key: &str) -> bool {
@@ -90,6 +112,28 @@ fn is_field_name(key: &str) -> bool {
 }
 
 impl Compiler<'_> {
+    /// Counts `n` more conditions; fails once the clause has more than allowed.
+    fn count(&mut self, n: usize) -> Result<(), QueryError> {
+        self.conditions = self.conditions.saturating_add(n);
+        let max = self.options.max_conditions;
+        if self.conditions > max {
+            return Err(QueryError::TooComplex { max });
+        }
+        Ok(())
+    }
+
+    /// Checks the length of a set operand.
+    fn set_items(&self, op: &str, items: &[Value]) -> Result<(), QueryError> {
+        let max = self.options.max_set_items;
+        if items.len() > max {
+            return Err(QueryError::invalid(format!(
+                "bad {op} value: {} items, at most {max} are allowed",
+                items.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn clause(&mut self, where_: &Map<String, Value>, depth: usize) -> Result<Node, QueryError> {
         let mut conjuncts = Vec::with_capacity(where_.len());
         for (key, value) in where_ {
@@ -134,6 +178,7 @@ impl Compiler<'_> {
         if items.is_empty() {
             return Err(not_array());
         }
+        self.count(items.len())?;
         let mut branches = Vec::with_capacity(items.len());
         for item in items {
             let Value::Object(map) = item else {
@@ -165,12 +210,14 @@ impl Compiler<'_> {
             return Err(bad());
         };
         let key = map.get("key").and_then(Value::as_str).ok_or_else(bad)?;
+        self.count(1)?;
         let sub = self.subquery(
             SubqueryKind::RelatedTo,
             class,
             Map::new(),
             Some(key),
             Some(id),
+            None,
         )?;
         Ok(Node::RelatedTo(sub))
     }
@@ -182,6 +229,7 @@ impl Compiler<'_> {
         where_: Map<String, Value>,
         key: Option<&str>,
         owner_id: Option<&str>,
+        inner: Option<Query>,
     ) -> Result<Subquery, QueryError> {
         let operator = match kind {
             SubqueryKind::InQuery => "$inQuery",
@@ -202,6 +250,7 @@ impl Compiler<'_> {
             where_,
             key: key.map(str::to_owned),
             owner_id: owner_id.map(str::to_owned),
+            inner: inner.map(Box::new),
             set: None,
         })
     }
@@ -219,6 +268,7 @@ impl Compiler<'_> {
             .filter(|m| m.keys().any(|k| k.starts_with('$')))
         else {
             check_operand(value)?;
+            self.count(1)?;
             return Ok(Constraint::Preds(vec![Pred::Eq(Operand::from_json(
                 value,
                 date_strings,
@@ -226,6 +276,7 @@ impl Compiler<'_> {
         };
         let mut preds = Vec::with_capacity(ops.len());
         let mut never = false;
+        self.count(ops.len())?;
         for (op, v) in ops {
             let operand = |v: &Value| -> Result<Operand, QueryError> {
                 check_operand(v)?;
@@ -257,29 +308,36 @@ impl Compiler<'_> {
                     let items = v
                         .as_array()
                         .ok_or_else(|| QueryError::invalid(format!("bad {op} value")))?;
-                    let ops: Box<[Operand]> =
-                        items.iter().map(operand).collect::<Result<_, _>>()?;
+                    self.set_items(op, items)?;
+                    let set = OperandSet::new(items.iter().map(operand).collect::<Result<_, _>>()?);
                     preds.push(if op == "$in" {
-                        Pred::In(ops)
+                        Pred::In(set)
                     } else {
-                        Pred::Nin(ops)
+                        Pred::Nin(set)
                     });
                 }
                 "$all" => {
                     let items = v
                         .as_array()
                         .ok_or_else(|| QueryError::invalid("bad $all value"))?;
-                    let mut elements = Vec::with_capacity(items.len());
+                    self.set_items(op, items)?;
+                    let mut values = Vec::with_capacity(items.len());
+                    let mut regexes = Vec::new();
                     for item in items {
                         match item.as_object().and_then(|m| m.get("$regex")) {
                             Some(pattern) => {
+                                // Each regex is scanned per evaluation: count it as a condition.
+                                self.count(1)?;
                                 let options = item.get("$options");
-                                elements.push(AllElement::Regex(self.regex(pattern, options)?));
+                                regexes.push(self.regex(pattern, options)?);
                             }
-                            None => elements.push(AllElement::Value(operand(item)?)),
+                            None => values.push(operand(item)?),
                         }
                     }
-                    preds.push(Pred::All(elements.into()));
+                    preds.push(Pred::All {
+                        values: OperandSet::new(values),
+                        regexes: regexes.into_boxed_slice(),
+                    });
                 }
                 "$exists" => match v {
                     Value::Bool(b) => preds.push(Pred::Exists(*b)),
@@ -328,9 +386,10 @@ impl Compiler<'_> {
                     let items = v.as_array().ok_or_else(|| {
                         QueryError::invalid("bad $containedBy: should be an array")
                     })?;
-                    preds.push(Pred::ContainedBy(
+                    self.set_items(op, items)?;
+                    preds.push(Pred::ContainedBy(OperandSet::new(
                         items.iter().map(operand).collect::<Result<_, _>>()?,
-                    ));
+                    )));
                 }
                 "$inQuery" | "$notInQuery" => {
                     let (class, where_) = class_and_where(v).ok_or_else(|| {
@@ -338,15 +397,15 @@ impl Compiler<'_> {
                             "bad {op} value: expected {{className, where}}"
                         ))
                     })?;
-                    self.validate_inner(&where_, depth)?;
                     let kind = if op == "$inQuery" {
                         SubqueryKind::InQuery
                     } else {
                         SubqueryKind::NotInQuery
                     };
+                    let inner = self.inner(op, &where_, depth)?;
                     preds.push(Pred::Subquery {
                         negated: op == "$notInQuery",
-                        sub: self.subquery(kind, &class, where_, None, None)?,
+                        sub: self.subquery(kind, &class, where_, None, None, inner)?,
                     });
                 }
                 "$select" | "$dontSelect" => {
@@ -359,15 +418,15 @@ impl Compiler<'_> {
                     let (class, where_) =
                         map.get("query").and_then(class_and_where).ok_or_else(bad)?;
                     let key = map.get("key").and_then(Value::as_str).ok_or_else(bad)?;
-                    self.validate_inner(&where_, depth)?;
                     let kind = if op == "$select" {
                         SubqueryKind::Select
                     } else {
                         SubqueryKind::DontSelect
                     };
+                    let inner = self.inner(op, &where_, depth)?;
                     preds.push(Pred::Subquery {
                         negated: op == "$dontSelect",
-                        sub: self.subquery(kind, &class, where_, Some(key), None)?,
+                        sub: self.subquery(kind, &class, where_, Some(key), None, inner)?,
                     });
                 }
                 "$text" | "$elemMatch" | "$not" | "$size" | "$type" | "$mod" | "$where"
@@ -394,9 +453,15 @@ impl Compiler<'_> {
         })
     }
 
-    /// Validates a subquery's inner clause one level deeper (the resolver compiles it
-    /// again against its own class).
-    fn validate_inner(&self, where_: &Map<String, Value>, depth: usize) -> Result<(), QueryError> {
+    /// Compiles a subquery's inner clause one level deeper, for its own class; its
+    /// conditions count towards this clause's. `None` when subqueries are rejected anyway
+    /// (`subquery()` then reports the operator itself, with a clearer message).
+    fn inner(
+        &mut self,
+        op: &str,
+        where_: &Map<String, Value>,
+        depth: usize,
+    ) -> Result<Option<Query>, QueryError> {
         let depth = depth + 1;
         if depth > self.options.max_depth {
             return Err(QueryError::TooDeep {
@@ -404,15 +469,28 @@ impl Compiler<'_> {
             });
         }
         if self.options.subqueries == SubqueryPolicy::Reject {
-            // `subquery()` rejects the operator itself with a clearer message.
-            return Ok(());
+            return Ok(None);
         }
-        Compiler {
-            options: self.options,
-            fields: Vec::new(),
-        }
-        .clause(where_, depth)
-        .map(drop)
+        // A subquery inside a subquery would need a maintained set of its own.
+        let options = CompileOptions {
+            subqueries: SubqueryPolicy::Reject,
+            max_conditions: self.options.max_conditions.saturating_sub(self.conditions),
+            ..self.options.clone()
+        };
+        let inner = Query::compile_at(where_, &options, depth).map_err(|err| match err {
+            QueryError::Unsupported { operator, .. } if is_subquery_operator(&operator) => {
+                QueryError::Unsupported {
+                    operator,
+                    detail: format!(" inside {op}"),
+                }
+            }
+            QueryError::TooComplex { .. } => QueryError::TooComplex {
+                max: self.options.max_conditions,
+            },
+            other => other,
+        })?;
+        self.count(inner.conditions)?;
+        Ok(Some(inner))
     }
 
     fn regex(&self, pattern: &Value, options: Option<&Value>) -> Result<regex::Regex, QueryError> {
@@ -467,6 +545,13 @@ fn check_operand(value: &Value) -> Result<(), QueryError> {
         Value::Array(items) => items.iter().try_for_each(check_operand),
         _ => Ok(()),
     }
+}
+
+fn is_subquery_operator(operator: &str) -> bool {
+    matches!(
+        operator,
+        "$inQuery" | "$notInQuery" | "$select" | "$dontSelect" | "$relatedTo"
+    )
 }
 
 fn class_and_where(value: &Value) -> Option<(String, Map<String, Value>)> {

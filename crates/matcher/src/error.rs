@@ -20,6 +20,12 @@ pub enum QueryError {
         /// The configured maximum.
         max: usize,
     },
+    /// A clause with more conditions than allowed (see `CompileOptions::max_conditions`).
+    #[error("Query is too complex: more than {max} conditions")]
+    TooComplex {
+        /// The configured maximum.
+        max: usize,
+    },
     /// `$regex` used while regular expressions are disabled for this client.
     #[error("$regex operator is not allowed")]
     RegexNotAllowed,

@@ -164,6 +164,7 @@ fn field_terms<'q>(path: &'q Path, preds: &'q [Pred]) -> Option<Terms<'q>> {
     preds.iter().find_map(|pred| match pred {
         Pred::Eq(op) => operand_key(op).map(|k| vec![(field, k)]),
         Pred::In(ops) => ops
+            .items()
             .iter()
             .map(|op| operand_key(op).map(|k| (field, k)))
             .collect(),

@@ -14,8 +14,12 @@
 //! - `canonical`: the text under which identical queries are de-duplicated (no hash
 //!   collisions: the full text is compared).
 //! - [`classify`]: `create`/`enter`/`update`/`leave`/`delete`/nothing for one subscriber,
-//!   with the `watch` rule and the redaction of transitions caused by ACL changes.
-//! - [`auth`]: ACL, class-level permissions, protected fields, sanitising and `keys`.
+//!   with the `watch` rule and the redaction of transitions caused by ACL changes, also
+//!   when the original is only partly known.
+//! - [`gate`]: the authorization gate — every decision about what a reader may see and
+//!   ask about (admission at subscribe time, judgement per event, `query` results,
+//!   subquery membership, the field view of payloads).
+//! - `set`: the operands of `$in`/`$nin`/`$all`/`$containedBy`, hashed when large.
 //! - [`SubscriptionIndex`]: distinct queries per class and the equality index that finds
 //!   the few queries an object can concern.
 //!
@@ -24,23 +28,28 @@
 //!   silently never matching.
 //! - [`SubscriptionIndex::candidates`] returns a superset of the matching queries; it never
 //!   misses one (property-tested against brute force).
-//! - No function here blocks, allocates per evaluated predicate, or can be driven into
-//!   super-linear time by client input.
+//! - No function here blocks or can be driven into super-linear time by client input:
+//!   set operands are hashed, clauses are bounded in size ([`CompileOptions`]), regexes
+//!   run in linear time. Evaluation allocates only for a large `$all`.
+//! - Nothing leaves through [`gate`] that its reader may not see, and nothing hidden from
+//!   a reader decides what it receives (property-tested on random objects, permissions,
+//!   readers and queries).
 #![deny(missing_docs)]
 
-pub mod auth;
 mod canonical;
 pub mod classify;
 mod compile;
 pub mod date;
 mod error;
+pub mod gate;
 mod geo;
 mod index;
 mod js_regex;
 mod query;
+mod set;
 mod value;
 
-pub use classify::{ChangeKind, Classification, Side, classify};
+pub use classify::{ChangeKind, Classification, Knowledge, Side, classify, classify_uncertain};
 pub use compile::{CompileOptions, SubqueryPolicy};
 pub use error::QueryError;
 pub use index::{Entry, QueryId, Scratch, SubscriptionIndex};

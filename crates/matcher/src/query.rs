@@ -14,6 +14,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::geo;
+use crate::set::OperandSet;
 use crate::value::{Operand, Val, compare, equals};
 
 /// A compiled `where` clause. Build with [`Query::compile`], evaluate with
@@ -23,7 +24,13 @@ pub struct Query {
     pub(crate) root: Node,
     pub(crate) canonical: Box<str>,
     pub(crate) object_id_lookup: Option<Box<str>>,
+    /// The objectId a top-level `objectId: "<id>"` constraint pins the clause to.
+    pub(crate) pinned_object_id: Option<Box<str>>,
     pub(crate) fields: Box<[Box<str>]>,
+    /// Conditions (predicates and logical branches) in the clause, its subqueries included.
+    pub(crate) conditions: usize,
+    /// The identity key this query's subqueries were bound for ([`Query::bind_subqueries`]).
+    pub(crate) bound_for: Option<Box<str>>,
 }
 
 impl Query {
@@ -44,10 +51,33 @@ impl Query {
         self.object_id_lookup.as_deref()
     }
 
+    /// `Some(id)` when the clause requires `objectId` to equal `id` (a top-level
+    /// `objectId: "<id>"` next to any other constraints): it can only ever match that object.
+    pub fn pinned_object_id(&self) -> Option<&str> {
+        self.pinned_object_id.as_deref()
+    }
+
     /// Top-level field names the clause reads (the part of each path before the first
-    /// `.`, through `$or`/`$and`/`$nor`), deduplicated, for protected-field checks.
+    /// `.`, through `$or`/`$and`/`$nor`), deduplicated, for protected-field checks. The
+    /// fields of a subquery's inner clause belong to the inner class and are not listed.
     pub fn referenced_fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|f| &**f)
+    }
+
+    /// How many conditions the clause has (each predicate and each logical branch, those of
+    /// subqueries included): a measure of the cost of one evaluation.
+    pub fn conditions(&self) -> usize {
+        self.conditions
+    }
+
+    /// Approximate heap bytes held by the compiled clause (for per-client budgets).
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.canonical.len()
+            + self.fields.iter().map(|f| f.len() + 16).sum::<usize>()
+            + self.object_id_lookup.as_ref().map_or(0, |s| s.len())
+            + self.pinned_object_id.as_ref().map_or(0, |s| s.len())
+            + self.root.footprint()
     }
 
     /// The subqueries (`$inQuery`, `$notInQuery`, `$select`, `$dontSelect`,
@@ -58,17 +88,24 @@ impl Query {
         out
     }
 
-    /// Restricts de-duplication: only queries isolated with the same `key` (and equal
-    /// clauses) share an evaluation. Used when a query is bound to per-identity subquery
-    /// sets.
-    pub fn isolate(&mut self, key: &str) {
-        self.canonical = format!("{}\u{1}{key}", self.canonical).into_boxed_str();
+    /// Attaches a resolved value set to every subquery, computed for the identity whose
+    /// key ([`crate::gate::Reader::identity_key`]) is `identity`; `resolve` is called once
+    /// per subquery, in [`Query::subqueries`] order. Such a query is only shared with
+    /// queries bound for the same identity, and only evaluated for readers that still have
+    /// that identity ([`Query::bound_for`]).
+    pub fn bind_subqueries(
+        &mut self,
+        identity: &str,
+        resolve: &mut dyn FnMut(&Subquery) -> Arc<dyn SubquerySet>,
+    ) {
+        self.root.bind_subqueries(resolve);
+        self.canonical = format!("{}\u{1}{identity}", self.canonical).into_boxed_str();
+        self.bound_for = Some(identity.into());
     }
 
-    /// Attaches a resolved value set to every subquery; `resolve` is called once per
-    /// subquery, in [`Query::subqueries`] order.
-    pub fn bind_subqueries(&mut self, resolve: &mut dyn FnMut(&Subquery) -> Arc<dyn SubquerySet>) {
-        self.root.bind_subqueries(resolve);
+    /// The identity key the subqueries were bound for, if any.
+    pub fn bound_for(&self) -> Option<&str> {
+        self.bound_for.as_deref()
     }
 }
 
@@ -98,6 +135,24 @@ impl Node {
                 .is_some_and(|id| sub.set.as_ref().is_some_and(|s| s.contains(id))),
             Self::Const(value) => *value,
         }
+    }
+
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match self {
+                Self::And(nodes) | Self::Or(nodes) | Self::Nor(nodes) => {
+                    nodes.iter().map(Node::footprint).sum()
+                }
+                Self::Field(path, preds) => {
+                    path.segments
+                        .iter()
+                        .map(|s| s.name.len() + 32)
+                        .sum::<usize>()
+                        + preds.iter().map(Pred::footprint).sum::<usize>()
+                }
+                Self::RelatedTo(sub) => sub.footprint(),
+                Self::Const(_) => 0,
+            }
     }
 
     fn collect_subqueries<'a>(&'a self, out: &mut Vec<&'a Subquery>) {
@@ -254,12 +309,9 @@ pub(crate) enum Cmp {
     Gte,
 }
 
-/// An element of `$all`: a value, or a `$regex` (SDK `containsAllStartingWith`).
-#[derive(Debug, Clone)]
-pub(crate) enum AllElement {
-    Value(Operand),
-    Regex(Regex),
-}
+/// Heap bytes charged for one compiled regex: its program and its share of the lazy DFA
+/// caches (bounded by the compiler's size limits), which the regex crate does not report.
+pub(crate) const REGEX_FOOTPRINT: usize = 32 * 1024;
 
 /// One predicate on a field.
 #[derive(Debug, Clone)]
@@ -267,9 +319,14 @@ pub(crate) enum Pred {
     Eq(Operand),
     Ne(Operand),
     Cmp(Cmp, Operand),
-    In(Box<[Operand]>),
-    Nin(Box<[Operand]>),
-    All(Box<[AllElement]>),
+    In(OperandSet),
+    Nin(OperandSet),
+    /// `$all`: every value of `values` and every regex of `regexes` must be met by some
+    /// value the path designates.
+    All {
+        values: OperandSet,
+        regexes: Box<[Regex]>,
+    },
     Exists(bool),
     Regex(Regex),
     Near {
@@ -294,7 +351,7 @@ pub(crate) enum Pred {
         lat: f64,
         lng: f64,
     },
-    ContainedBy(Box<[Operand]>),
+    ContainedBy(OperandSet),
     /// `$inQuery`/`$select` (or negated: `$notInQuery`/`$dontSelect`).
     Subquery {
         negated: bool,
@@ -303,6 +360,22 @@ pub(crate) enum Pred {
 }
 
 impl Pred {
+    fn footprint(&self) -> usize {
+        match self {
+            Self::Eq(op) | Self::Ne(op) | Self::Cmp(_, op) => op.footprint(),
+            Self::In(set) | Self::Nin(set) | Self::ContainedBy(set) => set.footprint(),
+            Self::All { values, regexes } => values.footprint() + regexes.len() * REGEX_FOOTPRINT,
+            Self::Regex(_) => REGEX_FOOTPRINT,
+            Self::Polygon(vertices) => vertices.len() * 16,
+            Self::Subquery { sub, .. } => sub.footprint(),
+            Self::Exists(_)
+            | Self::Near { .. }
+            | Self::Box { .. }
+            | Self::CenterSphere { .. }
+            | Self::Intersects { .. } => 0,
+        }
+    }
+
     fn eval(&self, object: &Map<String, Value>, path: &Path) -> bool {
         match self {
             Self::Eq(op) => path.any(object, &mut |v, _| eq_or_missing(v, op)),
@@ -315,16 +388,16 @@ impl Pred {
                     Cmp::Gte => ord.is_ge(),
                 })
             }),
-            Self::In(ops) => path.any(object, &mut |v, _| ops.iter().any(|op| in_matches(v, op))),
-            Self::Nin(ops) => !path.any(object, &mut |v, _| ops.iter().any(|op| in_matches(v, op))),
-            Self::All(elements) => {
-                !elements.is_empty()
-                    && elements.iter().all(|element| {
-                        path.any(object, &mut |v, _| match (element, v) {
-                            (AllElement::Value(op), Some(v)) => equals(v, op),
-                            (AllElement::Regex(re), Some(Val::Str(s))) => re.is_match(s),
-                            _ => false,
-                        })
+            Self::In(set) => path.any(object, &mut |v, _| in_set(v, set)),
+            Self::Nin(set) => !path.any(object, &mut |v, _| in_set(v, set)),
+            Self::All { values, regexes } => {
+                (!values.is_empty() || !regexes.is_empty())
+                    && all_values_present(object, path, values)
+                    && regexes.iter().all(|re| {
+                        path.any(
+                            object,
+                            &mut |v, _| matches!(v, Some(Val::Str(s)) if re.is_match(s)),
+                        )
                     })
             }
             Self::Exists(expected) => path.any(object, &mut |v, _| v.is_some()) == *expected,
@@ -372,10 +445,10 @@ impl Pred {
                 Some(Val::Polygon(points)) => polygon_json_contains(points, *lat, *lng),
                 _ => false,
             }),
-            Self::ContainedBy(ops) => path.any(object, &mut |_, hit| match hit {
-                Hit::Whole(Value::Array(items)) => items
-                    .iter()
-                    .all(|item| ops.iter().any(|op| equals(Val::of(item, false), op))),
+            Self::ContainedBy(set) => path.any(object, &mut |_, hit| match hit {
+                Hit::Whole(Value::Array(items)) => {
+                    items.iter().all(|item| set.contains(Val::of(item, false)))
+                }
                 _ => false,
             }),
             Self::Subquery { negated, sub } => {
@@ -401,12 +474,41 @@ fn eq_or_missing(v: Option<Val<'_>>, op: &Operand) -> bool {
     }
 }
 
-/// `$in` membership: equality, plus a pointer field matching its bare objectId (the
-/// reference LiveQuery server accepts `ptr: {$in: ["<objectId>"]}`).
-fn in_matches(v: Option<Val<'_>>, op: &Operand) -> bool {
-    match (v, op) {
-        (Some(Val::Pointer { id, .. }), Operand::Str(s)) => id == &**s,
-        _ => eq_or_missing(v, op),
+/// `$in` membership: equality (a missing value equals `null`), plus a pointer field
+/// matching its bare objectId (the reference LiveQuery server accepts
+/// `ptr: {$in: ["<objectId>"]}`). O(1) in the size of the set.
+fn in_set(v: Option<Val<'_>>, set: &OperandSet) -> bool {
+    match v {
+        None => set.contains(Val::Null),
+        Some(pointer @ Val::Pointer { id, .. }) => set.contains(pointer) || set.contains_str(id),
+        Some(v) => set.contains(v),
+    }
+}
+
+/// `$all` over values: every item of `values` equals some value the path designates. The
+/// path is walked once, marking the items met, so the cost is O(values met + items) rather
+/// than O(items × values).
+fn all_values_present(object: &Map<String, Value>, path: &Path, values: &OperandSet) -> bool {
+    match values.len() {
+        0 => true,
+        1 => {
+            let item = &values.items()[0];
+            path.any(object, &mut |v, _| v.is_some_and(|v| equals(v, item)))
+        }
+        n => {
+            // Items are distinct, so a value equals at most one of them.
+            let mut met = vec![false; n];
+            let mut missing = n;
+            path.any(object, &mut |v, _| {
+                if let Some(position) = v.and_then(|v| values.position(v))
+                    && !std::mem::replace(&mut met[position], true)
+                {
+                    missing -= 1;
+                }
+                missing == 0
+            });
+            missing == 0
+        }
     }
 }
 
@@ -457,7 +559,19 @@ pub struct Subquery {
     pub key: Option<String>,
     /// `$relatedTo`: the owner object's id.
     pub owner_id: Option<String>,
+    /// The inner clause, compiled (not for `$relatedTo`). Nested subqueries are rejected.
+    pub inner: Option<Box<Query>>,
     pub(crate) set: Option<Arc<dyn SubquerySet>>,
+}
+
+impl Subquery {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.class_name.len()
+            + self.inner.as_ref().map_or(0, |inner| 2 * inner.footprint())
+            + self.key.as_ref().map_or(0, String::len)
+            + self.owner_id.as_ref().map_or(0, String::len)
+    }
 }
 
 impl fmt::Debug for Subquery {
@@ -479,4 +593,97 @@ pub trait SubquerySet: Send + Sync + fmt::Debug {
     /// for `$select`/`$dontSelect`: whether `value` is one of the selected values; for
     /// `$relatedTo`: whether `value` (an objectId) is in the relation.
     fn contains(&self, value: &Value) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CompileOptions;
+    use serde_json::json;
+
+    fn compile(where_: Value) -> Query {
+        Query::compile(
+            where_.as_object().expect("object"),
+            &CompileOptions::default(),
+        )
+        .expect("compiles")
+    }
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    /// Large operands are hashed and still answer by value (numbers, key order, pointers).
+    #[test]
+    fn large_set_operands() {
+        let many: Vec<Value> = (0..1000).map(|i| json!(i)).collect();
+        let tags: Vec<Value> = (500..2500).map(|i| json!(i)).collect();
+        let with_tags = object(json!({"tags": tags}));
+        let q = compile(json!({"tags": {"$all": many[500..].to_vec()}}));
+        assert!(q.matches(&with_tags));
+        let q = compile(json!({"tags": {"$all": many.clone()}}));
+        assert!(!q.matches(&with_tags), "0..500 are missing");
+        let q = compile(json!({"tags": {"$in": many.clone()}}));
+        assert!(q.matches(&with_tags));
+        let q = compile(json!({"tags": {"$nin": many.clone()}}));
+        assert!(!q.matches(&with_tags));
+        let q = compile(
+            json!({"tags": {"$containedBy": (0..3000).map(|i| json!(i as f64)).collect::<Vec<_>>()}}),
+        );
+        assert!(q.matches(&with_tags));
+        let q = compile(json!({"tags": {"$containedBy": many.clone()}}));
+        assert!(!q.matches(&with_tags));
+        let mut ids: Vec<Value> = (0..20).map(|i| json!(format!("id{i}"))).collect();
+        ids.push(json!({"b": 1, "a": [1, 2]}));
+        let q = compile(json!({"p": {"$in": ids}}));
+        let pointer = |id: &str| {
+            object(json!({"p": {"__type": "Pointer", "className": "U", "objectId": id}}))
+        };
+        assert!(
+            q.matches(&pointer("id7")),
+            "a pointer matches its bare objectId"
+        );
+        assert!(!q.matches(&pointer("id70")));
+        assert!(q.matches(&object(json!({"p": {"a": [1.0, 2], "b": 1.0}}))));
+        assert!(!q.matches(&object(json!({"p": {"a": [2, 1], "b": 1}}))));
+        assert!(!q.matches(&object(json!({}))));
+        let mut with_null = (0..20).map(|i| json!(i)).collect::<Vec<_>>();
+        with_null.push(Value::Null);
+        assert!(compile(json!({"p": {"$in": with_null}})).matches(&object(json!({}))));
+        match &q.root {
+            Node::Field(_, preds) => assert!(matches!(&preds[0], Pred::In(set) if set.len() == 21)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn operand_and_condition_limits() {
+        let options = CompileOptions {
+            max_set_items: 100,
+            max_conditions: 10,
+            ..CompileOptions::default()
+        };
+        let compile = |v: Value| Query::compile(v.as_object().expect("object"), &options);
+        let items: Vec<Value> = (0..101).map(|i| json!(i)).collect();
+        for op in ["$in", "$nin", "$all", "$containedBy"] {
+            let err = compile(json!({"f": {op: items}})).expect_err("too many items");
+            assert_eq!(
+                err.to_string(),
+                format!("bad {op} value: 101 items, at most 100 are allowed")
+            );
+            assert!(compile(json!({"f": {op: items[..100].to_vec()}})).is_ok());
+        }
+        let branches: Vec<Value> = (0..6).map(|i| json!({"f": i})).collect();
+        let err = compile(json!({"$or": branches})).expect_err("too complex");
+        assert_eq!(
+            err.to_string(),
+            "Query is too complex: more than 10 conditions"
+        );
+        assert_eq!(
+            compile(json!({"$or": branches[..4].to_vec()}))
+                .map(|q| q.conditions())
+                .ok(),
+            Some(8)
+        );
+    }
 }

@@ -167,6 +167,26 @@ impl Operand {
         }
     }
 
+    /// Approximate bytes held, this value included.
+    pub(crate) fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match self {
+                Self::Null
+                | Self::Bool(_)
+                | Self::Num(_)
+                | Self::Date(_)
+                | Self::GeoPoint { .. } => 0,
+                Self::Str(s) | Self::Bytes(s) | Self::File(s) => s.len(),
+                Self::Pointer { class, id } => class.len() + id.len(),
+                Self::Polygon(points) => points.len() * 16,
+                Self::Array(items) => items.iter().map(Self::footprint).sum(),
+                Self::Object(entries) => entries
+                    .iter()
+                    .map(|(key, value)| key.len() + 16 + value.footprint())
+                    .sum(),
+            }
+    }
+
     /// Whether this operand can ever be range-compared (numbers, strings, dates, booleans).
     pub(crate) fn is_orderable(&self) -> bool {
         matches!(

@@ -1,6 +1,6 @@
 //! Runs the data-driven fixtures in `tests/fixtures/`.
 
-use livequery_matcher::auth::{Reader, acl_allows_read};
+use livequery_matcher::gate::{Reader, acl_allows_read};
 use livequery_matcher::{ChangeKind, Classification, CompileOptions, Query, Side, classify};
 use serde_json::{Map, Value};
 

@@ -228,6 +228,35 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 
+    /// Large set operands (hashed, not scanned) answer exactly like the logical clauses they
+    /// abbreviate: `$in` like `$or` of equalities, `$nin` like `$nor`, `$all` like `$and`.
+    #[test]
+    fn hashed_set_operators_agree_with_their_logical_equivalents(
+        items in prop::collection::vec(scalar(), 9..24),
+        field in prop_oneof![Just("f"), Just("g"), Just("createdAt"), Just("f.x")],
+        objects in prop::collection::vec(object(), 1..8),
+    ) {
+        let compile = |v: Value| Query::compile(v.as_object().expect("object"), &CompileOptions::default()).expect("compiles");
+        // Values no object holds, so that the sets are large enough to be hashed.
+        let mut items = items;
+        items.extend((0..10).map(|i| json!(format!("pad-{i}"))));
+        let equalities: Vec<Value> = items.iter().map(|item| json!({ field: item })).collect();
+        let non_null: Vec<Value> = items.iter().filter(|v| !v.is_null()).cloned().collect();
+        let pairs = [
+            (compile(json!({ field: {"$in": items} })), compile(json!({"$or": equalities}))),
+            (compile(json!({ field: {"$nin": items} })), compile(json!({"$nor": equalities}))),
+            (
+                compile(json!({ field: {"$all": non_null} })),
+                compile(json!({"$and": non_null.iter().map(|item| json!({ field: item })).collect::<Vec<_>>()})),
+            ),
+        ];
+        for object in &objects {
+            for (set, logical) in &pairs {
+                prop_assert_eq!(set.matches(object), logical.matches(object), "{} vs {} on {:?}", set.canonical(), logical.canonical(), object);
+            }
+        }
+    }
+
     /// Compiling arbitrary JSON never panics, and neither does evaluating what compiles.
     #[test]
     fn compiling_and_evaluating_arbitrary_json_never_panics(where_ in json_value(), objects in prop::collection::vec(json_value(), 1..4)) {

@@ -1,63 +1,10 @@
-//! Pure authorization helpers: who may read an object, and which of its fields.
-//!
-//! The server resolves a subscriber's identity into a [`Reader`] (user id, role names,
-//! master) once per subscription and calls these functions per event; none of them does
-//! I/O. Semantics are those of Parse REST reads (reference §2.3–§2.6) with the reference
-//! LiveQuery server's known bugs fixed: role entries in class-level permissions grant
-//! access, `userField:` protected-field groups are applied, the `_User` owner exemption
-//! works whichever token identified the reader, master bypasses class-level permissions
-//! as it does in REST, and a `_Session`'s `sessionToken` is only shown to master.
+//! Class-level permissions (CLP) as parse-server publishes them, object ACLs and pointer
+//! permissions: who may read a class and an object at all.
 
 use hashbrown::HashSet;
 use serde_json::{Map, Value};
 
-/// The identity an object is filtered for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reader {
-    /// Master key: sees everything.
-    pub master: bool,
-    /// The user's objectId, when a session token resolved to a user.
-    pub user_id: Option<Box<str>>,
-    /// Names of the user's roles, inherited ones included, without the `role:` prefix.
-    pub roles: HashSet<Box<str>>,
-}
-
-impl Reader {
-    /// Nobody in particular: only public data.
-    pub fn anonymous() -> Self {
-        Self::default()
-    }
-
-    /// A master-key client.
-    pub fn master() -> Self {
-        Self {
-            master: true,
-            ..Self::default()
-        }
-    }
-
-    /// A user with the given roles (names without `role:`).
-    pub fn user(
-        id: impl Into<Box<str>>,
-        roles: impl IntoIterator<Item = impl Into<Box<str>>>,
-    ) -> Self {
-        Self {
-            master: false,
-            user_id: Some(id.into()),
-            roles: roles.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    fn is(&self, user_id: &str) -> bool {
-        self.user_id.as_deref() == Some(user_id)
-    }
-
-    fn has_role_entry(&self, acl_key: &str) -> bool {
-        acl_key
-            .strip_prefix("role:")
-            .is_some_and(|name| self.roles.contains(name))
-    }
-}
+use super::reader::Reader;
 
 /// Whether the object's `ACL` lets `reader` read it: no ACL means public; otherwise public
 /// read, the reader's user id or one of its roles must be granted `read: true`.
@@ -264,61 +211,64 @@ impl ClassPermissions {
         ReadAccess::Forbidden
     }
 
-    /// The fields of `object` hidden from `reader` (reference §2.5): the intersection of
-    /// the lists of every group that applies to the reader (`*`; `authenticated` when
+    /// The fields the protected-field groups that apply to `reader` hide on `object`: the
+    /// intersection of the lists of every applicable group (`*`; `authenticated` when
     /// logged in; the user id; `role:<name>` for each role; `userField:<f>` when the
-    /// object's `f` points to the reader). Nothing is hidden from master, from a `_User`
-    /// reading its own object, or when no group applies.
-    ///
-    /// Without `object`, only the groups that do not depend on the object are applied
-    /// (used to check `where`/`watch` at subscribe time).
-    pub fn protected_fields<'a>(
+    /// object's `f` is a `_User` pointer to the reader). Empty for master and when no group
+    /// applies. Without `object`, only the groups that do not depend on an object apply.
+    pub(crate) fn protected_for<'a>(
         &'a self,
-        class_name: &str,
         reader: &Reader,
         object: Option<&Map<String, Value>>,
     ) -> Vec<&'a str> {
         if reader.master || self.protected_fields.is_empty() {
             return Vec::new();
         }
-        if class_name == "_User"
-            && let (Some(object), Some(user_id)) = (object, reader.user_id.as_deref())
-            && object.get("objectId").and_then(Value::as_str) == Some(user_id)
-        {
-            return Vec::new();
-        }
         let mut result: Option<Vec<&'a str>> = None;
-        let mut intersect = |fields: &'a [Box<str>]| {
-            result = Some(match result.take() {
-                None => fields.iter().map(|f| &**f).collect(),
-                Some(current) => current
-                    .into_iter()
-                    .filter(|f| fields.iter().any(|g| &**g == *f))
-                    .collect(),
-            });
-        };
         for (group, fields) in &self.protected_fields {
             let applies = match &**group {
                 "*" => true,
                 "authenticated" => reader.user_id.is_some(),
-                g => {
-                    if let Some(field) = g.strip_prefix("userField:") {
-                        match (object, reader.user_id.as_deref()) {
-                            (Some(object), Some(user_id)) => {
-                                points_to_user(object.get(field), user_id)
-                            }
-                            _ => false,
-                        }
-                    } else {
-                        reader.is(g) || reader.has_role_entry(g)
-                    }
-                }
+                g => match g.strip_prefix("userField:") {
+                    Some(field) => match (object, reader.user_id.as_deref()) {
+                        (Some(object), Some(user_id)) => points_to_user(object.get(field), user_id),
+                        _ => false,
+                    },
+                    None => reader.is(g) || reader.has_role_entry(g),
+                },
             };
             if applies {
-                intersect(fields);
+                result = Some(match result.take() {
+                    None => fields.iter().map(|f| &**f).collect(),
+                    Some(current) => current
+                        .into_iter()
+                        .filter(|f| fields.iter().any(|g| &**g == *f))
+                        .collect(),
+                });
             }
         }
         result.unwrap_or_default()
+    }
+
+    /// Every field any protected-field group lists: what may be hidden from some reader
+    /// on some object (used when the object is not fully known).
+    pub(crate) fn any_protected(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self
+            .protected_fields
+            .iter()
+            .flat_map(|(_, fields)| fields.iter().map(|f| &**f))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The pointer fields of `userField:<field>` groups: whether they point to the reader
+    /// decides which fields it sees.
+    pub(crate) fn user_field_groups(&self) -> impl Iterator<Item = &str> {
+        self.protected_fields
+            .iter()
+            .filter_map(|(group, _)| group.strip_prefix("userField:"))
     }
 }
 
@@ -335,108 +285,20 @@ pub fn pointer_fields_allow(
         .any(|field| points_to_user(object.get(&**field), user_id))
 }
 
-fn points_to_user(value: Option<&Value>, user_id: &str) -> bool {
-    let is_pointer = |v: &Value| v.get("objectId").and_then(Value::as_str) == Some(user_id);
+/// Whether `value` is a pointer (or an array holding a pointer) to the user `user_id`.
+/// Only a `_User` pointer counts, as in parse-server's REST checks: a pointer to another
+/// class or a bare `{objectId}` with the user's id grants nothing.
+pub(crate) fn points_to_user(value: Option<&Value>, user_id: &str) -> bool {
+    let is_pointer = |v: &Value| {
+        v.get("__type").and_then(Value::as_str) == Some("Pointer")
+            && v.get("className").and_then(Value::as_str) == Some("_User")
+            && v.get("objectId").and_then(Value::as_str) == Some(user_id)
+    };
     match value {
         Some(Value::Array(items)) => items.iter().any(is_pointer),
         Some(v) => is_pointer(v),
         None => false,
     }
-}
-
-/// Which top-level keys of an object a subscriber receives (reference §2.6 and §1.8).
-///
-/// Applied while serializing, so an event is never copied to be filtered. Keys that are
-/// not identifier-like (`_hashed_password`, `_rperm`, `__type`, …) never leave; protected
-/// fields are dropped for non-master readers; `_User` objects lose `sessionToken` and
-/// `password` always and `authData` unless the reader is master or the user itself;
-/// `_Session` objects lose `sessionToken` unless the reader is master; `keys` keeps only
-/// the listed fields plus `className`, `objectId`, `createdAt`, `updatedAt` and `ACL`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FieldView<'a> {
-    class: ClassKind,
-    master: bool,
-    owner: bool,
-    protected: Vec<&'a str>,
-    keys: Option<&'a [String]>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClassKind {
-    User,
-    Session,
-    Other,
-}
-
-impl<'a> FieldView<'a> {
-    /// The view of `object` (of class `class_name`) for `reader`, with the protected fields
-    /// computed by [`ClassPermissions::protected_fields`] and the subscription's `keys`.
-    pub fn new(
-        class_name: &str,
-        object: &Map<String, Value>,
-        reader: &Reader,
-        protected: Vec<&'a str>,
-        keys: Option<&'a [String]>,
-    ) -> Self {
-        let class = match class_name {
-            "_User" => ClassKind::User,
-            "_Session" => ClassKind::Session,
-            _ => ClassKind::Other,
-        };
-        let owner = class == ClassKind::User
-            && reader
-                .user_id
-                .as_deref()
-                .is_some_and(|id| object.get("objectId").and_then(Value::as_str) == Some(id));
-        let mut protected = protected;
-        protected.sort_unstable();
-        protected.dedup();
-        Self {
-            class,
-            master: reader.master,
-            owner,
-            protected,
-            keys,
-        }
-    }
-
-    /// Whether `key` is sent.
-    pub fn keeps(&self, key: &str) -> bool {
-        if !is_identifier(key) {
-            return false;
-        }
-        if matches!(key, "className" | "objectId") {
-            return true;
-        }
-        if let Some(keys) = self.keys
-            && !matches!(key, "createdAt" | "updatedAt" | "ACL")
-            && !keys.iter().any(|k| k == key)
-        {
-            return false;
-        }
-        match self.class {
-            ClassKind::User if matches!(key, "sessionToken" | "password") => return false,
-            ClassKind::User if key == "authData" && !(self.master || self.owner) => return false,
-            ClassKind::Session if key == "sessionToken" && !self.master => return false,
-            _ => {}
-        }
-        self.master || self.protected.binary_search(&key).is_err()
-    }
-
-    /// The kept entries of `object`, in order.
-    pub fn entries<'o>(
-        &'o self,
-        object: &'o Map<String, Value>,
-    ) -> impl Iterator<Item = (&'o String, &'o Value)> + 'o {
-        object.iter().filter(|(k, _)| self.keeps(k))
-    }
-}
-
-/// `^[A-Za-z][0-9A-Za-z_]*$`: the only top-level keys that ever reach a client.
-pub fn is_identifier(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -559,95 +421,57 @@ mod tests {
             v
         }
         assert_eq!(
-            sorted(clp.protected_fields("C", &anon, Some(&obj))),
+            sorted(clp.protected_for(&anon, Some(&obj))),
             vec!["email", "phone", "secret"]
         );
         assert_eq!(
-            sorted(clp.protected_fields("C", &user, Some(&obj))),
+            sorted(clp.protected_for(&user, Some(&obj))),
             vec!["email", "secret"]
         );
-        assert_eq!(
-            clp.protected_fields("C", &staff, Some(&obj)),
-            vec!["secret"]
-        );
-        assert!(clp.protected_fields("C", &user, Some(&owned)).is_empty());
-        assert!(
-            clp.protected_fields("C", &Reader::master(), Some(&obj))
-                .is_empty()
-        );
-        // Owner exemption for users.
-        let users = ClassPermissions::from_json(&json!({"protectedFields": {"*": ["email"]}}));
-        let me = map(json!({"objectId": "u1", "email": "a@b"}));
-        assert!(users.protected_fields("_User", &user, Some(&me)).is_empty());
-        assert_eq!(
-            users.protected_fields("_User", &anon, Some(&me)),
-            vec!["email"]
-        );
+        assert_eq!(clp.protected_for(&staff, Some(&obj)), vec!["secret"]);
+        assert!(clp.protected_for(&user, Some(&owned)).is_empty());
+        assert!(clp.protected_for(&Reader::master(), Some(&obj)).is_empty());
+        // `userField:` needs a `_User` pointer: another class or a bare id does not count.
+        for not_a_user_pointer in [
+            json!({"objectId": "o", "owner": {"__type": "Pointer", "className": "Other", "objectId": "u1"}}),
+            json!({"objectId": "o", "owner": {"objectId": "u1"}}),
+            json!({"objectId": "o", "owner": "u1"}),
+        ] {
+            let object = map(not_a_user_pointer);
+            assert_eq!(
+                sorted(clp.protected_for(&user, Some(&object))),
+                vec!["email", "secret"]
+            );
+        }
     }
 
     #[test]
-    fn views_sanitise_and_project() {
-        let user_obj = map(json!({
-            "username": "u", "email": "e", "sessionToken": "r:x", "password": "p",
-            "authData": {"x": {}}, "_hashed_password": "h", "__type": "Object",
-            "className": "_User", "objectId": "u1", "ACL": {}, "createdAt": "c", "updatedAt": "d"
-        }));
-        let kept = |view: &FieldView<'_>| {
-            view.entries(&user_obj)
-                .map(|(k, _)| k.clone())
-                .collect::<Vec<_>>()
-        };
-        let anon = Reader::anonymous();
-        let owner = Reader::user("u1", Vec::<String>::new());
-        let view = FieldView::new("_User", &user_obj, &anon, vec!["email"], None);
-        assert_eq!(
-            kept(&view),
-            [
-                "username",
-                "className",
-                "objectId",
-                "ACL",
-                "createdAt",
-                "updatedAt"
-            ]
-        );
-        let view = FieldView::new("_User", &user_obj, &owner, vec![], None);
-        assert_eq!(
-            kept(&view),
-            [
-                "username",
-                "email",
-                "authData",
-                "className",
-                "objectId",
-                "ACL",
-                "createdAt",
-                "updatedAt"
-            ]
-        );
-        let view = FieldView::new("_User", &user_obj, &Reader::master(), vec![], None);
-        assert!(!kept(&view).contains(&"sessionToken".to_owned()));
-        let keys = vec!["username".to_owned(), "nope".to_owned()];
-        let view = FieldView::new("_User", &user_obj, &anon, vec![], Some(&keys));
-        assert_eq!(
-            kept(&view),
-            [
-                "username",
-                "className",
-                "objectId",
-                "ACL",
-                "createdAt",
-                "updatedAt"
-            ]
-        );
-
-        let session = map(
-            json!({"sessionToken": "r:1", "user": {}, "className": "_Session", "objectId": "s"}),
-        );
-        let view = FieldView::new("_Session", &session, &owner, vec![], None);
-        assert!(!view.keeps("sessionToken"));
-        let view = FieldView::new("_Session", &session, &Reader::master(), vec![], None);
-        assert!(view.keeps("sessionToken"));
+    fn pointer_permissions_need_a_user_pointer() {
+        let fields: Vec<Box<str>> = vec!["owner".into()];
+        for (owner, allowed) in [
+            (
+                json!({"__type": "Pointer", "className": "_User", "objectId": "alice"}),
+                true,
+            ),
+            (
+                json!([{"__type": "Pointer", "className": "_User", "objectId": "alice"}]),
+                true,
+            ),
+            (
+                json!({"__type": "Pointer", "className": "Team", "objectId": "alice"}),
+                false,
+            ),
+            (json!({"objectId": "alice"}), false),
+            (json!([{"objectId": "alice"}]), false),
+            (json!("alice"), false),
+        ] {
+            let object = map(json!({"owner": owner}));
+            assert_eq!(
+                pointer_fields_allow(&object, &fields, Some("alice")),
+                allowed,
+                "{object:?}"
+            );
+        }
     }
 
     #[test]
@@ -661,12 +485,12 @@ mod tests {
         ];
         clp.merge_default_protected_fields(&defaults);
         let anon = Reader::anonymous();
-        let mut fields = clp.protected_fields("_User", &anon, None);
+        let mut fields = clp.protected_for(&anon, None);
         fields.sort_unstable();
         assert_eq!(fields, ["email", "phone"]);
         clp.merge_default_protected_fields(&defaults);
         assert_eq!(
-            clp.protected_fields("_User", &anon, None).len(),
+            clp.protected_for(&anon, None).len(),
             2,
             "merging twice changes nothing"
         );
