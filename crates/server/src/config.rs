@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use livequery_matcher::auth::{ClassPermissions, ProtectedFieldGroups};
+use livequery_matcher::gate::{ClassPermissions, ProtectedFieldGroups};
 use serde::{Deserialize, Serialize};
 
 /// The defaults, compiled in so the binary runs without any file.
@@ -81,6 +81,7 @@ struct RawMongo {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
+    admin_listen: String,
     #[serde(with = "humantime_serde")]
     websocket_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -121,6 +122,9 @@ struct RawLimits {
     #[serde(with = "humantime_serde")]
     write_timeout: Duration,
     max_query_depth: usize,
+    max_operand_items: usize,
+    max_query_conditions: usize,
+    max_subscription_bytes: usize,
     query_result_limit: usize,
     max_ingest_bytes: usize,
 }
@@ -203,6 +207,9 @@ pub enum LogFormat {
 pub struct Config {
     /// Address the WebSocket and HTTP endpoints listen on.
     pub listen: SocketAddr,
+    /// Separate address for `/health`, `/metrics` and the ingest API, with capacity of its
+    /// own (`None`: they are served on `listen`).
+    pub admin_listen: Option<SocketAddr>,
     /// Ping interval; a peer that misses a pong is dropped at the next tick.
     #[serde(with = "humantime_serde")]
     pub websocket_timeout: Duration,
@@ -273,6 +280,13 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Nesting of `$or`/`$and`/`$nor`.
     pub max_query_depth: usize,
+    /// Items in one `$in`/`$nin`/`$all`/`$containedBy` operand.
+    pub max_operand_items: usize,
+    /// Conditions in one `where` (predicates and logical branches, subqueries included).
+    pub max_query_conditions: usize,
+    /// Bytes the subscriptions of one connection may hold (compiled queries, index
+    /// postings, kept `where` text).
+    pub max_subscription_bytes: usize,
     /// Objects in one `result` frame.
     pub query_result_limit: usize,
     /// Largest body accepted by the HTTP ingest endpoint.
@@ -366,6 +380,12 @@ impl Config {
                 raw.server.listen
             )
         })?;
+        let admin_listen: Option<SocketAddr> = match raw.server.admin_listen.as_str() {
+            "" => None,
+            text => Some(text.parse().with_context(|| {
+                format!("server.admin_listen: {text:?} is not an IP:port address")
+            })?),
+        };
         let mut key_pairs = BTreeMap::new();
         for (name, value) in raw.parse.key_pairs {
             // Environment variables arrive lower-cased; accept any case.
@@ -491,6 +511,9 @@ impl Config {
             ("limits.outbound_queue_frames", l.outbound_queue_frames),
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
             ("limits.max_query_depth", l.max_query_depth),
+            ("limits.max_operand_items", l.max_operand_items),
+            ("limits.max_query_conditions", l.max_query_conditions),
+            ("limits.max_subscription_bytes", l.max_subscription_bytes),
             ("limits.query_result_limit", l.query_result_limit),
             ("limits.max_ingest_bytes", l.max_ingest_bytes),
             ("source.queue", raw.source.queue),
@@ -509,6 +532,18 @@ impl Config {
                 bail!("{name} must be greater than 0");
             }
         }
+        // The ingest API publishes events and manages sessions with the master key: reachable
+        // from other hosts, it must have a key the operator chose (a generated one is never
+        // shown, so it could not be used anyway).
+        let ingest_address = admin_listen.unwrap_or(listen);
+        if source == SourceKind::Embedded
+            && raw.parse.master_key.is_empty()
+            && !ingest_address.ip().is_loopback()
+        {
+            bail!(
+                "source.kind = \"embedded\" serves its ingest API on {ingest_address}, which is not a loopback address: set parse.master_key (LIVEQUERY__PARSE__MASTER_KEY) to a secret of your own"
+            );
+        }
         let workers = if raw.dispatch.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -516,6 +551,7 @@ impl Config {
         };
         Ok(Self {
             listen,
+            admin_listen,
             websocket_timeout: raw.server.websocket_timeout,
             shutdown_grace: raw.server.shutdown_grace,
             app_id: raw.parse.app_id,
@@ -537,6 +573,9 @@ impl Config {
                 outbound_queue_bytes: l.outbound_queue_bytes,
                 write_timeout: l.write_timeout,
                 max_query_depth: l.max_query_depth,
+                max_operand_items: l.max_operand_items,
+                max_query_conditions: l.max_query_conditions,
+                max_subscription_bytes: l.max_subscription_bytes,
                 query_result_limit: l.query_result_limit,
                 max_ingest_bytes: l.max_ingest_bytes,
             },
@@ -605,6 +644,20 @@ mod tests {
     }
 
     #[test]
+    fn a_public_ingest_api_needs_an_explicit_master_key() {
+        let public = "[server]\nlisten = \"0.0.0.0:1337\"\n";
+        assert!(Config::from_toml_layers(&[public]).is_err());
+        assert!(Config::from_toml_layers(&[public, "[parse]\nmaster_key = \"k\""]).is_ok());
+        // Other sources have no ingest API; a loopback admin address keeps it private.
+        assert!(Config::from_toml_layers(&[public, "[source]\nkind = \"redis\""]).is_ok());
+        assert!(
+            Config::from_toml_layers(&[public, "[server]\nadmin_listen = \"127.0.0.1:1338\""])
+                .is_ok()
+        );
+        assert!(Config::from_toml_layers(&["[server]\nlisten = \"[::1]:1337\""]).is_ok());
+    }
+
+    #[test]
     fn url_credentials_are_redacted() {
         assert_eq!(
             redact_url_credentials("redis://:secret@127.0.0.1:6379/0"),
@@ -644,6 +697,10 @@ mod tests {
     fn invalid_values_are_rejected() {
         for bad in [
             "[server]\nlisten = \"nope\"",
+            "[server]\nadmin_listen = \"nope\"",
+            "[limits]\nmax_operand_items = 0",
+            "[server]\nlisten = \"0.0.0.0:1337\"",
+            "[server]\nadmin_listen = \"10.0.0.1:1338\"",
             "[parse]\nkey_pairs = { fooKey = \"x\" }",
             "[limits]\nmax_connections = 0",
             "[source]\nkind = \"kafka\"",

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::listener::Capacity;
 use crate::metrics::Metrics;
 use crate::source::embedded::EmbeddedSource;
 use crate::source::{ObjectReader, SubqueryResolver};
@@ -34,6 +35,8 @@ pub struct ServerCtx {
     pub shutdown: CancellationToken,
     /// Every connection task.
     pub tracker: TaskTracker,
+    /// Connection pools of the ports.
+    pub capacity: Capacity,
 }
 
 impl std::fmt::Debug for ServerCtx {

@@ -1,5 +1,7 @@
-//! The HTTP side of the port: `/health`, `/metrics`, and the embedded source's ingest API.
-//! WebSocket upgrades on any path are handed to [`crate::listener`].
+//! The HTTP side of the ports: `/health`, `/metrics`, and the embedded source's ingest API.
+//! WebSocket upgrades on any path of the client port are handed to [`crate::listener`].
+//! With an admin port (`server.admin_listen`), `/metrics` and the ingest API are served only
+//! there; `/health` on both.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -12,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::auth::keys::constant_time_eq;
 use crate::context::ServerCtx;
+use crate::listener::Port;
 use crate::source::embedded::{Channel, IngestError};
 
 /// The response type of every handler.
@@ -31,12 +34,20 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {
     json_response(status, &json!({ "error": message.to_string() }))
 }
 
-/// Routes a plain HTTP request.
-pub async fn handle(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse {
+/// Routes a plain HTTP request that came in on `port`.
+pub async fn handle(request: Request<Incoming>, ctx: &ServerCtx, port: Port) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let admin_here = match port {
+        Port::Admin => true,
+        Port::Client => ctx.config.admin_listen.is_none(),
+    };
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["health"]) => health(ctx),
+        _ if !admin_here => error(
+            StatusCode::NOT_FOUND,
+            "not found: connect with a WebSocket client, or use /health (operations are served on server.admin_listen)",
+        ),
         (&Method::GET, ["metrics"]) => {
             let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
             response.headers_mut().insert(

@@ -2,25 +2,24 @@
 //!
 //! For each event: the index yields the few distinct queries the object can concern; each
 //! is evaluated once against the current and the original object; for every subscriber of
-//! a matching query the event is classified (create/enter/update/leave/delete), checked
-//! against class-level permissions and ACLs with the subscriber's identity, and the object
-//! is filtered into the subscriber's view. Each distinct view of each object is serialized
-//! once per event and shared; a recipient costs one small envelope and a copy into its
-//! bounded outbox. Nothing here awaits: identities were resolved at subscribe time.
+//! a matching query the authorization gate ([`livequery_matcher::gate::judge`]) decides,
+//! with the subscriber's identity and the class's permissions now, which event it gets and
+//! which fields of which object — nothing about visibility is decided here. Each distinct
+//! [`VisibleObject`] is serialized once per event and shared; a recipient costs one small
+//! envelope and a copy into its bounded outbox. Nothing here awaits: identities were
+//! resolved at subscribe time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use livequery_matcher::auth::{
-    ClassPermissions, FieldView, ReadAccess, ReadOp, Reader, acl_allows_read, pointer_fields_allow,
+use livequery_matcher::gate::{
+    Change, EventType, Original, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict,
+    VisibleObject, judge,
 };
-use livequery_matcher::{
-    ChangeKind, Classification, Query, QueryId, Scratch, Side, SubscriptionIndex, classify,
-};
+use livequery_matcher::{Query, QueryId, Scratch, SubscriptionIndex};
 use livequery_protocol::{EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use parking_lot::RwLock;
-use serde_json::{Map, Value};
 
 use crate::auth::IdentityCell;
 use crate::metrics::{DropReason, Metrics};
@@ -60,6 +59,24 @@ impl std::ops::Deref for ReaderRef {
 }
 
 impl Identity {
+    /// The reader now, as an owned handle (for work that awaits).
+    pub fn reader_snapshot(&self) -> Arc<Reader> {
+        if self.master {
+            return Arc::new(Reader::master());
+        }
+        match &self.session {
+            Some(cell) => cell.reader_arc(),
+            None => Arc::new(Reader::anonymous()),
+        }
+    }
+
+    /// The user behind the session token, master or not.
+    pub fn session_user_id(&self) -> Option<Box<str>> {
+        self.session
+            .as_ref()
+            .and_then(|cell| cell.reader().user_id.clone())
+    }
+
     /// The reader to check objects against, now.
     pub fn reader(&self) -> ReaderRef {
         if self.master {
@@ -89,7 +106,7 @@ pub struct Subscription {
     pub watch: Option<Box<[String]>>,
     /// Identity.
     pub identity: Identity,
-    /// `get` for `{objectId: x}` clauses, `find` otherwise.
+    /// `get` for `{objectId: x}` clauses, `find` otherwise (from the gate's admission).
     pub op: ReadOp,
 }
 
@@ -108,13 +125,6 @@ impl PartialEq for SubRef {
 pub struct DispatchScratch {
     index: Scratch,
     candidates: Vec<QueryId>,
-}
-
-/// Which object of an event a view shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Which {
-    Current,
-    Original,
 }
 
 /// The registry of all subscriptions.
@@ -200,188 +210,75 @@ impl Hub {
     /// Delivers one event to every subscription it concerns.
     pub fn dispatch(&self, event: &ChangeEvent, scratch: &mut DispatchScratch) {
         let index = self.index.read();
+        let change = event.change();
         scratch.candidates.clear();
-        let original = event
-            .original
-            .as_ref()
-            .filter(|_| event.kind == ChangeKind::Save);
-        match (original, &event.original_state) {
-            (Some(original), OriginalState::Exact) => index.candidates(
-                &event.class_name,
-                &[&event.current, original],
-                &mut scratch.index,
-                &mut scratch.candidates,
-            ),
-            // A partial original's fields are the current's: probing the current suffices.
-            _ => index.candidates(
-                &event.class_name,
-                &[&event.current],
-                &mut scratch.index,
-                &mut scratch.candidates,
-            ),
-        }
+        let probes: Vec<_> = change.probe_objects().collect();
+        index.candidates(
+            &event.class_name,
+            &probes,
+            &mut scratch.index,
+            &mut scratch.candidates,
+        );
         if scratch.candidates.is_empty() {
             return;
         }
         self.metrics
             .candidates_evaluated
             .fetch_add(scratch.candidates.len() as u64, Relaxed);
-        let permissions = event.permissions.as_deref();
-        let mut views: HashMap<(Which, FieldView<'_>), EncodedObject> = HashMap::new();
+        let mut encoded: HashMap<VisibleObject<'_>, EncodedObject> = HashMap::new();
         for &id in &scratch.candidates {
             let Some(entry) = index.get(id) else { continue };
             let query = entry.query();
-            let current_matches = query.matches(&event.current);
-            let original_matches = match (&event.original_state, original) {
-                (OriginalState::Exact, None) => Known(false),
-                (OriginalState::Exact, Some(original)) => Known(query.matches(original)),
-                // Without the original, the match did not change when no field the query
-                // reads changed.
-                (OriginalState::Partial { changed }, _)
-                    if !query
-                        .referenced_fields()
-                        .any(|f| changed.iter().any(|c| c == f)) =>
-                {
-                    Known(current_matches)
-                }
-                _ => Unknown,
-            };
-            if !current_matches && original_matches != Known(true) {
+            let matched = QueryMatch::evaluate(query, &change);
+            if !matched.concerns_anyone() {
                 continue;
             }
             for subscriber in entry.subscribers() {
-                self.deliver(
-                    &subscriber.0,
-                    event,
-                    original,
-                    current_matches,
-                    original_matches,
-                    permissions,
-                    &mut views,
-                );
+                self.deliver(&subscriber.0, query, &change, matched, &mut encoded);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn deliver<'e>(
         &self,
         sub: &'e Subscription,
-        event: &'e ChangeEvent,
-        original: Option<&'e Map<String, Value>>,
-        current_matches: bool,
-        original_matches: Knowledge,
-        permissions: Option<&'e ClassPermissions>,
-        views: &mut HashMap<(Which, FieldView<'e>), EncodedObject>,
+        query: &'e Query,
+        change: &Change<'e>,
+        matched: QueryMatch,
+        encoded: &mut HashMap<VisibleObject<'e>, EncodedObject>,
     ) {
         let reader = sub.identity.reader();
-        let pointer_fields = match permissions.map(|p| p.read_access(sub.op, &reader)) {
-            None | Some(ReadAccess::Granted) => None,
-            Some(ReadAccess::PointerFields(fields)) => Some(fields),
-            Some(ReadAccess::RequiresAuthentication | ReadAccess::Forbidden) => {
-                self.metrics.dropped(DropReason::ClpDenied);
-                return;
-            }
+        let subscriber = Subscriber {
+            reader: &reader,
+            op: sub.op,
+            query,
+            watch: sub.watch.as_deref(),
+            keys: sub.keys.as_deref(),
         };
-        let readable = |object: &Map<String, Value>| {
-            acl_allows_read(object, &reader)
-                && pointer_fields.is_none_or(|fields| {
-                    pointer_fields_allow(object, fields, reader.user_id.as_deref())
-                })
-        };
-        let current_readable = readable(&event.current);
-        let current_side = Side {
-            object: &event.current,
-            matches: current_matches,
-            readable: current_readable,
-        };
-        let classification = match (&event.original_state, original_matches) {
-            (OriginalState::Exact, Known(original_matches)) => {
-                let original_side = original.map(|o| Side {
-                    object: o,
-                    matches: original_matches,
-                    readable: readable(o),
-                });
-                classify(
-                    event.kind,
-                    original_side,
-                    current_side,
-                    sub.watch.as_deref(),
-                )
-            }
-            (state, original_matches) => {
-                // The original's readability is known only if nothing that decides it changed.
-                let access_changed = match state {
-                    OriginalState::Partial { changed } => changed.iter().any(|f| {
-                        f == "ACL" || pointer_fields.is_some_and(|p| p.iter().any(|pf| **pf == **f))
-                    }),
-                    _ => true,
-                };
-                let original_readable = if access_changed {
-                    Unknown
-                } else {
-                    Known(current_readable)
-                };
-                match classify_uncertain(
-                    original_matches,
-                    original_readable,
-                    current_matches && current_readable,
-                    current_readable,
-                ) {
-                    // The `watch` rule needs only the changed fields, which are known.
-                    Classification::Update
-                        if matches!((state, sub.watch.as_deref()), (OriginalState::Partial { changed }, Some(watch))
-                            if !watch.iter().any(|w| changed.contains(w))) =>
-                    {
-                        Classification::Nothing
-                    }
-                    other => other,
-                }
-            }
-        };
-        let (op, object, original_sent) = match classification {
-            Classification::Nothing => return,
-            Classification::Create => (EventOp::Create, Which::Current, None),
-            Classification::Enter { with_original } => (
-                EventOp::Enter,
-                Which::Current,
-                with_original.then_some(Which::Original),
-            ),
-            Classification::Update => (EventOp::Update, Which::Current, Some(Which::Original)),
-            Classification::Leave { object_is_original } => (
-                EventOp::Leave,
-                if object_is_original {
-                    Which::Original
-                } else {
-                    Which::Current
-                },
-                Some(Which::Original),
-            ),
-            Classification::Delete => (EventOp::Delete, Which::Current, None),
-        };
-        let object_of = |which: Which| match which {
-            Which::Current => &event.current,
-            Which::Original => original.expect("an original is only sent when the event has one"),
-        };
-        let mut view_of = |which: Which| -> EncodedObject {
-            let object = object_of(which);
-            let protected = permissions
-                .map(|p| p.protected_fields(&event.class_name, &reader, Some(object)))
-                .unwrap_or_default();
-            let view = FieldView::new(
-                &event.class_name,
+        let (event, object, original) = match judge(change, &subscriber, matched) {
+            Verdict::Deliver {
+                event,
                 object,
-                &reader,
-                protected,
-                sub.keys.as_deref(),
-            );
-            views
-                .entry((which, view))
-                .or_insert_with_key(|(_, view)| EncodedObject::from_entries(view.entries(object)))
+                original,
+            } => (event, object, original),
+            Verdict::Skip(Skip::NoEvent) => return,
+            Verdict::Skip(Skip::ClassDenied) => return self.metrics.dropped(DropReason::ClpDenied),
+            Verdict::Skip(Skip::HiddenField) => {
+                return self.metrics.dropped(DropReason::HiddenField);
+            }
+            Verdict::Skip(Skip::StaleIdentity) => {
+                return self.metrics.dropped(DropReason::StaleIdentity);
+            }
+        };
+        let mut encode = |visible: VisibleObject<'e>| {
+            encoded
+                .entry(visible)
+                .or_insert_with_key(encode_visible)
                 .clone()
         };
-        let object_bytes = view_of(object);
-        let original_bytes = original_sent.map(&mut view_of);
+        let object_bytes = encode(object);
+        let original_bytes = original.map(&mut encode);
+        let op = event_op(event);
         let frame = ServerMessage::Event {
             op,
             envelope: &sub.envelope,
@@ -399,67 +296,40 @@ impl Hub {
     }
 }
 
-/// Whether something about the original is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Knowledge {
-    Known(bool),
-    Unknown,
-}
-use Knowledge::{Known, Unknown};
-
-/// Classification when the original is only partly known (no pre-image; see
-/// `OriginalState`). Only data from the current object is ever sent, and only when the reader
-/// may read it now; when the transition cannot be told, a matching object is reported as
-/// `enter` without original, and a possible `leave` is not reported.
-fn classify_uncertain(
-    original_matches: Knowledge,
-    original_readable: Knowledge,
-    visible_now: bool,
-    current_readable: bool,
-) -> Classification {
-    match (original_matches, original_readable, visible_now) {
-        (Known(true), Known(true), true) => Classification::Update,
-        (Known(true), Known(true), false) if current_readable => Classification::Leave {
-            object_is_original: false,
-        },
-        (Known(true), Unknown, true) => Classification::Update,
-        (Known(true), Unknown, false) if current_readable => Classification::Leave {
-            object_is_original: false,
-        },
-        (Known(false), _, true) => Classification::Enter {
-            with_original: false,
-        },
-        (Unknown, _, true) => Classification::Enter {
-            with_original: false,
-        },
-        _ => Classification::Nothing,
+fn event_op(event: EventType) -> EventOp {
+    match event {
+        EventType::Create => EventOp::Create,
+        EventType::Enter => EventOp::Enter,
+        EventType::Update => EventOp::Update,
+        EventType::Leave => EventOp::Leave,
+        EventType::Delete => EventOp::Delete,
     }
 }
 
-/// The view of `object` for a subscriber, serialized: used by the `query` op, which filters
-/// objects read from the database exactly as events are filtered.
-pub fn filtered_object(
-    class_name: &str,
-    object: &Map<String, Value>,
-    reader: &Reader,
-    op: ReadOp,
-    permissions: Option<&ClassPermissions>,
-    keys: Option<&[String]>,
-) -> Option<EncodedObject> {
-    let pointer_fields = match permissions.map(|p| p.read_access(op, reader)) {
-        None | Some(ReadAccess::Granted) => None,
-        Some(ReadAccess::PointerFields(fields)) => Some(fields),
-        Some(_) => return None,
-    };
-    if !acl_allows_read(object, reader)
-        || !pointer_fields
-            .is_none_or(|fields| pointer_fields_allow(object, fields, reader.user_id.as_deref()))
-    {
-        return None;
+/// Serializes an object as the gate lets one reader see it: the only place object fields
+/// are encoded for clients (`EncodedObject::from_entries` is disallowed elsewhere).
+#[allow(clippy::disallowed_methods)]
+pub fn encode_visible(object: &VisibleObject<'_>) -> EncodedObject {
+    EncodedObject::from_entries(object.entries())
+}
+
+impl ChangeEvent {
+    /// The event as the gate judges it.
+    pub fn change(&self) -> Change<'_> {
+        let original = match &self.original_state {
+            OriginalState::Exact => Original::Exact(self.original.as_ref()),
+            OriginalState::Partial { changed } => match &self.original {
+                Some(object) => Original::Partial { object, changed },
+                None => Original::Unknown,
+            },
+            OriginalState::Unknown => Original::Unknown,
+        };
+        Change {
+            kind: self.kind,
+            class_name: &self.class_name,
+            permissions: self.permissions.as_deref(),
+            current: &self.current,
+            original,
+        }
     }
-    let protected = permissions
-        .map(|p| p.protected_fields(class_name, reader, Some(object)))
-        .unwrap_or_default();
-    let view = FieldView::new(class_name, object, reader, protected, keys);
-    Some(EncodedObject::from_entries(view.entries(object)))
 }

@@ -204,6 +204,7 @@ impl Components {
 /// A server whose listener is bound.
 pub struct Server {
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     config: Arc<Config>,
     components: Components,
 }
@@ -221,9 +222,18 @@ impl Server {
     pub fn new(config: Arc<Config>, listener: TcpListener, components: Components) -> Self {
         Self {
             listener,
+            admin_listener: None,
             config,
             components,
         }
+    }
+
+    /// Serves `/health`, `/metrics` and the ingest API on `listener` (instead of binding
+    /// `server.admin_listen`, which must be set).
+    #[must_use]
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
     }
 
     /// The bound address.
@@ -235,9 +245,29 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
+            admin_listener,
             config,
             components,
         } = self;
+        let admin_listener = match (admin_listener, config.admin_listen) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(address)) => Some(TcpListener::bind(address).await?),
+            (None, None) => None,
+        };
+        let open_files = listener::open_files_limit();
+        let capacity = listener::Capacity::new(
+            config.limits.max_connections,
+            admin_listener.is_some(),
+            open_files,
+        );
+        if capacity.websockets < config.limits.max_connections {
+            tracing::warn!(
+                configured = config.limits.max_connections,
+                websockets = capacity.websockets,
+                open_files,
+                "limits.max_connections exceeds what the open-file limit allows (with a reserve for HTTP, the admin port and the server itself): WebSockets are capped lower; raise `ulimit -n` to serve more"
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         let auth = Arc::new(Auth::new(components.auth, config.clone(), metrics.clone()));
         let hub = Arc::new(Hub::new(metrics.clone()));
@@ -264,8 +294,13 @@ impl Server {
             source_name: components.source.name(),
             shutdown: stop.clone(),
             tracker: tracker.clone(),
+            capacity,
         });
-        tracing::info!(listen = %listener.local_addr()?, source = ctx.source_name, "livequery is serving");
+        let admin_addr = match &admin_listener {
+            Some(admin) => Some(admin.local_addr()?),
+            None => None,
+        };
+        tracing::info!(listen = %listener.local_addr()?, admin_listen = ?admin_addr, source = ctx.source_name, websockets = capacity.websockets, "livequery is serving");
 
         let source = components.source.clone();
         let source_task = tokio::spawn({
@@ -280,7 +315,24 @@ impl Server {
         });
         let refresher = tokio::spawn(auth.clone().run_refresher(stop.clone()));
 
-        listener::accept_loop(listener, ctx.clone()).await;
+        let admin_loop = admin_listener.map(|admin| {
+            tokio::spawn(listener::accept_loop(
+                admin,
+                ctx.clone(),
+                listener::Port::Admin,
+                capacity.admin_connections,
+            ))
+        });
+        listener::accept_loop(
+            listener,
+            ctx.clone(),
+            listener::Port::Client,
+            capacity.client_connections,
+        )
+        .await;
+        if let Some(admin_loop) = admin_loop {
+            let _ = admin_loop.await;
+        }
 
         // Shutdown: the accept loop has stopped; connection tasks see `stop` and close
         // with 1001.

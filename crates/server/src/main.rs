@@ -36,11 +36,15 @@ fn run() -> anyhow::Result<()> {
     }
     livequery_server::telemetry::init(&config)?;
     if config.master_key.is_empty() {
+        // Never shown: a key in the logs is a key for anyone who reads them. Without a key of
+        // the operator's own the ingest API is closed (and, on a non-loopback address, the
+        // configuration is refused).
         config.master_key = uuid::Uuid::new_v4().simple().to_string();
-        tracing::warn!(
-            master_key = %config.master_key,
-            "parse.master_key is not set: generated one for this run (the HTTP ingest endpoint needs it)"
-        );
+        if config.source == livequery_server::config::SourceKind::Embedded {
+            tracing::warn!(
+                "parse.master_key is not set: the ingest API (/livequery/v1/...) accepts no request; set LIVEQUERY__PARSE__MASTER_KEY to use it"
+            );
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

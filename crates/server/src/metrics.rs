@@ -26,10 +26,19 @@ pub enum DropReason {
     SubscriptionLimit,
     /// An event was not delivered because class-level permissions deny the subscriber.
     ClpDenied,
+    /// An event was not delivered because the subscription's `where` or `watch` reads a
+    /// field hidden from its reader on the event's objects.
+    HiddenField,
+    /// An event was not delivered because the subscription's subqueries were resolved for
+    /// an identity its reader no longer has (logout, role change).
+    StaleIdentity,
+    /// A subscription was refused: the connection's subscriptions would hold more than
+    /// `limits.max_subscription_bytes`.
+    SubscriptionBudget,
 }
 
 impl DropReason {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 11] = [
         Self::SlowConsumerQueue,
         Self::SlowConsumerWrite,
         Self::PingTimeout,
@@ -38,6 +47,9 @@ impl DropReason {
         Self::ConnectionLimit,
         Self::SubscriptionLimit,
         Self::ClpDenied,
+        Self::HiddenField,
+        Self::StaleIdentity,
+        Self::SubscriptionBudget,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +62,9 @@ impl DropReason {
             Self::ConnectionLimit => "connection_limit",
             Self::SubscriptionLimit => "subscription_limit",
             Self::ClpDenied => "clp_denied",
+            Self::HiddenField => "hidden_field",
+            Self::StaleIdentity => "stale_identity",
+            Self::SubscriptionBudget => "subscription_budget",
         }
     }
 }
@@ -94,7 +109,7 @@ pub struct Metrics {
     pub delivered_bytes: AtomicU64,
     /// Error frames sent.
     pub error_frames: AtomicU64,
-    drops: [AtomicU64; 8],
+    drops: [AtomicU64; 11],
     /// Inbound frames that were not JSON (ignored).
     pub invalid_json: AtomicU64,
     /// Milliseconds between an event's arrival from the source and the start of its dispatch
@@ -106,6 +121,8 @@ pub struct Metrics {
     pub source_connects: AtomicU64,
     /// Auth lookups that failed (backend unreachable, timeout).
     pub auth_lookup_failures: AtomicU64,
+    /// Session-token lookups made (coalesced, cached, refreshed).
+    pub auth_lookups: AtomicU64,
     /// Candidate queries evaluated by the dispatcher.
     pub candidates_evaluated: AtomicU64,
     /// Milliseconds between the source's commit time of the latest event and its arrival.
@@ -223,6 +240,11 @@ impl Metrics {
             "livequery_source_resyncs_total",
             "Times the source lost events (change stream history gone, collection dropped) and told subscribers to reconnect.",
             self.resyncs.load(Relaxed),
+        );
+        counter(
+            "livequery_auth_lookups_total",
+            "Session-token lookups made.",
+            self.auth_lookups.load(Relaxed),
         );
         counter(
             "livequery_auth_lookup_failures_total",

@@ -5,25 +5,42 @@
 //! Replies go through the connection's outbox, in order with events: `subscribed` is queued
 //! before the subscription is registered (so no event can precede it), `unsubscribed` after
 //! it is removed (so no event can follow it).
+//!
+//! Whether a client may subscribe is the authorization gate's decision
+//! ([`livequery_matcher::gate::admit`]); this module gathers what the gate needs (the
+//! identity, the permissions of the classes involved), compiles the query — off the I/O
+//! threads when it is large — and enforces the connection's budget: what its subscriptions
+//! hold (compiled queries, index postings, kept `where` text) is bounded by
+//! `limits.max_subscription_bytes`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use livequery_matcher::auth::ReadOp;
-use livequery_matcher::{CompileOptions, Query, QueryId, SubqueryPolicy};
+use livequery_matcher::gate::{self, Denial, Subscriber, SubscriptionRequest};
+use livequery_matcher::{CompileOptions, Query, QueryError, QueryId, SubqueryPolicy};
 use livequery_protocol::error::msg;
 use livequery_protocol::{
     ClientId, ClientMessage, ConnectRequest, EncodedObject, Envelope, ErrorCode, ProtocolError,
-    QueryRequest, RequestId, ServerMessage, SubscribeRequest, UnsubscribeRequest, WireError,
+    QueryRequest, QuerySpec, RequestId, ServerMessage, SubscribeRequest, UnsubscribeRequest,
+    WireError,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
+use crate::auth::ClassPermissionMap;
 use crate::auth::keys::{self, KeyCheck};
 use crate::context::ServerCtx;
-use crate::hub::{Identity, Subscription, filtered_object};
+use crate::hub::{Identity, Subscription, encode_visible};
 use crate::metrics::DropReason;
 use crate::outbox::Outbox;
+
+/// Frames larger than this are compiled on a blocking thread, so that one client's large
+/// query never stalls the connections served by the same I/O thread.
+const OFFLOAD_COMPILE_BYTES: usize = 64 * 1024;
+
+/// Bytes charged per subscription besides its query (its registration, envelope share,
+/// index entry).
+const SUBSCRIPTION_OVERHEAD: usize = 512;
 
 /// A connected client.
 #[derive(Debug)]
@@ -33,13 +50,31 @@ struct Client {
     master: bool,
     token: Option<String>,
     subscriptions: HashMap<RequestId, Registered>,
+    /// Bytes its subscriptions hold (sum of their footprints).
+    held: usize,
 }
 
 #[derive(Debug)]
 struct Registered {
     query_id: QueryId,
     subscription: Arc<Subscription>,
-    where_: Map<String, Value>,
+    /// The `where` as JSON text, kept only when the `query` op can use it.
+    where_text: Option<Box<str>>,
+    /// Bytes charged to the connection's budget.
+    footprint: usize,
+}
+
+/// The error frame for a refusal by the gate.
+fn denial_error(denial: Denial) -> WireError {
+    match denial {
+        Denial::RequiresAuthentication => {
+            WireError::new(ErrorCode::RequiresAuthentication, msg::PERMISSION_DENIED)
+        }
+        Denial::Forbidden => WireError::new(ErrorCode::OperationForbidden, msg::PERMISSION_DENIED),
+        Denial::InvalidSessionToken => {
+            WireError::new(ErrorCode::InvalidSessionToken, msg::INVALID_SESSION_TOKEN)
+        }
+    }
 }
 
 /// One socket's protocol state.
@@ -88,7 +123,7 @@ impl Session {
     /// Handles a text frame.
     pub async fn handle_text(&mut self, text: &str) {
         match ClientMessage::decode(text) {
-            Ok(message) => self.handle(message).await,
+            Ok(message) => self.handle(message, text.len()).await,
             Err(err) => self.reject(err),
         }
     }
@@ -110,7 +145,7 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, message: ClientMessage) {
+    async fn handle(&mut self, message: ClientMessage, frame_len: usize) {
         match message {
             ClientMessage::Connect(connect) => self.connect(connect),
             ClientMessage::Subscribe(subscribe) => {
@@ -123,9 +158,9 @@ impl Session {
                         None,
                     );
                 }
-                self.subscribe(subscribe).await;
+                self.subscribe(subscribe, frame_len).await;
             }
-            ClientMessage::Update(update) => self.update(update).await,
+            ClientMessage::Update(update) => self.update(update, frame_len).await,
             ClientMessage::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe),
             ClientMessage::Query(query) => self.query(query).await,
         }
@@ -168,10 +203,11 @@ impl Session {
             master,
             token: request.session_token.filter(|t| !t.is_empty()),
             subscriptions: HashMap::new(),
+            held: 0,
         });
     }
 
-    async fn update(&mut self, request: SubscribeRequest) {
+    async fn update(&mut self, request: SubscribeRequest, frame_len: usize) {
         let Some(client) = &mut self.client else {
             // The reference's update is "unsubscribe, then subscribe": both halves fail.
             self.error(
@@ -191,23 +227,24 @@ impl Session {
             return;
         };
         match client.subscriptions.remove(&request.request_id) {
-            Some(old) => self.ctx.hub.remove(old.query_id, &old.subscription),
+            Some(old) => {
+                client.held -= old.footprint;
+                self.ctx.hub.remove(old.query_id, &old.subscription);
+            }
             None => {
                 let error =
                     WireError::subscription_not_found(client.id.as_str(), request.request_id);
                 self.error(error, None);
             }
         }
-        self.subscribe(request).await;
+        self.subscribe(request, frame_len).await;
     }
 
-    async fn subscribe(&mut self, request: SubscribeRequest) {
+    async fn subscribe(&mut self, request: SubscribeRequest, frame_len: usize) {
         let ctx = self.ctx.clone();
         let config = &ctx.config;
         let request_id = request.request_id;
-        let fail = |this: &Self, code: ErrorCode, message: String| {
-            this.error(WireError::new(code, message), Some(request_id))
-        };
+        let fail = |this: &Self, error: WireError| this.error(error, Some(request_id));
         let Some(client) = &self.client else { return };
         let replacing = client.subscriptions.contains_key(&request_id);
         if !replacing
@@ -217,8 +254,10 @@ impl Session {
             let limit = config.limits.max_subscriptions_per_connection;
             return fail(
                 self,
-                ErrorCode::LimitExceeded,
-                format!("Too many subscriptions on this connection (limit {limit})"),
+                WireError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("Too many subscriptions on this connection (limit {limit})"),
+                ),
             );
         }
         let master = client.master;
@@ -232,103 +271,114 @@ impl Session {
             None => None,
         };
         let identity = Identity { master, session };
-        let class_name = request.query.class_name;
-        let mut where_ = request.query.where_;
+        let reader = identity.reader_snapshot();
+        let QuerySpec {
+            class_name,
+            mut where_,
+            keys,
+            watch,
+        } = request.query;
 
-        if class_name == "_Session" {
-            // A client only ever sees its own sessions, master included.
-            let user = identity
-                .session
-                .as_ref()
-                .and_then(|cell| cell.reader().user_id.clone());
-            let Some(user) = user else {
-                return fail(
-                    self,
-                    ErrorCode::InvalidSessionToken,
-                    msg::INVALID_SESSION_TOKEN.to_owned(),
-                );
-            };
-            where_.insert(
-                "user".into(),
-                json!({"__type": "Pointer", "className": "_User", "objectId": &*user}),
-            );
+        let session_user = identity.session_user_id();
+        if let Err(denial) = gate::restrict_where(&class_name, session_user.as_deref(), &mut where_)
+        {
+            return fail(self, denial_error(denial));
         }
-
+        // The `where` is kept (as text, its smallest form) only where the `query` op can use it.
+        let where_text = ctx
+            .reader
+            .is_some()
+            .then(|| Value::Object(where_.clone()).to_string().into_boxed_str());
         let options = CompileOptions {
             max_depth: config.limits.max_query_depth,
-            allow_regex: config.allow_regex || master,
+            allow_regex: gate::regex_allowed(&reader, config.allow_regex),
             subqueries: if ctx.subqueries.is_some() {
                 SubqueryPolicy::Represent
             } else {
                 SubqueryPolicy::Reject
             },
+            max_set_items: config.limits.max_operand_items,
+            max_conditions: config.limits.max_query_conditions,
         };
-        let mut query = match Query::compile(&where_, &options) {
-            Ok(query) => query,
-            Err(err) => return fail(self, ErrorCode::InvalidQuery, err.to_string()),
+        let mut query = match compile(where_, options, frame_len).await {
+            Ok(Ok(query)) => query,
+            Ok(Err(err)) => {
+                return fail(
+                    self,
+                    WireError::new(ErrorCode::InvalidQuery, err.to_string()),
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "compiling a query failed");
+                return fail(
+                    self,
+                    WireError::new(ErrorCode::ScriptFailed, "compiling the query failed"),
+                );
+            }
+        };
+
+        let mut permissions = ClassPermissionMap::new();
+        for class in gate::classes_involved(&class_name, &query) {
+            if !permissions.contains_key(class) {
+                let found = ctx.auth.class_permissions(class).await;
+                permissions.insert(class.to_owned(), found);
+            }
+        }
+        let lookup = |class: &str| permissions.get(class).and_then(|p| p.as_deref());
+        let admitted = gate::admit(
+            &SubscriptionRequest {
+                class_name: &class_name,
+                query: &query,
+                watch: watch.as_deref(),
+            },
+            &reader,
+            &lookup,
+        );
+        let admission = match admitted {
+            Ok(admission) => admission,
+            Err(denial) => return fail(self, denial_error(denial)),
         };
         if let Some(resolver) = &ctx.subqueries
             && !query.subqueries().is_empty()
+            && let Err(err) = resolver.bind(&mut query, &reader, &permissions).await
         {
-            let reader = identity.reader().clone();
-            if let Err(err) = resolver.bind(&mut query, &reader).await {
-                return fail(self, ErrorCode::InvalidQuery, err.to_string());
-            }
+            return fail(
+                self,
+                WireError::new(ErrorCode::InvalidQuery, err.to_string()),
+            );
         }
 
-        let op = if query.object_id_lookup().is_some() {
-            ReadOp::Get
-        } else {
-            ReadOp::Find
-        };
-        let permissions = ctx.auth.class_permissions(&class_name).await;
-        if let Some(permissions) = &permissions {
-            let reader = identity.reader();
-            use livequery_matcher::auth::ReadAccess;
-            match permissions.read_access(op, &reader) {
-                ReadAccess::Granted | ReadAccess::PointerFields(_) => {}
-                ReadAccess::RequiresAuthentication => {
-                    return fail(
-                        self,
-                        ErrorCode::RequiresAuthentication,
-                        msg::PERMISSION_DENIED.to_owned(),
-                    );
-                }
-                ReadAccess::Forbidden => {
-                    return fail(
-                        self,
-                        ErrorCode::OperationForbidden,
-                        msg::PERMISSION_DENIED.to_owned(),
-                    );
-                }
-            }
-            // A protected field must not be usable as an oracle through `where` or `watch`.
-            let own_user_object = class_name == "_User"
-                && reader
-                    .user_id
-                    .as_deref()
-                    .is_some_and(|id| where_.get("objectId").and_then(Value::as_str) == Some(id));
-            if !reader.master && !own_user_object {
-                let protected = permissions.protected_fields(&class_name, &reader, None);
-                let watched = request.query.watch.iter().flatten().map(String::as_str);
-                if query
-                    .referenced_fields()
-                    .chain(watched)
-                    .any(|field| protected.contains(&field))
-                {
-                    return fail(
-                        self,
-                        ErrorCode::OperationForbidden,
-                        msg::PERMISSION_DENIED.to_owned(),
-                    );
-                }
-            }
-        }
-
+        let footprint = SUBSCRIPTION_OVERHEAD
+            + query.footprint()
+            + where_text.as_ref().map_or(0, |w| w.len())
+            + keys
+                .iter()
+                .chain(watch.iter())
+                .flatten()
+                .map(|f| f.len() + 24)
+                .sum::<usize>();
         let Some(client) = &mut self.client else {
             return;
         };
+        let released = client
+            .subscriptions
+            .get(&request_id)
+            .map_or(0, |old| old.footprint);
+        let budget = config.limits.max_subscription_bytes;
+        if client.held - released + footprint > budget {
+            ctx.metrics.dropped(DropReason::SubscriptionBudget);
+            return self.error(
+                WireError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "Subscriptions on this connection would hold more than {budget} bytes (this one: {footprint})"
+                    ),
+                ),
+                Some(request_id),
+            );
+        }
         if let Some(old) = client.subscriptions.remove(&request_id) {
+            client.held -= old.footprint;
             self.ctx.hub.remove(old.query_id, &old.subscription);
         }
         let subscription = Arc::new(Subscription {
@@ -336,10 +386,10 @@ impl Session {
             envelope: client.envelope.clone(),
             request_id,
             class_name: class_name.into(),
-            keys: request.query.keys.map(Vec::into_boxed_slice),
-            watch: request.query.watch.map(Vec::into_boxed_slice),
+            keys: keys.map(Vec::into_boxed_slice),
+            watch: watch.map(Vec::into_boxed_slice),
             identity,
-            op,
+            op: admission.op,
         });
         let _ = self.outbox.push(
             ServerMessage::Subscribed {
@@ -349,13 +399,15 @@ impl Session {
             .encode(),
         );
         let query_id = self.ctx.hub.insert(subscription.clone(), query);
-        tracing::debug!(client_id = %client.id, %request_id, class = %subscription.class_name, "subscribed");
+        tracing::debug!(client_id = %client.id, %request_id, class = %subscription.class_name, footprint, "subscribed");
+        client.held += footprint;
         client.subscriptions.insert(
             request_id,
             Registered {
                 query_id,
                 subscription,
-                where_,
+                where_text,
+                footprint,
             },
         );
     }
@@ -374,6 +426,7 @@ impl Session {
             let error = WireError::subscription_not_found(client.id.as_str(), request.request_id);
             return self.error(error, None);
         };
+        client.held -= old.footprint;
         self.ctx.hub.remove(old.query_id, &old.subscription);
         let envelope = client.envelope.clone();
         self.send(ServerMessage::Unsubscribed {
@@ -397,15 +450,25 @@ impl Session {
             let error = WireError::query_subscription_not_found(client.id.as_str(), request_id);
             return self.error(error, None);
         };
-        let Some(reader) = self.ctx.reader.clone() else {
+        let (Some(reader), Some(where_text)) = (self.ctx.reader.clone(), &registered.where_text)
+        else {
             let error = WireError::new(
                 ErrorCode::CommandUnavailable,
                 "The configured source cannot read current objects",
             );
             return self.error(error, Some(request_id));
         };
+        let where_: Map<String, Value> = match serde_json::from_str(where_text) {
+            Ok(where_) => where_,
+            Err(err) => {
+                tracing::error!(error = %err, "a kept where clause does not parse back");
+                return self.error(
+                    WireError::new(ErrorCode::ScriptFailed, "query failed"),
+                    Some(request_id),
+                );
+            }
+        };
         let subscription = registered.subscription.clone();
-        let where_ = registered.where_.clone();
         let Some(query) = self.ctx.hub.query(registered.query_id) else {
             return;
         };
@@ -438,20 +501,25 @@ impl Session {
             .class_permissions(&subscription.class_name)
             .await;
         let reader_now = subscription.identity.reader();
+        let subscriber = Subscriber {
+            reader: &reader_now,
+            op: subscription.op,
+            query: &query,
+            watch: None,
+            keys: subscription.keys.as_deref(),
+        };
         let results: Vec<EncodedObject> = objects
             .iter()
-            .filter(|object| query.matches(object))
             .filter_map(|object| {
-                filtered_object(
+                gate::find_result(
                     &subscription.class_name,
-                    object,
-                    &reader_now,
-                    subscription.op,
                     permissions.as_deref(),
-                    subscription.keys.as_deref(),
+                    &subscriber,
+                    object,
                 )
             })
             .take(limit)
+            .map(|visible| encode_visible(&visible))
             .collect();
         self.send(ServerMessage::Result {
             envelope: &envelope,
@@ -472,6 +540,18 @@ impl Session {
             tracing::debug!(client_id = %client.id, "client removed");
         }
     }
+}
+
+/// Compiles a `where`; a large one on a blocking thread (`Err`: that thread failed).
+async fn compile(
+    where_: Map<String, Value>,
+    options: CompileOptions,
+    frame_len: usize,
+) -> Result<Result<Query, QueryError>, tokio::task::JoinError> {
+    if frame_len <= OFFLOAD_COMPILE_BYTES {
+        return Ok(Query::compile(&where_, &options));
+    }
+    tokio::task::spawn_blocking(move || Query::compile(&where_, &options)).await
 }
 
 impl Drop for Session {

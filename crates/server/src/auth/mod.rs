@@ -6,29 +6,39 @@
 //! - An [`AuthProvider`] answers "which user and roles does this session token have?" and
 //!   "what are this class's permissions?" (in memory for the embedded source; parse-server's
 //!   REST API or MongoDB for the others).
-//! - [`Auth`] caches both, coalesces concurrent lookups of the same key into one, and hands
-//!   out one shared [`IdentityCell`] per token. Every cell in use is re-resolved when it is
-//!   older than `cache_timeout`, and at once when a source reports a change
-//!   ([`Auth::invalidate_user`], [`Auth::invalidate_token`]): a logged-out session stops
-//!   granting access within `cache_timeout` at most, sooner where the source tells.
+//! - [`Auth`] caches both and hands out one shared [`IdentityCell`] per token. Lookups of
+//!   one token are coalesced: whoever asks while a lookup runs waits for its answer. Every
+//!   *valid* identity in use is re-resolved when it is older than half `cache_timeout`,
+//!   and at once when a source reports a change ([`Auth::invalidate_user`],
+//!   [`Auth::invalidate_token`]): a logged-out session stops granting access within
+//!   `cache_timeout` at most, sooner where the source tells.
+//! - An invalid token is cached as such (negatively) for `cache_timeout`, even when no
+//!   subscription holds it any more, and is never refreshed in the background: it costs one
+//!   lookup per `cache_timeout` at most, however often it is presented, and the
+//!   refresher's work is bounded by the distinct valid identities in use.
 //! - A failed lookup never grants access: the cell reads as anonymous until a later lookup
-//!   succeeds, and retries are paced by the refresh tick, never a tight loop.
+//!   succeeds; retries back off exponentially, never a tight loop.
+//! - Class permissions a source delivered with an event (parse-server sends them with
+//!   every message) are kept until the source or the provider says otherwise: a provider
+//!   that knows nothing about a class ("no schema") never replaces them.
 
 pub mod keys;
 pub mod memory;
 pub mod rest;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use livequery_matcher::auth::{ClassPermissions, Reader};
+use livequery_matcher::gate::{ClassPermissions, Reader};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::OnceCell;
+// The runtime's clock, so tests can pause it.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -42,6 +52,10 @@ pub struct SessionInfo {
     /// Role names, inherited ones included, without `role:`.
     pub roles: Vec<String>,
 }
+
+/// The permissions of the classes a subscription involves, as known when it subscribes
+/// (`None`: nothing restricted).
+pub type ClassPermissionMap = HashMap<String, Option<Arc<ClassPermissions>>>;
 
 /// A lookup that could not be answered (backend down, timeout, bad response).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,11 +79,41 @@ pub trait AuthProvider: Send + Sync + 'static {
 pub struct IdentityCell {
     token: Box<str>,
     reader: ArcSwap<Reader>,
-    /// Milliseconds since `Auth::epoch` of the last successful resolution (0: never / stale).
-    resolved_ms: AtomicU64,
+    state: Mutex<Resolution>,
+    /// Held while this token is looked up: concurrent lookups wait for one answer.
+    resolving: tokio::sync::Mutex<()>,
+}
+
+/// What the last lookup of a token said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Never looked up yet.
+    Pending,
+    /// A user (possibly with roles).
+    Valid,
+    /// Unknown or expired token: anonymous, cached negatively.
+    Invalid,
+    /// The lookup failed this many times in a row: anonymous until one succeeds.
+    Failed(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Resolution {
+    outcome: Outcome,
+    /// When the last lookup started (`None`: never, or marked stale).
+    started: Option<Instant>,
 }
 
 impl IdentityCell {
+    fn new(token: &str, outcome: Outcome, started: Option<Instant>) -> Self {
+        Self {
+            token: token.into(),
+            reader: ArcSwap::from_pointee(Reader::anonymous()),
+            state: Mutex::new(Resolution { outcome, started }),
+            resolving: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// The identity now (cheap; used per event).
     pub fn reader(&self) -> arc_swap::Guard<Arc<Reader>> {
         self.reader.load()
@@ -80,10 +124,18 @@ impl IdentityCell {
         self.reader.load_full()
     }
 
-    /// The session token.
-    pub fn token(&self) -> &str {
-        &self.token
+    fn resolution(&self) -> Resolution {
+        *self.state.lock()
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaOrigin {
+    /// Read from the provider (or nothing known: the server's defaults).
+    Provider,
+    /// Delivered by the source with an event: kept until the source or the provider says
+    /// otherwise.
+    Event,
 }
 
 #[derive(Debug)]
@@ -91,13 +143,23 @@ struct SchemaEntry {
     permissions: Option<Arc<ClassPermissions>>,
     /// The raw CLP it was parsed from (to recognise repeats without re-parsing).
     raw: Option<Value>,
+    origin: SchemaOrigin,
     fetched: Instant,
     /// Last time a subscription or an event needed it; unused entries are evicted.
     used: Instant,
 }
 
-/// Schemas unused for this many cache periods are forgotten.
+/// Schemas unused for this many cache periods are forgotten (those a source delivered are
+/// kept: their number is bounded by the classes the source publishes).
 const SCHEMA_IDLE_PERIODS: u32 = 10;
+
+/// Invalid tokens remembered after their cells are gone; beyond this the oldest half is
+/// dropped (each dropped token then costs one more lookup).
+const NEGATIVE_CAPACITY: usize = 10_000;
+
+/// A failed lookup is retried after half `cache_timeout`, doubling per failure, up to this
+/// many cache periods: a recovered backend is used again within that time.
+const MAX_RETRY_PERIODS: u32 = 1;
 
 type Pending<T> = Arc<OnceCell<T>>;
 type PendingSchema = Pending<Option<Arc<ClassPermissions>>>;
@@ -107,9 +169,9 @@ pub struct Auth {
     provider: Arc<dyn AuthProvider>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    epoch: Instant,
     cells: Mutex<HashMap<Box<str>, Weak<IdentityCell>>>,
-    inflight_sessions: Mutex<HashMap<Box<str>, Pending<Arc<IdentityCell>>>>,
+    /// Tokens found invalid, and when, for tokens no cell holds any more.
+    invalid: Mutex<HashMap<Box<str>, Instant>>,
     schemas: Mutex<HashMap<Box<str>, SchemaEntry>>,
     inflight_schemas: Mutex<HashMap<Box<str>, PendingSchema>>,
     /// Wakes the refresher before its next tick.
@@ -138,107 +200,136 @@ impl Auth {
             provider,
             config,
             metrics,
-            epoch: Instant::now(),
             cells: Mutex::new(HashMap::new()),
-            inflight_sessions: Mutex::new(HashMap::new()),
+            invalid: Mutex::new(HashMap::new()),
             schemas: Mutex::new(HashMap::new()),
             inflight_schemas: Mutex::new(HashMap::new()),
             refresh_now: tokio::sync::Notify::new(),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
+    fn ttl(&self) -> Duration {
+        self.config.cache_timeout
     }
 
-    fn age_ms(&self, cell: &IdentityCell) -> Option<u64> {
-        let resolved = cell.resolved_ms.load(Relaxed);
-        (resolved != 0).then(|| self.now_ms().saturating_sub(resolved))
+    /// Usable without a lookup: a definite answer less than `cache_timeout` old.
+    fn is_fresh(&self, resolution: Resolution) -> bool {
+        matches!(resolution.outcome, Outcome::Valid | Outcome::Invalid)
+            && resolution
+                .started
+                .is_some_and(|started| started.elapsed() < self.ttl())
     }
 
-    /// Usable without a lookup: resolved less than `cache_timeout` ago.
-    fn is_fresh(&self, cell: &IdentityCell) -> bool {
-        self.age_ms(cell)
-            .is_some_and(|age| age < self.config.cache_timeout.as_millis() as u64)
-    }
-
-    /// Due for re-validation by the refresher: half the cache period has passed, so that
-    /// with a tick of a quarter period a revoked session stops granting access within
-    /// `cache_timeout` (plus the lookup's own time).
-    fn is_due(&self, cell: &IdentityCell) -> bool {
-        self.age_ms(cell)
-            .is_none_or(|age| age >= self.config.cache_timeout.as_millis() as u64 / 2)
-    }
-
-    /// The identity cell of `token`, resolving it if it is not known and fresh.
-    pub async fn identity(&self, token: &str) -> Arc<IdentityCell> {
-        if let Some(cell) = self.cells.lock().get(token).and_then(Weak::upgrade)
-            && self.is_fresh(&cell)
-        {
-            return cell;
+    /// Due for a background lookup: a valid identity older than half the cache period
+    /// (with a tick of a quarter period, a revoked session stops granting access within
+    /// `cache_timeout` plus the lookup's own time), or a failed one whose back-off is over.
+    /// Invalid tokens are never refreshed: presenting one again looks it up again.
+    fn is_due(&self, resolution: Resolution) -> bool {
+        let half = self.ttl() / 2;
+        match (resolution.outcome, resolution.started) {
+            (Outcome::Valid, None) => true,
+            (Outcome::Valid, Some(started)) => started.elapsed() >= half,
+            (Outcome::Failed(failures), started) => {
+                let backoff = half
+                    .saturating_mul(1 << failures.saturating_sub(1).min(16))
+                    .min(self.ttl() * MAX_RETRY_PERIODS);
+                started.is_none_or(|started| started.elapsed() >= backoff)
+            }
+            (Outcome::Pending | Outcome::Invalid, _) => false,
         }
-        let pending = self
-            .inflight_sessions
-            .lock()
-            .entry(token.into())
-            .or_default()
-            .clone();
-        let cell = pending
-            .get_or_init(|| async {
-                let existing = self.cells.lock().get(token).and_then(Weak::upgrade);
-                let cell = existing.unwrap_or_else(|| {
-                    let cell = Arc::new(IdentityCell {
-                        token: token.into(),
-                        reader: ArcSwap::from_pointee(Reader::anonymous()),
-                        resolved_ms: AtomicU64::new(0),
-                    });
-                    self.cells
-                        .lock()
-                        .insert(token.into(), Arc::downgrade(&cell));
-                    cell
+    }
+
+    /// The identity cell of `token`, looking it up if it is not known and fresh.
+    pub async fn identity(&self, token: &str) -> Arc<IdentityCell> {
+        let existing = self.cells.lock().get(token).and_then(Weak::upgrade);
+        let cell = match existing {
+            Some(cell) => cell,
+            None => {
+                let known_invalid = self
+                    .invalid
+                    .lock()
+                    .get(token)
+                    .copied()
+                    .filter(|found| found.elapsed() < self.ttl());
+                let cell = Arc::new(match known_invalid {
+                    Some(found) => IdentityCell::new(token, Outcome::Invalid, Some(found)),
+                    None => IdentityCell::new(token, Outcome::Pending, None),
                 });
-                self.resolve_into(&cell).await;
-                cell
-            })
-            .await
-            .clone();
-        self.inflight_sessions.lock().remove(token);
+                let mut cells = self.cells.lock();
+                // Another task may have created it meanwhile: share that one.
+                match cells.get(token).and_then(Weak::upgrade) {
+                    Some(raced) => raced,
+                    None => {
+                        cells.insert(token.into(), Arc::downgrade(&cell));
+                        cell
+                    }
+                }
+            }
+        };
+        if !self.is_fresh(cell.resolution()) {
+            self.resolve(&cell, Instant::now()).await;
+        }
         cell
     }
 
-    /// Looks `cell`'s token up and stores the result; a failure reads as anonymous and
-    /// leaves the cell stale so the refresher retries it.
-    async fn resolve_into(&self, cell: &IdentityCell) {
+    /// Looks `cell`'s token up and stores the result, unless a lookup that started at or
+    /// after `requested` already answered (coalescing). A failure reads as anonymous.
+    async fn resolve(&self, cell: &IdentityCell, requested: Instant) {
+        let _resolving = cell.resolving.lock().await;
+        if cell
+            .resolution()
+            .started
+            .is_some_and(|started| started >= requested)
+        {
+            return;
+        }
+        let started = Instant::now();
         let lookup = tokio::time::timeout(
             self.config.lookup_timeout,
             self.provider.resolve_session(&cell.token),
         )
         .await;
-        match lookup {
-            Ok(Ok(session)) => {
-                let reader = match session {
-                    Some(info) => Reader::user(info.user_id, info.roles),
-                    None => Reader::anonymous(),
-                };
-                if **cell.reader.load() != reader {
-                    cell.reader.store(Arc::new(reader));
-                }
-                cell.resolved_ms.store(self.now_ms(), Relaxed);
-            }
+        let (outcome, reader) = match lookup {
+            Ok(Ok(Some(info))) => (Outcome::Valid, Reader::user(info.user_id, info.roles)),
+            Ok(Ok(None)) => (Outcome::Invalid, Reader::anonymous()),
             Ok(Err(err)) => {
                 self.metrics.auth_lookup_failures.fetch_add(1, Relaxed);
                 tracing::warn!(error = %err, "session lookup failed; treating the token as anonymous until it succeeds");
-                cell.reader.store(Arc::new(Reader::anonymous()));
-                cell.resolved_ms.store(0, Relaxed);
+                (self.failed(cell), Reader::anonymous())
             }
             Err(_) => {
                 self.metrics.auth_lookup_failures.fetch_add(1, Relaxed);
                 tracing::warn!(timeout = ?self.config.lookup_timeout, "session lookup timed out; treating the token as anonymous until it succeeds");
-                cell.reader.store(Arc::new(Reader::anonymous()));
-                cell.resolved_ms.store(0, Relaxed);
+                (self.failed(cell), Reader::anonymous())
             }
+        };
+        if **cell.reader.load() != reader {
+            cell.reader.store(Arc::new(reader));
+        }
+        *cell.state.lock() = Resolution {
+            outcome,
+            started: Some(started),
+        };
+        self.metrics.auth_lookups.fetch_add(1, Relaxed);
+        let mut invalid = self.invalid.lock();
+        if outcome == Outcome::Invalid {
+            if invalid.len() >= NEGATIVE_CAPACITY {
+                let ttl = self.ttl();
+                invalid.retain(|_, found| found.elapsed() < ttl);
+                if invalid.len() >= NEGATIVE_CAPACITY {
+                    invalid.clear();
+                }
+            }
+            invalid.insert(cell.token.clone(), started);
+        } else {
+            invalid.remove(&cell.token);
+        }
+    }
+
+    fn failed(&self, cell: &IdentityCell) -> Outcome {
+        match cell.resolution().outcome {
+            Outcome::Failed(failures) => Outcome::Failed(failures.saturating_add(1)),
+            _ => Outcome::Failed(1),
         }
     }
 
@@ -250,27 +341,34 @@ impl Auth {
 
     /// Re-resolves the cells of `user_id` now (a source saw a role or session change).
     pub async fn invalidate_user(&self, user_id: &str) {
+        let requested = Instant::now();
         for cell in self.live_cells() {
             if cell.reader().user_id.as_deref() == Some(user_id) {
-                self.resolve_into(&cell).await;
+                self.resolve(&cell, requested).await;
             }
         }
     }
 
-    /// Re-resolves the cell of `token` now (e.g. the session was deleted).
+    /// Re-resolves the cell of `token` now (the session was created, changed or deleted),
+    /// and forgets that it was invalid.
     pub async fn invalidate_token(&self, token: &str) {
+        let requested = Instant::now();
+        self.invalid.lock().remove(token);
         let cell = self.cells.lock().get(token).and_then(Weak::upgrade);
         if let Some(cell) = cell {
-            self.resolve_into(&cell).await;
+            self.resolve(&cell, requested).await;
         }
     }
 
-    /// Marks every identity in use for re-resolution and wakes the refresher (e.g. a role
-    /// graph change whose members are unknown). Until each lookup completes the previous
-    /// identity stays in effect, as it would until `cache_timeout` otherwise.
+    /// Marks every valid identity in use for re-resolution and wakes the refresher (e.g. a
+    /// role graph change whose members are unknown). Until each lookup completes the
+    /// previous identity stays in effect, as it would until `cache_timeout` otherwise.
     pub fn mark_all_stale(&self) {
         for cell in self.live_cells() {
-            cell.resolved_ms.store(0, Relaxed);
+            let mut state = cell.state.lock();
+            if state.outcome == Outcome::Valid {
+                state.started = None;
+            }
         }
         self.refresh_now.notify_one();
     }
@@ -278,7 +376,7 @@ impl Auth {
     /// Keeps every identity in use fresh until `shutdown`; run it once.
     pub async fn run_refresher(self: Arc<Self>, shutdown: CancellationToken) {
         use futures_util::StreamExt;
-        let period = (self.config.cache_timeout / 4).max(Duration::from_millis(50));
+        let period = (self.ttl() / 4).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -287,15 +385,16 @@ impl Auth {
                 _ = tick.tick() => {}
                 () = self.refresh_now.notified() => {}
             }
+            let requested = Instant::now();
             let due: Vec<Arc<IdentityCell>> = self
                 .live_cells()
                 .into_iter()
-                .filter(|cell| self.is_due(cell))
+                .filter(|cell| self.is_due(cell.resolution()))
                 .collect();
             futures_util::stream::iter(due)
                 .for_each_concurrent(REFRESH_CONCURRENCY, |cell| {
                     let this = &*self;
-                    async move { this.resolve_into(&cell).await }
+                    async move { this.resolve(&cell, requested).await }
                 })
                 .await;
             self.refresh_schemas().await;
@@ -305,10 +404,13 @@ impl Auth {
     /// Re-reads the permissions of classes in use once they are older than
     /// `cache_timeout` (the event path reads only the cache), and forgets unused ones.
     async fn refresh_schemas(&self) {
-        let ttl = self.config.cache_timeout;
+        let ttl = self.ttl();
         let stale: Vec<Box<str>> = {
             let mut schemas = self.schemas.lock();
-            schemas.retain(|_, entry| entry.used.elapsed() < ttl * SCHEMA_IDLE_PERIODS);
+            schemas.retain(|_, entry| {
+                entry.origin == SchemaOrigin::Event
+                    || entry.used.elapsed() < ttl * SCHEMA_IDLE_PERIODS
+            });
             schemas
                 .iter()
                 .filter(|(_, entry)| entry.fetched.elapsed() >= ttl)
@@ -323,7 +425,7 @@ impl Auth {
             .await;
             match lookup {
                 Ok(Ok(raw)) => {
-                    self.store_schema(&class_name, raw);
+                    self.store_provided_schema(&class_name, raw);
                 }
                 _ => {
                     // Keep the last known permissions rather than opening or closing the
@@ -344,7 +446,7 @@ impl Auth {
     /// ones.
     pub async fn class_permissions(&self, class_name: &str) -> Option<Arc<ClassPermissions>> {
         if let Some(entry) = self.schemas.lock().get_mut(class_name)
-            && entry.fetched.elapsed() < self.config.cache_timeout
+            && entry.fetched.elapsed() < self.ttl()
         {
             entry.used = Instant::now();
             return entry.permissions.clone();
@@ -359,7 +461,7 @@ impl Auth {
             .get_or_init(|| async {
                 let lookup = tokio::time::timeout(self.config.lookup_timeout, self.provider.class_permissions(class_name)).await;
                 match lookup {
-                    Ok(Ok(raw)) => self.store_schema(class_name, raw),
+                    Ok(Ok(raw)) => self.store_provided_schema(class_name, raw),
                     Ok(Err(err)) => {
                         self.metrics.auth_lookup_failures.fetch_add(1, Relaxed);
                         tracing::warn!(class = class_name, error = %err, "class permissions lookup failed; denying");
@@ -390,9 +492,10 @@ impl Auth {
         {
             entry.fetched = Instant::now();
             entry.used = entry.fetched;
+            entry.origin = SchemaOrigin::Event;
             return entry.permissions.clone();
         }
-        self.store_schema(class_name, Some(raw.clone()))
+        self.store_schema(class_name, Some(raw.clone()), SchemaOrigin::Event)
     }
 
     /// The last known permissions of a class, without any lookup (for the event path).
@@ -412,7 +515,30 @@ impl Auth {
         })
     }
 
-    fn store_schema(&self, class_name: &str, raw: Option<Value>) -> Option<Arc<ClassPermissions>> {
+    /// Stores what the provider answered. "No schema" (`None`) does not replace
+    /// permissions a source delivered: the provider simply does not know the class.
+    fn store_provided_schema(
+        &self,
+        class_name: &str,
+        raw: Option<Value>,
+    ) -> Option<Arc<ClassPermissions>> {
+        if raw.is_none()
+            && let Some(entry) = self.schemas.lock().get_mut(class_name)
+            && entry.origin == SchemaOrigin::Event
+        {
+            entry.fetched = Instant::now();
+            entry.used = entry.fetched;
+            return entry.permissions.clone();
+        }
+        self.store_schema(class_name, raw, SchemaOrigin::Provider)
+    }
+
+    fn store_schema(
+        &self,
+        class_name: &str,
+        raw: Option<Value>,
+        origin: SchemaOrigin,
+    ) -> Option<Arc<ClassPermissions>> {
         let permissions = match &raw {
             Some(raw) => {
                 let mut clp = ClassPermissions::from_json(raw);
@@ -427,6 +553,7 @@ impl Auth {
             SchemaEntry {
                 permissions: permissions.clone(),
                 raw,
+                origin,
                 fetched: now,
                 used: now,
             },
@@ -434,7 +561,7 @@ impl Auth {
         permissions
     }
 
-    /// Forgets a class's cached permissions.
+    /// Forgets a class's cached permissions (its schema changed at the source).
     pub fn invalidate_schema(&self, class_name: &str) {
         self.schemas.lock().remove(class_name);
     }

@@ -1,13 +1,16 @@
 //! parse-server's REST API as the auth provider and object reader.
 //!
-//! Every request uses the master key, like the reference LiveQuery server's own lookups:
-//! - a session token → `GET /classes/_Session?where={"sessionToken":…}` (expired or
-//!   missing: no user);
+//! Every request uses the master key, like the reference LiveQuery server's own lookups.
+//! Queries are sent as `POST` with `"_method": "GET"` (parse-server's method override, as
+//! the JS SDK does for long queries): their constraints — a session token above all — travel
+//! in the body, never in a URL that proxies and access logs record. Errors are reported
+//! without URLs.
+//! - a session token → a `_Session` query on `sessionToken` (expired or missing: no user);
 //! - a user's roles → `_Role` objects whose `users` relation holds the user, then,
 //!   breadth-first, the roles whose `roles` relation holds a role already found (members of
 //!   a child role inherit the parent), with a visited set and a bound on the total;
 //! - a class's permissions → `GET /schemas/<class>`;
-//! - the `query` op → `GET /classes/<class>?where=…`.
+//! - the `query` op → a query on `/classes/<class>`.
 //!
 //! A failed request is an [`AuthError`]; [`crate::auth::Auth`] never turns one into access.
 
@@ -59,25 +62,32 @@ impl ParseRest {
         })
     }
 
-    async fn get(
+    /// Sends a request; `body` (a query's constraints) goes in the body of a `POST` that
+    /// parse-server treats as a `GET`. Errors never carry the URL.
+    async fn request(
         &self,
         path: &str,
-        query: &[(&str, String)],
+        body: Option<Value>,
     ) -> Result<(StatusCode, Value), AuthError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .query(query)
+        let url = format!("{}{path}", self.base);
+        let request = match body {
+            None => self.http.get(url),
+            Some(mut body) => {
+                body["_method"] = Value::from("GET");
+                self.http.post(url).json(&body)
+            }
+        };
+        let response = request
             .header("X-Parse-Application-Id", &self.app_id)
             .header("X-Parse-Master-Key", &self.master_key)
             .send()
             .await
-            .map_err(|e| AuthError(format!("GET {path}: {e}")))?;
+            .map_err(|e| AuthError(format!("{path}: {}", e.without_url())))?;
         let status = response.status();
         let body: Value = response
             .json()
             .await
-            .map_err(|e| AuthError(format!("GET {path}: bad response body: {e}")))?;
+            .map_err(|e| AuthError(format!("{path}: bad response body: {}", e.without_url())))?;
         Ok((status, body))
     }
 
@@ -85,17 +95,19 @@ impl ParseRest {
         &self,
         class_name: &str,
         where_: &Value,
-        extra: &[(&str, String)],
+        extra: &[(&str, Value)],
     ) -> Result<Vec<Value>, AuthError> {
         let path = format!("/classes/{}", urlencode(class_name));
-        let mut query = vec![("where", where_.to_string())];
-        query.extend(extra.iter().cloned());
-        match self.get(&path, &query).await? {
+        let mut query = json!({ "where": where_ });
+        for (key, value) in extra {
+            query[*key] = value.clone();
+        }
+        match self.request(&path, Some(query)).await? {
             (status, body) if status.is_success() => match body.get("results") {
                 Some(Value::Array(results)) => Ok(results.clone()),
-                _ => Err(AuthError(format!("GET {path}: no results array"))),
+                _ => Err(AuthError(format!("{path}: no results array"))),
             },
-            (status, body) => Err(AuthError(format!("GET {path}: {status} {body}"))),
+            (status, body) => Err(AuthError(format!("{path}: {status} {}", error_text(&body)))),
         }
     }
 
@@ -107,10 +119,10 @@ impl ParseRest {
                     "_Role",
                     &where_,
                     &[
-                        ("keys", "name".to_owned()),
-                        ("limit", ROLE_PAGE.to_string()),
-                        ("skip", (page * ROLE_PAGE).to_string()),
-                        ("order", "objectId".to_owned()),
+                        ("keys", json!("name")),
+                        ("limit", json!(ROLE_PAGE)),
+                        ("skip", json!(page * ROLE_PAGE)),
+                        ("order", json!("objectId")),
                     ],
                 )
                 .await?;
@@ -164,6 +176,15 @@ impl ParseRest {
     }
 }
 
+/// The error parse-server answered with (`{code, error}`), without echoing anything else
+/// of the response.
+fn error_text(body: &Value) -> String {
+    match (body.get("code"), body.get("error").and_then(Value::as_str)) {
+        (Some(code), Some(error)) => format!("code {code}: {error}"),
+        _ => "unexpected response".to_owned(),
+    }
+}
+
 fn urlencode(segment: &str) -> String {
     segment
         .bytes()
@@ -183,7 +204,7 @@ impl AuthProvider for ParseRest {
             .find(
                 "_Session",
                 &json!({"sessionToken": token}),
-                &[("limit", "1".to_owned())],
+                &[("limit", json!(1))],
             )
             .await?;
         let Some(session) = sessions.first() else {
@@ -213,7 +234,7 @@ impl AuthProvider for ParseRest {
 
     async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, AuthError> {
         let path = format!("/schemas/{}", urlencode(class_name));
-        match self.get(&path, &[]).await? {
+        match self.request(&path, None).await? {
             (status, body) if status.is_success() => Ok(body.get("classLevelPermissions").cloned()),
             // Class not found (code 103): no schema yet, nothing restricted.
             (status, body)
@@ -223,7 +244,7 @@ impl AuthProvider for ParseRest {
                 Ok(None)
             }
             (status, _) if status == StatusCode::NOT_FOUND => Ok(None),
-            (status, body) => Err(AuthError(format!("GET {path}: {status} {body}"))),
+            (status, body) => Err(AuthError(format!("{path}: {status} {}", error_text(&body)))),
         }
     }
 }
@@ -241,7 +262,7 @@ impl ObjectReader for ParseRest {
             self,
             class_name,
             &Value::Object(where_.clone()),
-            &[("limit", limit.to_string())],
+            &[("limit", json!(limit))],
         )
         .await?;
         Ok(results
@@ -254,5 +275,94 @@ impl ObjectReader for ParseRest {
                 _ => None,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TOKEN: &str = "r:0123456789abcdef";
+
+    fn contains_token(text: &str) -> bool {
+        text.contains(TOKEN)
+            || text.contains("r%3A0123456789abcdef")
+            || text.contains("0123456789abcdef")
+    }
+
+    /// A failed lookup's error (which is logged) never carries the token.
+    #[tokio::test]
+    async fn lookup_errors_do_not_carry_the_token() {
+        // Nothing listens on port 9 of the loopback: the connection is refused.
+        let rest = ParseRest::new(
+            "http://127.0.0.1:9/parse",
+            "app",
+            "mk",
+            Duration::from_secs(2),
+        )
+        .expect("client");
+        let err = rest.resolve_session(TOKEN).await.expect_err("refused");
+        assert!(!contains_token(&err.to_string()), "{err}");
+    }
+
+    /// The token travels in the body of a POST (method override), not in the URL that
+    /// proxies and access logs record.
+    #[tokio::test]
+    async fn session_lookups_keep_the_token_out_of_the_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            // Read until the body (after the blank line) has arrived.
+            loop {
+                let n = socket.read(&mut buffer).await.expect("read");
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let answer = r#"{"results":[]}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            socket.write_all(response.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let rest = ParseRest::new(
+            &format!("http://{addr}/parse"),
+            "app",
+            "mk",
+            Duration::from_secs(5),
+        )
+        .expect("client");
+        assert_eq!(rest.resolve_session(TOKEN).await.expect("answered"), None);
+        let request = server.await.expect("server");
+        let (head, body) = request.split_once("\r\n\r\n").expect("a full request");
+        let request_line = head.lines().next().unwrap_or_default();
+        assert_eq!(request_line, "POST /parse/classes/_Session HTTP/1.1");
+        assert!(!contains_token(head), "{head}");
+        let body: Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(body["_method"], "GET");
+        assert_eq!(body["where"]["sessionToken"], TOKEN);
     }
 }

@@ -15,13 +15,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use livequery_matcher::auth::{ClassPermissions, Reader, is_identifier};
+use livequery_matcher::gate::{ClassPermissions, Reader, is_identifier};
 use livequery_matcher::{ChangeKind, Query, QueryError};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, ClassPermissionMap};
 use crate::dispatch::Job;
 use crate::metrics::Metrics;
 
@@ -225,18 +225,29 @@ impl EventSink {
         );
     }
 
+    /// The permissions an event is judged with: those it carries (parse-server sends the
+    /// class's CLP with every message), else the cached ones; the server's default protected
+    /// fields included.
+    pub fn permissions_of(&self, message: &Message) -> Option<Arc<ClassPermissions>> {
+        let class_name = message.current["className"].as_str().unwrap_or_default();
+        match &message.permissions {
+            Some(raw) => self.auth.event_permissions(class_name, raw),
+            None => self.auth.cached_permissions(class_name),
+        }
+    }
+
+    /// The permissions of a class now (looked up if not cached).
+    pub async fn class_permissions(&self, class_name: &str) -> Option<Arc<ClassPermissions>> {
+        self.auth.class_permissions(class_name).await
+    }
+
     /// Delivers one message; waits while the dispatcher's queue is full.
     pub async fn publish(&self, message: Message) -> Result<(), SinkClosed> {
         let class_name: Arc<str> = message.current["className"]
             .as_str()
             .unwrap_or_default()
             .into();
-        // parse-server sends the class's CLP with every message; other sources rely on the
-        // cached schema (which carries the server's default protected fields).
-        let permissions = match &message.permissions {
-            Some(raw) => self.auth.event_permissions(&class_name, raw),
-            None => self.auth.cached_permissions(&class_name),
-        };
+        let permissions = self.permissions_of(&message);
         let event = ChangeEvent {
             kind: message.kind,
             class_name,
@@ -349,8 +360,14 @@ pub trait ObjectReader: Send + Sync + 'static {
 #[async_trait]
 pub trait SubqueryResolver: Send + Sync + 'static {
     /// Binds every subquery of `query` to a maintained result set, computed for `reader`
-    /// (the inner objects it may read).
-    async fn bind(&self, query: &mut Query, reader: &Reader) -> Result<(), QueryError>;
+    /// (the inner objects the gate lets it count, judged with `permissions` of the inner
+    /// classes).
+    async fn bind(
+        &self,
+        query: &mut Query,
+        reader: &Reader,
+        permissions: &ClassPermissionMap,
+    ) -> Result<(), QueryError>;
 }
 
 #[cfg(test)]

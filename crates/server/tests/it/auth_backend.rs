@@ -69,8 +69,8 @@ async fn a_failing_backend_never_grants_access_and_is_not_hammered() {
     );
     assert!(server.metric("livequery_auth_lookup_failures_total").await >= 1.0);
 
-    // Ten (virtual) seconds of outage: retries are paced by the refresh tick (a quarter of
-    // cache_timeout), never a tight loop. Time is paused only here, where no frame is awaited
+    // Ten (virtual) seconds of outage: retries back off from half cache_timeout to
+    // cache_timeout, never a tight loop. Time is paused only here, where no frame is awaited
     // (frames come from dispatcher threads, which paused time does not wait for).
     let before = backend.lookups.load(Ordering::SeqCst);
     tokio::time::pause();
@@ -80,9 +80,10 @@ async fn a_failing_backend_never_grants_access_and_is_not_hammered() {
     eprintln!("{retries} lookups in 10 s of outage");
     assert!((5..=50).contains(&retries), "{retries} lookups in 10 s");
 
-    // The backend recovers: the identity is restored without any client action.
+    // The backend recovers: the identity is restored without any client action, within
+    // cache_timeout (the longest back-off) and a refresh tick.
     backend.up.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     server
         .create(object(
             "M",

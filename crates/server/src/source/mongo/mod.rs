@@ -170,16 +170,12 @@ impl MongoSource {
         let mut names: Vec<String> = SYSTEM.iter().map(|c| format!("{prefix}{c}")).collect();
         match &self.settings.classes {
             Some(classes) => names.extend(classes.iter().map(|c| format!("{prefix}{c}"))),
-            // Every user class, and the system classes apps subscribe to (`_Session` and
-            // `_Role` are in SYSTEM already).
+            // Every user class, and `_User` (`_Session` and `_Role` are in SYSTEM already).
+            // parse-server's internal classes (`_Installation`, …) only when listed.
             None => {
                 namespaces
                     .push(doc! {"ns.coll": {"$regex": format!("^{}[^_]", regex_escape(prefix))}});
-                names.extend(
-                    ["_User", "_Installation"]
-                        .iter()
-                        .map(|c| format!("{prefix}{c}")),
-                );
+                names.push(format!("{prefix}_User"));
             }
         }
         namespaces.push(doc! {"ns.coll": {"$in": names}});
@@ -294,12 +290,20 @@ impl MongoSource {
         for output in transformer.transform(event, &self.schemas) {
             match output {
                 Output::Change(message) => {
-                    self.subqueries.apply_change(&message);
+                    let permissions = sink.permissions_of(&message);
+                    self.subqueries
+                        .apply_change(&message, permissions.as_deref());
                     if sink.publish(message).await.is_err() {
                         return Ok(());
                     }
                 }
-                Output::Schema(class) => sink.schema_changed(&class),
+                Output::Schema(class) => {
+                    sink.schema_changed(&class);
+                    let permissions = sink.class_permissions(&class).await;
+                    self.subqueries
+                        .refresh_class(&class, permissions.as_deref())
+                        .await;
+                }
                 // A session nobody resolved (no token known): no identity depends on it.
                 Output::Session { id, token } => {
                     if let Some(token) = token.or_else(|| self.auth.token_of_session(&id)) {

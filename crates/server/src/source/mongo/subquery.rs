@@ -11,17 +11,22 @@
 //! Events are produced for changes of the *outer* object only (as Parse LiveQuery does): an
 //! inner change never fires events for outer objects, it changes how their next change is
 //! judged.
+//!
+//! Which inner objects count is the authorization gate's decision
+//! ([`livequery_matcher::gate::subquery_member`]), made with the inner class's permissions
+//! in force when the object changes: an object counts only if the subscriber may read it and
+//! neither the inner clause nor `$select`'s key reads a field hidden from the subscriber on
+//! it. When the inner class's schema changes, its sets are read again. A set is bound to the
+//! identity it was computed for; when a subscriber's identity changes, its subscription stops
+//! receiving events (the gate's stale-identity rule) until it subscribes again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use bson::doc;
-use livequery_matcher::auth::{Reader, acl_allows_read};
-use livequery_matcher::{
-    ChangeKind, CompileOptions, Query, QueryError, Subquery, SubqueryKind, SubqueryPolicy,
-    SubquerySet,
-};
+use livequery_matcher::gate::{ClassPermissions, InnerQuery, Reader, subquery_member};
+use livequery_matcher::{ChangeKind, Query, QueryError, Subquery, SubqueryKind, SubquerySet};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 
@@ -29,6 +34,7 @@ use super::backend::Store;
 use super::convert::{FileUrls, to_parse_json};
 use super::filter::prefilter;
 use super::schema::Schemas;
+use crate::auth::ClassPermissionMap;
 use crate::source::{Message, SubqueryResolver};
 
 #[derive(Debug, Default)]
@@ -71,6 +77,8 @@ pub struct SubSet {
     class_name: String,
     /// The inner query (`$inQuery`/`$select`); `None` for `$relatedTo`.
     inner: Option<Query>,
+    /// Its `where` (for reading the set again).
+    where_: Map<String, Value>,
     key: Option<String>,
     owner_id: Option<String>,
     reader: Reader,
@@ -99,15 +107,21 @@ impl SubquerySet for SubSet {
 }
 
 impl SubSet {
-    /// Re-decides one inner object's membership after a change.
-    fn apply(&self, message: &Message) {
+    /// Re-decides one inner object's membership after a change, with the inner class's
+    /// permissions now.
+    fn apply(&self, message: &Message, permissions: Option<&ClassPermissions>) {
         let Some(inner) = &self.inner else { return };
         let Some(id) = message.current.get("objectId").and_then(Value::as_str) else {
             return;
         };
+        let judged = InnerQuery {
+            class_name: &self.class_name,
+            permissions,
+            query: inner,
+            key: self.key.as_deref().filter(|_| self.selects()),
+        };
         let member = message.kind == ChangeKind::Save
-            && inner.matches(&message.current)
-            && acl_allows_read(&message.current, &self.reader);
+            && subquery_member(&judged, &self.reader, &message.current);
         let mut members = self.members.write();
         if !member {
             members.remove(id);
@@ -122,6 +136,10 @@ impl SubSet {
             }
             _ => members.insert(id.to_owned(), Value::Null),
         }
+    }
+
+    fn selects(&self) -> bool {
+        matches!(self.kind, SubqueryKind::Select | SubqueryKind::DontSelect)
     }
 }
 
@@ -141,19 +159,6 @@ impl std::fmt::Debug for Subqueries {
             .field("sets", &self.sets.lock().len())
             .finish_non_exhaustive()
     }
-}
-
-fn reader_key(reader: &Reader) -> String {
-    if reader.master {
-        return "master".to_owned();
-    }
-    let mut roles: Vec<&str> = reader.roles.iter().map(|r| &**r).collect();
-    roles.sort_unstable();
-    format!(
-        "{}|{}",
-        reader.user_id.as_deref().unwrap_or(""),
-        roles.join(",")
-    )
 }
 
 impl Subqueries {
@@ -181,14 +186,47 @@ impl Subqueries {
         sets.values().filter_map(Weak::upgrade).collect()
     }
 
-    /// Applies a change of a live object to every set of its class.
-    pub fn apply_change(&self, message: &Message) {
+    /// Applies a change of a live object to every set of its class; `permissions` are the
+    /// class's permissions now.
+    pub fn apply_change(&self, message: &Message, permissions: Option<&ClassPermissions>) {
         let Some(class) = message.current.get("className").and_then(Value::as_str) else {
             return;
         };
         for set in self.live() {
             if set.class_name == class {
-                set.apply(message);
+                set.apply(message, permissions);
+            }
+        }
+    }
+
+    /// Reads every set over `class_name` again (its schema — permissions, protected fields —
+    /// changed), judging members with `permissions`. A set that cannot be read again is
+    /// emptied and dropped from sharing.
+    pub async fn refresh_class(&self, class_name: &str, permissions: Option<&ClassPermissions>) {
+        let sets: Vec<(String, Arc<SubSet>)> = {
+            let mut sets = self.sets.lock();
+            sets.retain(|_, weak| weak.strong_count() > 0);
+            sets.iter()
+                .filter_map(|(key, weak)| Some((key.clone(), weak.upgrade()?)))
+                .filter(|(_, set)| set.class_name == class_name && set.inner.is_some())
+                .collect()
+        };
+        for (key, set) in sets {
+            let subquery = SubqueryShape {
+                kind: set.kind,
+                class_name: &set.class_name,
+                inner: set.inner.as_ref(),
+                where_: &set.where_,
+                key: set.key.as_deref(),
+                owner_id: set.owner_id.as_deref(),
+            };
+            match self.read_members(&subquery, &set.reader, permissions).await {
+                Ok(members) => *set.members.write() = members,
+                Err(err) => {
+                    tracing::warn!(class = class_name, error = %err, "re-reading a subquery after a schema change failed; its set is emptied");
+                    *set.members.write() = Members::default();
+                    self.sets.lock().remove(&key);
+                }
             }
         }
     }
@@ -228,7 +266,38 @@ impl Subqueries {
         &self,
         subquery: &Subquery,
         reader: &Reader,
+        permissions: Option<&ClassPermissions>,
     ) -> Result<Arc<SubSet>, QueryError> {
+        let inner = subquery.inner.as_deref().cloned();
+        let shape = SubqueryShape {
+            kind: subquery.kind,
+            class_name: &subquery.class_name,
+            inner: inner.as_ref(),
+            where_: &subquery.where_,
+            key: subquery.key.as_deref(),
+            owner_id: subquery.owner_id.as_deref(),
+        };
+        let members = self.read_members(&shape, reader, permissions).await?;
+        Ok(Arc::new(SubSet {
+            kind: subquery.kind,
+            class_name: subquery.class_name.clone(),
+            inner,
+            where_: subquery.where_.clone(),
+            key: subquery.key.clone(),
+            owner_id: subquery.owner_id.clone(),
+            reader: reader.clone(),
+            members: RwLock::new(members),
+        }))
+    }
+
+    /// Reads the members of a subquery from the database, keeping the inner objects the gate
+    /// lets `reader`'s subquery count.
+    async fn read_members(
+        &self,
+        subquery: &SubqueryShape<'_>,
+        reader: &Reader,
+        permissions: Option<&ClassPermissions>,
+    ) -> Result<Members, QueryError> {
         let too_large = || QueryError::Unsupported {
             operator: kind_name(subquery.kind).to_owned(),
             detail: format!(
@@ -246,9 +315,11 @@ impl Subqueries {
         let limit = i64::try_from(self.max_results)
             .unwrap_or(i64::MAX)
             .saturating_add(1);
-        let inner = if subquery.kind == SubqueryKind::RelatedTo {
-            let owner = subquery.owner_id.clone().unwrap_or_default();
-            let key = subquery.key.clone().unwrap_or_default();
+        let Some(inner) = subquery.inner else {
+            // $relatedTo: the relation's rows (its owner class and key were admitted by the
+            // gate when the client subscribed).
+            let owner = subquery.owner_id.unwrap_or_default();
+            let key = subquery.key.unwrap_or_default();
             let collection = format!("{}_Join:{key}:{}", self.prefix, subquery.class_name);
             let rows = self
                 .store
@@ -263,70 +334,75 @@ impl Subqueries {
                     members.insert(related.to_owned(), Value::Null);
                 }
             }
-            None
+            return Ok(members);
+        };
+        let schema = self.schemas.get(subquery.class_name);
+        let (filter, exact) = prefilter(subquery.where_, schema.as_deref());
+        let collection = format!("{}{}", self.prefix, subquery.class_name);
+        // An inexact filter reads candidates the matcher rejects; bound those too.
+        let cap = if exact {
+            limit
         } else {
-            // Nested subqueries are not resolved (their sets would need sets of their own).
-            let options = CompileOptions {
-                subqueries: SubqueryPolicy::Reject,
-                ..CompileOptions::default()
+            limit.saturating_mul(4)
+        };
+        let documents = self
+            .store
+            .find(&collection, filter, cap)
+            .await
+            .map_err(failed)?;
+        if documents.len() as i64 >= cap {
+            return Err(too_large());
+        }
+        let selects = matches!(
+            subquery.kind,
+            SubqueryKind::Select | SubqueryKind::DontSelect
+        );
+        let judged = InnerQuery {
+            class_name: subquery.class_name,
+            permissions,
+            query: inner,
+            key: subquery.key.filter(|_| selects),
+        };
+        for document in &documents {
+            let object: Map<String, Value> = to_parse_json(
+                subquery.class_name,
+                document,
+                schema.as_deref(),
+                &self.files,
+            );
+            if !subquery_member(&judged, reader, &object) {
+                continue;
+            }
+            let Some(id) = object.get("objectId").and_then(Value::as_str) else {
+                continue;
             };
-            let inner = Query::compile(&subquery.where_, &options)?;
-            let schema = self.schemas.get(&subquery.class_name);
-            let (filter, exact) = prefilter(&subquery.where_, schema.as_deref());
-            let collection = format!("{}{}", self.prefix, subquery.class_name);
-            // An inexact filter reads candidates the matcher rejects; bound those too.
-            let cap = if exact {
-                limit
+            let value = if selects {
+                match subquery.key.and_then(|k| object.get(k)) {
+                    Some(value) => value.clone(),
+                    None => continue,
+                }
             } else {
-                limit.saturating_mul(4)
+                Value::Null
             };
-            let documents = self
-                .store
-                .find(&collection, filter, cap)
-                .await
-                .map_err(failed)?;
-            if documents.len() as i64 >= cap {
+            members.insert(id.to_owned(), value);
+            if members.by_id.len() > self.max_results {
                 return Err(too_large());
             }
-            for document in &documents {
-                let object: Map<String, Value> = to_parse_json(
-                    &subquery.class_name,
-                    document,
-                    schema.as_deref(),
-                    &self.files,
-                );
-                if !inner.matches(&object) || !acl_allows_read(&object, reader) {
-                    continue;
-                }
-                let Some(id) = object.get("objectId").and_then(Value::as_str) else {
-                    continue;
-                };
-                let value = match subquery.kind {
-                    SubqueryKind::Select | SubqueryKind::DontSelect => {
-                        match subquery.key.as_ref().and_then(|k| object.get(k)) {
-                            Some(value) => value.clone(),
-                            None => continue,
-                        }
-                    }
-                    _ => Value::Null,
-                };
-                members.insert(id.to_owned(), value);
-                if members.by_id.len() > self.max_results {
-                    return Err(too_large());
-                }
-            }
-            Some(inner)
-        };
-        Ok(Arc::new(SubSet {
-            kind: subquery.kind,
-            class_name: subquery.class_name.clone(),
-            inner,
-            key: subquery.key.clone(),
-            owner_id: subquery.owner_id.clone(),
-            reader: reader.clone(),
-            members: RwLock::new(members),
-        }))
+        }
+        Ok(members)
     }
+}
+
+/// The parts of a subquery needed to read its members.
+struct SubqueryShape<'a> {
+    kind: SubqueryKind,
+    class_name: &'a str,
+    /// The compiled inner clause (`None` for `$relatedTo`).
+    inner: Option<&'a Query>,
+    /// Its `where`, for the database prefilter.
+    where_: &'a Map<String, Value>,
+    key: Option<&'a str>,
+    owner_id: Option<&'a str>,
 }
 
 fn kind_name(kind: SubqueryKind) -> &'static str {
@@ -341,8 +417,13 @@ fn kind_name(kind: SubqueryKind) -> &'static str {
 
 #[async_trait]
 impl SubqueryResolver for Subqueries {
-    async fn bind(&self, query: &mut Query, reader: &Reader) -> Result<(), QueryError> {
-        let identity = reader_key(reader);
+    async fn bind(
+        &self,
+        query: &mut Query,
+        reader: &Reader,
+        permissions: &ClassPermissionMap,
+    ) -> Result<(), QueryError> {
+        let identity = reader.identity_key();
         let mut bound: Vec<Arc<SubSet>> = Vec::new();
         for subquery in query.subqueries() {
             let key = format!(
@@ -357,7 +438,12 @@ impl SubqueryResolver for Subqueries {
             let set = match existing {
                 Some(set) => set,
                 None => {
-                    let set = self.materialise(subquery, reader).await?;
+                    let inner_permissions = permissions
+                        .get(&subquery.class_name)
+                        .and_then(|p| p.as_deref());
+                    let set = self
+                        .materialise(subquery, reader, inner_permissions)
+                        .await?;
                     self.sets.lock().insert(key, Arc::downgrade(&set));
                     set
                 }
@@ -365,12 +451,12 @@ impl SubqueryResolver for Subqueries {
             bound.push(set);
         }
         let mut sets = bound.into_iter();
-        query.bind_subqueries(&mut |_| {
+        // The sets are specific to this identity: the query is shared only with queries bound
+        // for the same one, and judged stale once its subscriber's identity changes.
+        query.bind_subqueries(&identity, &mut |_| {
             let set: Arc<dyn SubquerySet> = sets.next().expect("one set per subquery, in order");
             set
         });
-        // The sets are specific to this identity: do not share the query across identities.
-        query.isolate(&identity);
         Ok(())
     }
 }

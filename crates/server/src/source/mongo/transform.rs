@@ -62,28 +62,22 @@ pub enum Output {
 #[derive(Debug, Clone, Default)]
 pub struct LiveClasses(pub Option<BTreeSet<String>>);
 
-/// Internal classes that are never live.
-const INTERNAL: &[&str] = &[
-    "_PushStatus",
-    "_JobStatus",
-    "_JobSchedule",
-    "_Hooks",
-    "_GlobalConfig",
-    "_GraphQLConfig",
-    "_Audience",
-    "_Idempotency",
-];
+/// The system classes served by default: clients read them through the authorization gate
+/// (`_User` secrets hidden, `_Session` restricted to its user). parse-server's internal
+/// classes (`_Installation`, `_PushStatus`, …) are served only when listed explicitly, and
+/// then to master clients only.
+const DEFAULT_SYSTEM_CLASSES: &[&str] = &["_User", "_Role", "_Session"];
 
 impl LiveClasses {
     /// Whether `class_name` is served.
     pub fn contains(&self, class_name: &str) -> bool {
-        if class_name == "_SCHEMA"
-            || class_name.starts_with("_Join:")
-            || INTERNAL.contains(&class_name)
-        {
+        if class_name == "_SCHEMA" || class_name.starts_with("_Join:") {
             return false;
         }
-        self.0.as_ref().is_none_or(|set| set.contains(class_name))
+        match &self.0 {
+            Some(set) => set.contains(class_name),
+            None => !class_name.starts_with('_') || DEFAULT_SYSTEM_CLASSES.contains(&class_name),
+        }
     }
 }
 
@@ -430,6 +424,6 @@ impl Transformer {
 
 /// Drops keys that are not identifier-like, as every source does.
 fn sanitised(mut object: Map<String, Value>) -> Map<String, Value> {
-    object.retain(|key, _| livequery_matcher::auth::is_identifier(key));
+    object.retain(|key, _| livequery_matcher::gate::is_identifier(key));
     object
 }
