@@ -2,6 +2,8 @@
 //!
 //! `index/*` measures one event against N distinct subscriptions: candidates from the
 //! index plus exact evaluation of each candidate, i.e. the whole matching cost of an event.
+//! `set_operands/*` measures one evaluation of a large `$in`/`$nin`/`$all`/`$containedBy`
+//! against a 5,000-element array (a hostile subscriber and a hostile writer together).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use livequery_matcher::{CompileOptions, Query, Scratch, SubscriptionIndex};
@@ -166,5 +168,32 @@ fn index_lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, compile, evaluate, index_lookup);
+fn set_operands(c: &mut Criterion) {
+    let mut group = c.benchmark_group("set_operands");
+    let options = CompileOptions {
+        max_set_items: 100_000,
+        ..CompileOptions::default()
+    };
+    // 5,000 tags, none of them in the operands: every element is looked up.
+    let tags: Vec<Value> = (200_000..205_000).map(Value::from).collect();
+    let object = map(json!({"tags": tags}));
+    for items in [10_000usize, 100_000] {
+        let operand: Vec<Value> = (0..items).map(Value::from).collect();
+        for op in ["$in", "$nin", "$all", "$containedBy"] {
+            let query =
+                Query::compile(&map(json!({"tags": {op: operand}})), &options).expect("compiles");
+            group.bench_with_input(
+                BenchmarkId::new(
+                    format!("{}_vs_5000_tags", op.trim_start_matches('$')),
+                    items,
+                ),
+                &items,
+                |b, _| b.iter(|| black_box(query.matches(black_box(&object)))),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, compile, evaluate, index_lookup, set_operands);
 criterion_main!(benches);

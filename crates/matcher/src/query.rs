@@ -309,6 +309,11 @@ pub(crate) enum Cmp {
     Gte,
 }
 
+/// Bytes charged for one posting of a query in the subscription index (a `(field, value)`
+/// term of an equality or an `$in` item): its hash-map slot, key and posting list
+/// (calibrated on the resident memory of 10,000-item `$in` subscriptions, BENCHMARKS.md).
+pub(crate) const POSTING_FOOTPRINT: usize = 192;
+
 /// Heap bytes charged for one compiled regex: its program and its share of the lazy DFA
 /// caches (bounded by the compiler's size limits), which the regex crate does not report.
 pub(crate) const REGEX_FOOTPRINT: usize = 32 * 1024;
@@ -362,8 +367,10 @@ pub(crate) enum Pred {
 impl Pred {
     fn footprint(&self) -> usize {
         match self {
-            Self::Eq(op) | Self::Ne(op) | Self::Cmp(_, op) => op.footprint(),
-            Self::In(set) | Self::Nin(set) | Self::ContainedBy(set) => set.footprint(),
+            Self::Eq(op) => op.footprint() + POSTING_FOOTPRINT,
+            Self::Ne(op) | Self::Cmp(_, op) => op.footprint(),
+            Self::In(set) => set.footprint() + set.len() * POSTING_FOOTPRINT,
+            Self::Nin(set) | Self::ContainedBy(set) => set.footprint(),
             Self::All { values, regexes } => values.footprint() + regexes.len() * REGEX_FOOTPRINT,
             Self::Regex(_) => REGEX_FOOTPRINT,
             Self::Polygon(vertices) => vertices.len() * 16,

@@ -62,6 +62,49 @@ pub enum IngestError {
     Unavailable,
 }
 
+/// A validated ingest body.
+#[derive(Debug)]
+pub enum Batch {
+    /// `clearCache`: the users whose roles changed.
+    ClearCache(Vec<String>),
+    /// `afterSave` / `afterDelete`: the changes, in order.
+    Changes(ChangeKind, Vec<Message>),
+}
+
+impl Batch {
+    /// Validates one message or an array of them posted to `channel`: all of it, or none.
+    pub fn parse(channel: Channel, body: Value) -> Result<Self, IngestError> {
+        let items = match body {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        let kind = match channel {
+            Channel::ClearCache => {
+                let users = items
+                    .iter()
+                    .map(|item| {
+                        item.get("userId")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .ok_or(IngestError::BadClearCache)
+                    })
+                    .collect::<Result<_, _>>()?;
+                return Ok(Self::ClearCache(users));
+            }
+            Channel::AfterSave => ChangeKind::Save,
+            Channel::AfterDelete => ChangeKind::Delete,
+        };
+        let messages = items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                Message::parse(kind, item).map_err(|source| IngestError::Invalid { index, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self::Changes(kind, messages))
+    }
+}
+
 /// The embedded source.
 #[derive(Debug)]
 pub struct EmbeddedSource {
@@ -91,37 +134,15 @@ impl EmbeddedSource {
     /// events were accepted. A batch is validated completely before any of it is published.
     pub async fn ingest(&self, channel: Channel, body: Value) -> Result<usize, IngestError> {
         let sink = self.sink()?;
-        let items = match body {
-            Value::Array(items) => items,
-            single => vec![single],
-        };
-        if channel == Channel::ClearCache {
-            let users: Vec<String> = items
-                .iter()
-                .map(|item| {
-                    item.get("userId")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .ok_or(IngestError::BadClearCache)
-                })
-                .collect::<Result<_, _>>()?;
-            for user in &users {
-                sink.clear_user(user).await;
+        let (kind, messages) = match Batch::parse(channel, body)? {
+            Batch::ClearCache(users) => {
+                for user in &users {
+                    sink.clear_user(user).await;
+                }
+                return Ok(users.len());
             }
-            return Ok(users.len());
-        }
-        let kind = if channel == Channel::AfterSave {
-            ChangeKind::Save
-        } else {
-            ChangeKind::Delete
+            Batch::Changes(kind, messages) => (kind, messages),
         };
-        let messages: Vec<Message> = items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| {
-                Message::parse(kind, item).map_err(|source| IngestError::Invalid { index, source })
-            })
-            .collect::<Result<_, _>>()?;
         let count = messages.len();
         for message in messages {
             if message.current.get("className").and_then(Value::as_str) == Some("_Session") {

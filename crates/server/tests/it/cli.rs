@@ -112,3 +112,63 @@ fn environment_values_keep_their_text_and_still_fill_typed_keys() {
         "lists are comma-separated in the environment: {printed}"
     );
 }
+
+/// A generated master key used to be logged in full (anyone reading the logs could publish
+/// events and manage sessions). It is never shown now.
+#[test]
+fn a_generated_master_key_is_never_logged() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = livequery()
+        .env("LIVEQUERY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("LIVEQUERY__LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run livequery");
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let serving = line.contains("livequery is serving");
+            lines.push(line);
+            if serving {
+                break;
+            }
+        }
+        lines
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    let mut log = reader.join().expect("reader").join("\n");
+    log.push_str(&stderr);
+    assert!(log.contains("livequery is serving"), "{log}");
+    assert!(
+        log.contains("ingest API"),
+        "the missing key is reported: {log}"
+    );
+    let hex32 = regex::Regex::new("[0-9a-f]{32}").expect("regex");
+    assert!(!hex32.is_match(&log), "a key was logged:\n{log}");
+}
+
+/// The embedded source's ingest API on a public address needs a master key of the
+/// operator's own: livequery refuses to start without one.
+#[test]
+fn a_public_ingest_api_without_a_master_key_is_refused() {
+    let output = livequery()
+        .env("LIVEQUERY__SERVER__LISTEN", "0.0.0.0:0")
+        .output()
+        .expect("run livequery");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("parse.master_key"), "{stderr}");
+}

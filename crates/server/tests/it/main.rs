@@ -1,6 +1,7 @@
 //! Integration tests of the server over real sockets on 127.0.0.1:0, fed through the
 //! embedded source's HTTP ingest endpoint.
 
+mod attacks;
 mod auth;
 mod auth_backend;
 mod cli;

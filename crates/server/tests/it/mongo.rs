@@ -841,3 +841,113 @@ async fn a_database_down_at_start_up_still_gets_its_images_once_it_answers() {
     );
     drop(server);
 }
+
+/// The default class set served `_Installation` (device tokens, installation ids) to
+/// anonymous clients. Internal classes are now master-only everywhere, and left out of the
+/// default class set.
+#[tokio::test]
+async fn installations_are_not_served_by_default() {
+    let sim = database();
+    let server = TestServer::start_mongo(
+        "[parse]\nkey_pairs = { javascriptKey = \"jsk\", masterKey = \"mk\" }\n",
+        sim.store(),
+        true,
+    )
+    .await;
+    let mut anon = server.client().await;
+    anon.send(json!({"op": "connect", "applicationId": "a", "javascriptKey": "jsk"}))
+        .await;
+    anon.recv().await;
+    anon.send(json!({"op": "subscribe", "requestId": 1, "query": {"className": "_Installation", "where": {}}}))
+        .await;
+    assert_eq!(
+        anon.recv().await,
+        json!({"op": "error", "error": "Permission denied", "code": 119, "reconnect": false, "requestId": 1})
+    );
+    let mut master = server.client().await;
+    master
+        .send(json!({"op": "connect", "applicationId": "a", "masterKey": "mk"}))
+        .await;
+    master.recv().await;
+    master.subscribe(1, "_Installation", json!({})).await;
+    master.subscribe(2, "Message", json!({})).await;
+    sim.insert(
+        "_Installation",
+        stored(
+            "i1",
+            doc! {"deviceToken": "secret-device", "installationId": "x"},
+        ),
+    );
+    sim.insert("Message", stored("m1", doc! {"room": "lobby"}));
+    assert_eq!(
+        next_event(&mut master).await,
+        ("create".to_owned(), "m1".to_owned()),
+        "_Installation is not a live class unless listed"
+    );
+}
+
+/// `$inQuery`/`$select` checked only the inner objects' ACLs: a protected field or a
+/// secret of the inner class could be probed through them, and the inner class's
+/// permissions were ignored.
+#[tokio::test]
+async fn subqueries_cannot_probe_what_the_inner_class_hides() {
+    let sim = database();
+    sim.insert(
+        "_SCHEMA",
+        schema(
+            "Team",
+            doc! {"name": "string"},
+            Some(doc! {"find": {"requiresAuthentication": true}, "get": {"requiresAuthentication": true}}),
+        ),
+    );
+    sim.insert(
+        "_User",
+        stored(
+            "u1",
+            doc! {"username": "alice", "email": "alice@example.com", "_rperm": ["*"]},
+        ),
+    );
+    let server = TestServer::start_mongo("", sim.store(), true).await;
+    let mut anon = server.connected(None).await;
+    let denied = |id: u32, code: u32| json!({"op": "error", "error": "Permission denied", "code": code, "reconnect": false, "requestId": id});
+    for (id, where_) in [
+        (
+            1,
+            json!({"author": {"$inQuery": {"className": "_User", "where": {"email": {"$regex": "^a"}}}}}),
+        ),
+        (
+            2,
+            json!({"author": {"$notInQuery": {"className": "_User", "where": {"sessionToken": {"$exists": true}}}}}),
+        ),
+        (
+            3,
+            json!({"room": {"$select": {"query": {"className": "_User", "where": {}}, "key": "email"}}}),
+        ),
+        (
+            4,
+            json!({"$or": [{"author": {"$inQuery": {"className": "_User", "where": {"authData.github.id": "1"}}}}]}),
+        ),
+    ] {
+        anon.send(json!({"op": "subscribe", "requestId": id, "query": {"className": "Message", "where": where_}}))
+            .await;
+        assert_eq!(anon.recv().await, denied(id, 119), "{where_}");
+    }
+    anon.send(json!({"op": "subscribe", "requestId": 5, "query": {"className": "Message", "where": {"team": {"$inQuery": {"className": "Team", "where": {}}}}}}))
+        .await;
+    assert_eq!(anon.recv().await, denied(5, 101));
+    // What the inner class shows may still be used.
+    anon.subscribe(
+        6,
+        "Message",
+        json!({"author": {"$inQuery": {"className": "_User", "where": {"username": "alice"}}}}),
+    )
+    .await;
+    sim.insert(
+        "Message",
+        stored("m1", doc! {"room": "lobby", "_p_author": "_User$u1"}),
+    );
+    assert_eq!(
+        next_event(&mut anon).await,
+        ("create".to_owned(), "m1".to_owned())
+    );
+}
