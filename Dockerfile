@@ -3,7 +3,7 @@
 # The livequery image: the `livequery` binary and config/default.toml, nothing else.
 #
 #   docker build -t livequery .
-#   docker run --rm -p 1337:1337 livequery                       # embedded source
+#   docker run --rm -p 1337:1337 -e LIVEQUERY__PARSE__MASTER_KEY=… livequery   # embedded source
 #   docker run --rm livequery --check-config                     # effective configuration
 #
 # Configure it with LIVEQUERY__SECTION__KEY environment variables (config/default.toml lists
@@ -59,7 +59,9 @@ COPY config/default.toml /opt/livequery/config/default.toml
 COPY --from=builder /out/livequery /usr/local/bin/livequery
 
 # Listen on every interface of the container (the default, 127.0.0.1, is unreachable from
-# outside it). The resume token of the MongoDB source lives on the volume below, so a
+# outside it). On this address the embedded source's ingest API needs a master key of the
+# operator's own: without LIVEQUERY__PARSE__MASTER_KEY (or another source kind) livequery
+# refuses to start. The resume token of the MongoDB source lives on the volume below, so a
 # restarted container continues where it stopped; other sources ignore the setting.
 # (DL3064 flags "TOKEN" in the name: the value is a file path, not a secret.)
 # hadolint ignore=DL3064

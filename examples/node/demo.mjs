@@ -12,7 +12,7 @@ const liveQueryUrl = process.env.LIVEQUERY_URL ?? 'ws://127.0.0.1:1337';
 const ingestUrl = liveQueryUrl.replace(/^ws/, 'http');
 const masterKey = process.env.LIVEQUERY_MASTER_KEY;
 if (!masterKey) {
-  console.error('Set LIVEQUERY_MASTER_KEY to livequery\'s parse.master_key (it is logged at start-up when generated).');
+  console.error('Set LIVEQUERY_MASTER_KEY to livequery\'s parse.master_key (start livequery with LIVEQUERY__PARSE__MASTER_KEY set).');
   process.exit(2);
 }
 
