@@ -4,7 +4,7 @@
 //! `_rperm`, `_hashed_password`, …).
 #![no_main]
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, doc};
 use libfuzzer_sys::fuzz_target;
 use livequery_matcher::gate::is_identifier;
 use livequery_server::source::mongo::backend::RawEvent;
@@ -14,21 +14,22 @@ use livequery_server::source::mongo::schema::Schemas;
 use livequery_server::source::mongo::transform::{LiveClasses, Output, Transformer};
 
 fuzz_target!(|data: &[u8]| {
-    let document = if data.first() == Some(&b'{') {
+    // The driver decodes events from the raw BSON bytes the server sends (`from_slice`).
+    let bytes = if data.first() == Some(&b'{') {
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
             return;
         };
-        match Bson::try_from(json) {
-            Ok(Bson::Document(document)) => document,
-            _ => return,
-        }
-    } else {
-        let Ok(document) = Document::from_reader(data) else {
+        let Ok(Bson::Document(document)) = Bson::try_from(json) else {
             return;
         };
-        document
+        let Ok(bytes) = bson::to_vec(&document) else {
+            return;
+        };
+        bytes
+    } else {
+        data.to_vec()
     };
-    let Ok(event) = bson::from_document::<RawEvent>(document) else {
+    let Ok(event) = bson::from_slice::<RawEvent>(&bytes) else {
         return;
     };
     let schemas = Schemas::default();
