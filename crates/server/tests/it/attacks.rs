@@ -218,7 +218,7 @@ async fn internal_classes_are_for_master_only() {
 #[tokio::test]
 async fn huge_operands_and_many_large_queries_are_refused() {
     let server = TestServer::start(
-        "[limits]\nmax_subscription_bytes = 2000000\nmax_message_bytes = 4194304",
+        "[limits]\nmax_subscription_bytes = 6000000\nmax_message_bytes = 4194304",
     )
     .await;
     let mut client = server.connected(None).await;
@@ -257,7 +257,7 @@ async fn huge_operands_and_many_large_queries_are_refused() {
         assert!(
             reply["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("would hold more than 2000000 bytes")),
+                .is_some_and(|e| e.contains("would hold more than 6000000 bytes")),
             "{reply}"
         );
         break;

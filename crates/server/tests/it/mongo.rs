@@ -951,3 +951,71 @@ async fn subqueries_cannot_probe_what_the_inner_class_hides() {
         ("create".to_owned(), "m1".to_owned())
     );
 }
+
+/// A subquery's set is read for the subscriber's identity at the time: once that identity
+/// changes (here: logout), the subscription gets nothing more — the set may hold objects
+/// only the old identity could read — until it subscribes again.
+#[tokio::test]
+async fn subquery_sets_do_not_outlive_their_identity() {
+    let sim = database();
+    sim.insert(
+        "_SCHEMA",
+        schema("Room", doc! {"open": "boolean"}, Some(public_read())),
+    );
+    sim.insert(
+        "_SCHEMA",
+        schema(
+            "Post",
+            doc! {"room": "*Room", "canary": "boolean"},
+            Some(public_read()),
+        ),
+    );
+    let future = DateTime::from_millis(T0 + 10 * 365 * 86_400_000);
+    sim.insert("_User", stored("u1", doc! {"username": "alice"}));
+    sim.insert(
+        "_Session",
+        stored(
+            "s1",
+            doc! {"_session_token": "r:alice", "_p_user": "_User$u1", "expiresAt": future},
+        ),
+    );
+    // A room only alice may read.
+    sim.insert(
+        "Room",
+        stored("private", doc! {"open": true, "_rperm": ["u1"]}),
+    );
+    let server = TestServer::start_mongo("", sim.store(), true).await;
+    let mut alice = server.connected(Some("r:alice")).await;
+    alice
+        .subscribe(
+            1,
+            "Post",
+            json!({"room": {"$inQuery": {"className": "Room", "where": {"open": true}}}}),
+        )
+        .await;
+    alice.subscribe(2, "Post", json!({"canary": true})).await;
+    sim.insert("Post", stored("m1", doc! {"_p_room": "Room$private"}));
+    sim.insert("Post", stored("c1", doc! {"canary": true}));
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        first.push(next_event(&mut alice).await.1);
+    }
+    first.sort();
+    assert_eq!(first, ["c1", "m1"]);
+
+    // Logout: the set was read for alice, who is now anonymous.
+    sim.delete("_Session", "s1");
+    sim.insert("Post", stored("m2", doc! {"_p_room": "Room$private"}));
+    sim.insert("Post", stored("c2", doc! {"canary": true}));
+    assert_eq!(
+        next_event(&mut alice).await.1,
+        "c2",
+        "nothing for the stale set"
+    );
+    assert_eq!(
+        server
+            .metric("livequery_drops_total{reason=\"stale_identity\"}")
+            .await,
+        1.0
+    );
+}
