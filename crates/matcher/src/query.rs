@@ -107,6 +107,20 @@ impl Query {
     pub fn bound_for(&self) -> Option<&str> {
         self.bound_for.as_deref()
     }
+
+    /// Whether the query can be evaluated for `identity` (a reader's
+    /// [`crate::gate::Reader::identity_key`]): it has no bound subqueries, or they were
+    /// bound for that identity and every set is still current.
+    pub fn answers_for(&self, identity: impl FnOnce() -> String) -> bool {
+        let Some(bound) = &self.bound_for else {
+            return true;
+        };
+        **bound == *identity()
+            && self
+                .subqueries()
+                .iter()
+                .all(|sub| sub.set.as_ref().is_some_and(|set| set.is_current()))
+    }
 }
 
 /// A node of the compiled tree.
@@ -600,6 +614,13 @@ pub trait SubquerySet: Send + Sync + fmt::Debug {
     /// for `$select`/`$dontSelect`: whether `value` is one of the selected values; for
     /// `$relatedTo`: whether `value` (an objectId) is in the relation.
     fn contains(&self, value: &Value) -> bool;
+
+    /// Whether the set still answers for its subquery (`false`: it could not be kept — it
+    /// outgrew its bound, or could not be read again). A query with such a set must not
+    /// decide anything.
+    fn is_current(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

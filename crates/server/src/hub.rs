@@ -266,8 +266,8 @@ impl Hub {
             Verdict::Skip(Skip::HiddenField) => {
                 return self.metrics.dropped(DropReason::HiddenField);
             }
-            Verdict::Skip(Skip::StaleIdentity) => {
-                return self.metrics.dropped(DropReason::StaleIdentity);
+            Verdict::Skip(Skip::StaleSubqueries) => {
+                return self.metrics.dropped(DropReason::StaleSubqueries);
             }
         };
         let mut encode = |visible: VisibleObject<'e>| {

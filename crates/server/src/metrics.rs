@@ -30,8 +30,9 @@ pub enum DropReason {
     /// field hidden from its reader on the event's objects.
     HiddenField,
     /// An event was not delivered because the subscription's subqueries were resolved for
-    /// an identity its reader no longer has (logout, role change).
-    StaleIdentity,
+    /// an identity its reader no longer has (logout, role change), or a subquery's set
+    /// outgrew `mongodb.max_subquery_results`.
+    StaleSubqueries,
     /// A subscription was refused: the connection's subscriptions would hold more than
     /// `limits.max_subscription_bytes`.
     SubscriptionBudget,
@@ -48,7 +49,7 @@ impl DropReason {
         Self::SubscriptionLimit,
         Self::ClpDenied,
         Self::HiddenField,
-        Self::StaleIdentity,
+        Self::StaleSubqueries,
         Self::SubscriptionBudget,
     ];
 
@@ -63,7 +64,7 @@ impl DropReason {
             Self::SubscriptionLimit => "subscription_limit",
             Self::ClpDenied => "clp_denied",
             Self::HiddenField => "hidden_field",
-            Self::StaleIdentity => "stale_identity",
+            Self::StaleSubqueries => "stale_subqueries",
             Self::SubscriptionBudget => "subscription_budget",
         }
     }

@@ -338,18 +338,24 @@ impl Session {
             Ok(admission) => admission,
             Err(denial) => return fail(self, denial_error(denial)),
         };
+        let mut subquery_sets = 0;
         if let Some(resolver) = &ctx.subqueries
             && !query.subqueries().is_empty()
-            && let Err(err) = resolver.bind(&mut query, &reader, &permissions).await
         {
-            return fail(
-                self,
-                WireError::new(ErrorCode::InvalidQuery, err.to_string()),
-            );
+            match resolver.bind(&mut query, &reader, &permissions).await {
+                Ok(bytes) => subquery_sets = bytes,
+                Err(err) => {
+                    return fail(
+                        self,
+                        WireError::new(ErrorCode::InvalidQuery, err.to_string()),
+                    );
+                }
+            }
         }
 
         let footprint = SUBSCRIPTION_OVERHEAD
             + query.footprint()
+            + subquery_sets
             + where_text.as_ref().map_or(0, |w| w.len())
             + keys
                 .iter()

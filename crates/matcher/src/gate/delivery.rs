@@ -156,8 +156,9 @@ pub enum Skip {
     ClassDenied,
     /// Its `where` or `watch` reads a field hidden from it on these objects.
     HiddenField,
-    /// Its subqueries were resolved for an identity the subscriber no longer has.
-    StaleIdentity,
+    /// Its subqueries were resolved for an identity the subscriber no longer has (logout,
+    /// role change), or a subquery's set could not be kept current.
+    StaleSubqueries,
 }
 
 /// What one subscriber receives.
@@ -218,10 +219,8 @@ pub fn judge<'e>(
     matched: QueryMatch,
 ) -> Verdict<'e> {
     let reader = subscriber.reader;
-    if let Some(bound) = subscriber.query.bound_for()
-        && bound != reader.identity_key()
-    {
-        return Verdict::Skip(Skip::StaleIdentity);
+    if !subscriber.query.answers_for(|| reader.identity_key()) {
+        return Verdict::Skip(Skip::StaleSubqueries);
     }
     let kind = change.class_kind();
     let pointer_fields = match class_access(kind, change.permissions, subscriber.op, reader) {
@@ -365,11 +364,7 @@ pub fn find_result<'e>(
     object: &'e Map<String, Value>,
 ) -> Option<VisibleObject<'e>> {
     let reader = subscriber.reader;
-    if subscriber
-        .query
-        .bound_for()
-        .is_some_and(|bound| bound != reader.identity_key())
-    {
+    if !subscriber.query.answers_for(|| reader.identity_key()) {
         return None;
     }
     let kind = ClassKind::of(class_name);

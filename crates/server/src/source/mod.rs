@@ -361,13 +361,13 @@ pub trait ObjectReader: Send + Sync + 'static {
 pub trait SubqueryResolver: Send + Sync + 'static {
     /// Binds every subquery of `query` to a maintained result set, computed for `reader`
     /// (the inner objects the gate lets it count, judged with `permissions` of the inner
-    /// classes).
+    /// classes). Returns the bytes the sets hold, which the subscriber's budget is charged.
     async fn bind(
         &self,
         query: &mut Query,
         reader: &Reader,
         permissions: &ClassPermissionMap,
-    ) -> Result<(), QueryError>;
+    ) -> Result<usize, QueryError>;
 }
 
 #[cfg(test)]

@@ -1014,8 +1014,60 @@ async fn subquery_sets_do_not_outlive_their_identity() {
     );
     assert_eq!(
         server
-            .metric("livequery_drops_total{reason=\"stale_identity\"}")
+            .metric("livequery_drops_total{reason=\"stale_subqueries\"}")
             .await,
         1.0
+    );
+}
+
+/// A subquery's set may not grow without bound as inner objects are created: past
+/// `mongodb.max_subquery_results` it stops answering (a partial set would answer wrongly),
+/// and its subscriptions get nothing until they subscribe again.
+#[tokio::test]
+async fn a_subquery_set_that_outgrows_its_bound_stops_answering() {
+    let sim = database();
+    sim.insert(
+        "_SCHEMA",
+        schema("Room", doc! {"open": "boolean"}, Some(public_read())),
+    );
+    sim.insert(
+        "_SCHEMA",
+        schema(
+            "Post",
+            doc! {"room": "*Room", "canary": "boolean"},
+            Some(public_read()),
+        ),
+    );
+    sim.insert("Room", stored("r1", doc! {"open": true}));
+    let server =
+        TestServer::start_mongo("[mongodb]\nmax_subquery_results = 2\n", sim.store(), true).await;
+    let mut client = server.connected(None).await;
+    client
+        .subscribe(
+            1,
+            "Post",
+            json!({"room": {"$notInQuery": {"className": "Room", "where": {"open": true}}}}),
+        )
+        .await;
+    client.subscribe(2, "Post", json!({"canary": true})).await;
+    sim.insert("Room", stored("r2", doc! {"open": true}));
+    sim.insert("Post", stored("p0", doc! {"_p_room": "Room$r2"}));
+    sim.insert("Post", stored("p1", doc! {"_p_room": "Room$closed"}));
+    assert_eq!(next_event(&mut client).await.1, "p1", "r2 is in the set");
+    // A third open room: the set outgrows its bound of 2.
+    sim.insert("Room", stored("r3", doc! {"open": true}));
+    sim.insert("Post", stored("p2", doc! {"_p_room": "Room$closed"}));
+    sim.insert("Post", stored("c1", doc! {"canary": true}));
+    assert_eq!(
+        next_event(&mut client).await.1,
+        "c1",
+        "the outgrown set answers nothing"
+    );
+    // p2, and c1 (without a room it is not in the set either).
+    assert_eq!(
+        server
+            .metric("livequery_drops_total{reason=\"stale_subqueries\"}")
+            .await,
+        2.0
     );
 }

@@ -21,6 +21,7 @@
 //! receiving events (the gate's stale-identity rule) until it subscribes again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -83,9 +84,18 @@ pub struct SubSet {
     owner_id: Option<String>,
     reader: Reader,
     members: RwLock<Members>,
+    /// Most members the set may hold (`mongodb.max_subquery_results`).
+    max_members: usize,
+    /// The set outgrew `max_members` or could not be read again: it no longer answers, and
+    /// the gate gives its subscriptions nothing until they subscribe again.
+    broken: AtomicBool,
 }
 
 impl SubquerySet for SubSet {
+    fn is_current(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+
     fn contains(&self, value: &Value) -> bool {
         let members = self.members.read();
         match self.kind {
@@ -136,6 +146,21 @@ impl SubSet {
             }
             _ => members.insert(id.to_owned(), Value::Null),
         }
+        if members.by_id.len() > self.max_members {
+            // Keeping it would let one subscription hold unbounded memory; a partial set
+            // would answer wrongly. It stops answering instead.
+            tracing::warn!(class = %self.class_name, max = self.max_members, "a subquery's set outgrew mongodb.max_subquery_results; its subscriptions get no more events until they subscribe again");
+            *members = Members::default();
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Approximate bytes the set holds.
+    fn footprint(&self) -> usize {
+        let members = self.members.read();
+        let ids: usize = members.by_id.keys().map(|id| id.len() + 64).sum();
+        let values: usize = members.values.keys().map(|v| v.len() + 48).sum();
+        std::mem::size_of::<Self>() + ids + values
     }
 
     fn selects(&self) -> bool {
@@ -223,8 +248,9 @@ impl Subqueries {
             match self.read_members(&subquery, &set.reader, permissions).await {
                 Ok(members) => *set.members.write() = members,
                 Err(err) => {
-                    tracing::warn!(class = class_name, error = %err, "re-reading a subquery after a schema change failed; its set is emptied");
+                    tracing::warn!(class = class_name, error = %err, "re-reading a subquery after a schema change failed; its subscriptions get no more events until they subscribe again");
                     *set.members.write() = Members::default();
+                    set.broken.store(true, Ordering::Relaxed);
                     self.sets.lock().remove(&key);
                 }
             }
@@ -287,6 +313,8 @@ impl Subqueries {
             owner_id: subquery.owner_id.clone(),
             reader: reader.clone(),
             members: RwLock::new(members),
+            max_members: self.max_results,
+            broken: AtomicBool::new(false),
         }))
     }
 
@@ -422,7 +450,7 @@ impl SubqueryResolver for Subqueries {
         query: &mut Query,
         reader: &Reader,
         permissions: &ClassPermissionMap,
-    ) -> Result<(), QueryError> {
+    ) -> Result<usize, QueryError> {
         let identity = reader.identity_key();
         let mut bound: Vec<Arc<SubSet>> = Vec::new();
         for subquery in query.subqueries() {
@@ -430,11 +458,19 @@ impl SubqueryResolver for Subqueries {
                 "{:?}\u{1}{}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{identity}",
                 subquery.kind,
                 subquery.class_name,
-                Value::Object(subquery.where_.clone()),
+                subquery
+                    .inner
+                    .as_ref()
+                    .map_or("", |inner| inner.canonical()),
                 subquery.key,
                 subquery.owner_id
             );
-            let existing = self.sets.lock().get(&key).and_then(Weak::upgrade);
+            let existing = self
+                .sets
+                .lock()
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .filter(|set| set.is_current());
             let set = match existing {
                 Some(set) => set,
                 None => {
@@ -450,6 +486,8 @@ impl SubqueryResolver for Subqueries {
             };
             bound.push(set);
         }
+        // Charged to the subscriber's budget in full, shared or not.
+        let footprint = bound.iter().map(|set| set.footprint()).sum();
         let mut sets = bound.into_iter();
         // The sets are specific to this identity: the query is shared only with queries bound
         // for the same one, and judged stale once its subscriber's identity changes.
@@ -457,6 +495,6 @@ impl SubqueryResolver for Subqueries {
             let set: Arc<dyn SubquerySet> = sets.next().expect("one set per subquery, in order");
             set
         });
-        Ok(())
+        Ok(footprint)
     }
 }
