@@ -212,10 +212,17 @@ impl Hub {
         let index = self.index.read();
         let change = event.change();
         scratch.candidates.clear();
-        let probes: Vec<_> = change.probe_objects().collect();
+        let both;
+        let probes: &[&_] = match change.exact_original() {
+            Some(original) => {
+                both = [change.current, original];
+                &both
+            }
+            None => std::slice::from_ref(&change.current),
+        };
         index.candidates(
             &event.class_name,
-            &probes,
+            probes,
             &mut scratch.index,
             &mut scratch.candidates,
         );

@@ -288,7 +288,12 @@ impl Session {
         let where_text = ctx
             .reader
             .is_some()
-            .then(|| Value::Object(where_.clone()).to_string().into_boxed_str());
+            .then(|| serde_json::to_string(&where_).map(String::into_boxed_str))
+            .transpose()
+            .unwrap_or_else(|err| {
+                tracing::error!(error = %err, "a where clause does not serialize");
+                None
+            });
         let options = CompileOptions {
             max_depth: config.limits.max_query_depth,
             allow_regex: gate::regex_allowed(&reader, config.allow_regex),

@@ -66,14 +66,14 @@ impl<'e> Change<'e> {
         }
     }
 
-    /// The objects a server probes its index with: the current one, and an exact original.
-    pub fn probe_objects(&self) -> impl Iterator<Item = &'e Map<String, Value>> + use<'e> {
-        let original = match self.original() {
+    /// The original, when it is exactly known: a server probes its index with it and the
+    /// current object (a partial original's fields are the current's, so probing the current
+    /// suffices for it).
+    pub fn exact_original(&self) -> Option<&'e Map<String, Value>> {
+        match self.original() {
             Original::Exact(original) => original,
-            // A partial original's fields are the current's: probing the current suffices.
             Original::Partial { .. } | Original::Unknown => None,
-        };
-        std::iter::once(self.current).chain(original)
+        }
     }
 }
 
