@@ -1,7 +1,8 @@
 //! Property tests for the matcher.
 
 use livequery_matcher::{
-    ChangeKind, Classification, CompileOptions, Query, Scratch, Side, SubscriptionIndex, classify,
+    ChangeKind, Classification, CompileOptions, Knowledge, Query, Scratch, Side, SubscriptionIndex,
+    classify, classify_uncertain,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -253,6 +254,70 @@ proptest! {
         for object in &objects {
             for (set, logical) in &pairs {
                 prop_assert_eq!(set.matches(object), logical.matches(object), "{} vs {} on {:?}", set.canonical(), logical.canonical(), object);
+            }
+        }
+    }
+
+    /// With a partly known original, classification agrees with the truth table wherever
+    /// the unknowns do not matter, and otherwise picks what some completion of them would:
+    /// never an `update`/`leave` unless the original is known to have matched, never an
+    /// original it cannot show (`enter` carries none; a `leave` needing the last readable
+    /// state is not sent), and `watch` judged on the changed fields.
+    #[test]
+    fn uncertain_classification_follows_the_truth_table(
+        om in prop::option::of(any::<bool>()), or in prop::option::of(any::<bool>()),
+        cm in any::<bool>(), cr in any::<bool>(), watch_changed in prop::option::of(any::<bool>()),
+    ) {
+        let knowledge = |v: Option<bool>| v.map_or(Knowledge::Unknown, Knowledge::Known);
+        let got = classify_uncertain(knowledge(om), knowledge(or), cm && cr, cr, watch_changed);
+        // The truth table for one completion of the unknowns, adjusted to what can be sent
+        // without the original.
+        let before = serde_json::json!({"w": 0}).as_object().cloned().unwrap_or_default();
+        let after = serde_json::json!({"w": i32::from(watch_changed != Some(false))})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let watch = watch_changed.map(|_| vec!["w".to_owned()]);
+        let exact = |om: bool, or: bool| {
+            let adjusted = match classify(
+                ChangeKind::Save,
+                Some(Side { object: &before, matches: om, readable: or }),
+                Side { object: &after, matches: cm, readable: cr },
+                watch.as_deref(),
+            ) {
+                Classification::Enter { .. } => Classification::Enter { with_original: false },
+                Classification::Leave { object_is_original: true } => Classification::Nothing,
+                other => other,
+            };
+            adjusted
+        };
+        let completions: Vec<Classification> = [false, true]
+            .iter()
+            .filter(|&&m| om.is_none_or(|known| known == m))
+            .flat_map(|&m| {
+                [false, true]
+                    .into_iter()
+                    .filter(move |&r| or.is_none_or(|known| known == r))
+                    .map(move |r| (m, r))
+            })
+            .map(|(m, r)| exact(m, r))
+            .collect();
+        match (om, or) {
+            (Some(_), Some(_)) => prop_assert_eq!(got, completions[0]),
+            _ => {
+                prop_assert!(
+                    got == Classification::Nothing || completions.contains(&got),
+                    "{:?} is no completion's answer ({:?})", got, completions
+                );
+                if om != Some(true) {
+                    let sends_original = matches!(got, Classification::Update | Classification::Leave { .. });
+                    prop_assert!(!sends_original, "{:?} without a known match", got);
+                }
+                // A visible object is never silently missed when it is visible now and
+                // every completion would send it.
+                if cm && cr && completions.iter().all(|c| *c != Classification::Nothing) {
+                    prop_assert_ne!(got, Classification::Nothing);
+                }
             }
         }
     }
