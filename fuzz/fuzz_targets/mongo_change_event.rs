@@ -7,7 +7,7 @@
 use bson::{Bson, doc};
 use libfuzzer_sys::fuzz_target;
 use livequery_matcher::gate::is_identifier;
-use livequery_server::source::mongo::backend::RawEvent;
+use livequery_server::source::mongo::store::RawEvent;
 use livequery_server::source::mongo::cache::ObjectCache;
 use livequery_server::source::mongo::convert::FileUrls;
 use livequery_server::source::mongo::schema::Schemas;

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use livequery_matcher::ChangeKind;
 use livequery_matcher::gate::is_identifier;
-use livequery_server::source::Message;
+use livequery_server::pubsub::Message;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

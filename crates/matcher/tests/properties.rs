@@ -279,7 +279,7 @@ proptest! {
             .unwrap_or_default();
         let watch = watch_changed.map(|_| vec!["w".to_owned()]);
         let exact = |om: bool, or: bool| {
-            let adjusted = match classify(
+            match classify(
                 ChangeKind::Save,
                 Some(Side { object: &before, matches: om, readable: or }),
                 Side { object: &after, matches: cm, readable: cr },
@@ -288,8 +288,7 @@ proptest! {
                 Classification::Enter { .. } => Classification::Enter { with_original: false },
                 Classification::Leave { object_is_original: true } => Classification::Nothing,
                 other => other,
-            };
-            adjusted
+            }
         };
         let completions: Vec<Classification> = [false, true]
             .iter()

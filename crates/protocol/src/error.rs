@@ -2,9 +2,11 @@
 //! client is told to reconnect.
 //!
 //! This is the only place where numbers and texts of wire errors are defined. The server maps
-//! its failures to an [`ErrorCode`] and lets [`crate::ErrorFrame`] render the frame.
+//! its failures to a [`WireError`] (its constructors hold every text) and lets
+//! [`crate::ServerMessage::Error`] render the frame.
 
 use std::borrow::Cow;
+use std::fmt;
 
 /// Every wire error code used by livequery.
 ///
@@ -165,6 +167,116 @@ impl WireError {
         self
     }
 
+    /// Code 2: an operation before `connect` (`op` is what it tried: `subscribing`,
+    /// `unsubscribing` or `querying`).
+    pub fn not_connected(op: NotConnected) -> Self {
+        Self::new(
+            ErrorCode::ClientOrSubscriptionNotFound,
+            match op {
+                NotConnected::Subscribing => msg::NOT_CONNECTED_SUBSCRIBING,
+                NotConnected::Unsubscribing => msg::NOT_CONNECTED_UNSUBSCRIBING,
+                NotConnected::Querying => msg::NOT_CONNECTED_QUERYING,
+            },
+        )
+    }
+
+    /// Code 4: no presented key matches the configured `keyPairs`.
+    pub fn invalid_key() -> Self {
+        Self::new(ErrorCode::InvalidKey, msg::INVALID_KEY)
+    }
+
+    /// Code 4: `applicationId` differs while `check_application_id` is on.
+    pub fn invalid_application_id() -> Self {
+        Self::new(ErrorCode::InvalidKey, "Invalid applicationId")
+    }
+
+    /// Code 101: the class requires an authenticated user.
+    pub fn requires_authentication() -> Self {
+        Self::new(ErrorCode::RequiresAuthentication, msg::PERMISSION_DENIED)
+    }
+
+    /// Code 119: not allowed (class-level permissions, an internal class, a hidden field).
+    pub fn forbidden() -> Self {
+        Self::new(ErrorCode::OperationForbidden, msg::PERMISSION_DENIED)
+    }
+
+    /// Code 209: a `_Session` subscription without a valid session token.
+    pub fn invalid_session_token() -> Self {
+        Self::new(ErrorCode::InvalidSessionToken, msg::INVALID_SESSION_TOKEN)
+    }
+
+    /// Code 102: a `where` clause that cannot be compiled; `reason` is the compiler's text.
+    pub fn invalid_query(reason: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::InvalidQuery, reason.to_string())
+    }
+
+    /// Code 155: `limits.max_subscriptions_per_connection` reached.
+    pub fn too_many_subscriptions(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::LimitExceeded,
+            format!("Too many subscriptions on this connection (limit {limit})"),
+        )
+    }
+
+    /// Code 155: the subscription would take the connection beyond
+    /// `limits.max_subscription_bytes`.
+    pub fn subscription_budget(budget: usize, footprint: usize) -> Self {
+        Self::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "Subscriptions on this connection would hold more than {budget} bytes (this one: {footprint})"
+            ),
+        )
+    }
+
+    /// Code 155 with `reconnect: true`: the client reads too slowly and is cut off.
+    pub fn slow_consumer() -> Self {
+        Self::new(
+            ErrorCode::LimitExceeded,
+            "Client too slow: outbound queue overflow",
+        )
+        .with_reconnect(true)
+    }
+
+    /// Code 108: `query` on a source that cannot read current objects.
+    pub fn cannot_read_current_objects() -> Self {
+        Self::new(
+            ErrorCode::CommandUnavailable,
+            "The configured source cannot read current objects",
+        )
+    }
+
+    /// Code 141: a request failed on the server's side (`what` failed: `detail`).
+    pub fn server_failure(what: &str, detail: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::ScriptFailed, format!("{what} failed: {detail}"))
+    }
+
+    /// Code 124: a `query` took longer than allowed.
+    pub fn query_timed_out() -> Self {
+        Self::new(ErrorCode::Timeout, "query timed out")
+    }
+
+    /// Code 124: no `connect` within `limits.connect_timeout`.
+    pub fn connect_timeout() -> Self {
+        Self::new(ErrorCode::Timeout, "Timed out waiting for connect")
+    }
+
+    /// Code 116: a frame larger than `limits.max_message_bytes`.
+    pub fn frame_too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::FrameTooLarge,
+            format!("Message too large (limit {limit} bytes)"),
+        )
+    }
+
+    /// Code 100: the source lost events (its history is gone); reconnect and query again.
+    pub fn events_lost() -> Self {
+        Self::new(
+            ErrorCode::EventsLost,
+            "Events may have been lost: the change stream's history is gone. Reconnect and query again.",
+        )
+    }
+
     /// Code 2 for an unknown `requestId`, with the reference's exact text.
     pub fn subscription_not_found(client_id: &str, request_id: crate::RequestId) -> Self {
         Self::new(
@@ -188,8 +300,19 @@ impl WireError {
     }
 }
 
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// What a client tried before `connect` (the texts of code 2 differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotConnected {
+    /// `subscribe`, or the second half of `update`.
+    Subscribing,
+    /// `unsubscribe`, or the first half of `update`.
+    Unsubscribing,
+    /// `query`.
+    Querying,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (code {})", self.message, self.code.code())
     }
 }

@@ -16,7 +16,8 @@
 //! - [`response`]: server → client frames: [`Envelope`] (rendered once per connection),
 //!   [`EncodedObject`] (an object serialized once, shared by every recipient),
 //!   [`ServerMessage`] (encoding) and [`ServerFrame`] (decoding, for Rust clients).
-//! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript) and [`ClientId`].
+//! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript), [`ClientId`] and
+//!   [`ClassName`].
 //!
 //! ## Invariants
 //! - Decoding never panics, whatever the input; invalid JSON yields
@@ -33,8 +34,8 @@ pub mod request;
 pub mod response;
 mod schema;
 
-pub use error::{ErrorCode, ProtocolError, WireError};
-pub use id::{ClientId, RequestId};
+pub use error::{ErrorCode, NotConnected, ProtocolError, WireError};
+pub use id::{ClassName, ClientId, RequestId};
 pub use request::{
     ClientMessage, ConnectRequest, QueryRequest, QuerySpec, SubscribeRequest, UnsubscribeRequest,
 };

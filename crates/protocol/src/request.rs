@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{ProtocolError, msg};
-use crate::id::RequestId;
+use crate::id::{ClassName, RequestId};
 use crate::schema::{self, Schema};
 
 /// One decoded client frame.
@@ -100,7 +100,7 @@ impl ClientMessage {
             Self::Subscribe(s) | Self::Update(s) => {
                 out.insert("requestId".into(), request_id_value(s.request_id));
                 let mut query = Map::new();
-                query.insert("className".into(), s.query.class_name.clone().into());
+                query.insert("className".into(), s.query.class_name.as_str().into());
                 query.insert("where".into(), Value::Object(s.query.where_.clone()));
                 if let Some(keys) = &s.query.keys {
                     query.insert("keys".into(), keys.clone().into());
@@ -254,7 +254,7 @@ impl SubscribeRequest {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QuerySpec {
     /// The class to watch (`_User`, `_Session`, … included).
-    pub class_name: String,
+    pub class_name: ClassName,
     /// Parse REST `where` JSON.
     pub where_: Map<String, Value>,
     /// Field projection for event payloads.
@@ -266,7 +266,9 @@ pub struct QuerySpec {
 impl QuerySpec {
     fn from_validated(mut map: Map<String, Value>) -> Self {
         Self {
-            class_name: take_string(&mut map, "className").unwrap_or_default(),
+            class_name: take_string(&mut map, "className")
+                .unwrap_or_default()
+                .into(),
             where_: match map.remove("where") {
                 Some(Value::Object(where_)) => where_,
                 _ => Map::new(),

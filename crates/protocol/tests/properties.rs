@@ -80,7 +80,7 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 let request = SubscribeRequest {
                     request_id,
                     query: QuerySpec {
-                        class_name,
+                        class_name: class_name.into(),
                         where_,
                         keys,
                         watch,

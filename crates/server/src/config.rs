@@ -248,7 +248,7 @@ pub struct Config {
     pub source: SourceKind,
     /// Capacity of the queue between the source and the dispatcher, in events.
     pub source_queue: usize,
-    /// Dispatcher workers (events are sharded by object across them).
+    /// Workers workers (events are sharded by object across them).
     pub dispatch_workers: usize,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` overrides it).
     pub log_level: String,

@@ -1,7 +1,7 @@
-//! The task that owns one WebSocket: it reads frames into the [`Session`], writes the
+//! The task that owns one WebSocket: it reads frames into the [`ClientState`], writes the
 //! connection's outbox to the socket, pings, and enforces the per-connection limits.
 //!
-//! One task per connection, holding its socket and session state. Inbound frames are
+//! One task per connection, holding its socket and client state. Inbound frames are
 //! handled one at a time, in order; while a frame's handling waits (an auth lookup), the
 //! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
 //! dead or too slow. Writes are batched (every queued frame, one flush) and bounded by
@@ -24,10 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::Instrument;
 
-use crate::context::ServerCtx;
+use crate::client::ClientState;
 use crate::metrics::DropReason;
 use crate::outbox::{Drain, Outbox};
-use crate::session::Session;
+use crate::state::ServerState;
 
 /// Frames written per flush.
 const WRITE_BATCH: usize = 256;
@@ -47,7 +47,7 @@ enum End {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve<S>(ws: WebSocketStream<S>, ctx: Arc<ServerCtx>, peer: SocketAddr)
+pub async fn serve<S>(ws: WebSocketStream<S>, ctx: Arc<ServerState>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -57,7 +57,7 @@ where
     ctx.metrics.connections.fetch_sub(1, Relaxed);
 }
 
-async fn run<S>(mut ws: WebSocketStream<S>, ctx: Arc<ServerCtx>, span: tracing::Span)
+async fn run<S>(mut ws: WebSocketStream<S>, ctx: Arc<ServerState>, span: tracing::Span)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -66,7 +66,7 @@ where
         limits.outbound_queue_frames,
         limits.outbound_queue_bytes,
     ));
-    let mut session = Session::new(ctx.clone(), outbox.clone());
+    let mut client = ClientState::new(ctx.clone(), outbox.clone());
     let period = ctx.config.websocket_timeout;
     let mut ping = interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -127,13 +127,13 @@ where
                     let _ = tokio::time::timeout(ctx.config.limits.write_timeout, ws.flush()).await;
                     break End::Peer;
                 }
-                Some(Ok(Message::Binary(payload))) => session.handle_binary(&payload),
+                Some(Ok(Message::Binary(payload))) => client.handle_binary(&payload),
                 Some(Ok(Message::Text(text))) => {
-                    let was_connected = session.is_connected();
+                    let was_connected = client.is_connected();
                     let end = {
                         // Boxed: a frame's handling (auth lookups included) can need a large
                         // future; kept inline it would enlarge every idle connection's task.
-                        let mut handled = Box::pin(session.handle_text(text.as_str()));
+                        let mut handled = Box::pin(client.handle_text(text.as_str()));
                         // Keep the socket serviced while the frame's handling waits.
                         loop {
                             tokio::select! {
@@ -151,7 +151,7 @@ where
                     if let Some(end) = end {
                         break end;
                     }
-                    if !was_connected && let Some(id) = session.client_id() {
+                    if !was_connected && let Some(id) = client.client_id() {
                         span.record("client_id", tracing::field::display(id));
                         connect_deadline = None;
                     }
@@ -163,7 +163,7 @@ where
         }
     };
 
-    session.disconnect();
+    client.disconnect();
     outbox.close();
     match end {
         End::Peer => tracing::debug!("peer closed"),
@@ -205,7 +205,7 @@ async fn flush_outbox<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &Outbox,
     batch: &mut Vec<Bytes>,
-    ctx: &ServerCtx,
+    ctx: &ServerState,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -279,7 +279,7 @@ async fn write_with_timeout<S>(
     ws: &mut WebSocketStream<S>,
     message: Message,
     timeout: Duration,
-    ctx: &ServerCtx,
+    ctx: &ServerState,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -310,7 +310,7 @@ async fn close<S>(
     reason: &'static str,
     error: Option<WireError>,
     grace: Duration,
-    ctx: &ServerCtx,
+    ctx: &ServerState,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -12,10 +12,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use livequery_matcher::date::parse_iso_millis;
 use serde_json::{Value, json};
 
-use crate::auth::keys::constant_time_eq;
-use crate::context::ServerCtx;
+use crate::client_keys::secrets_equal;
 use crate::listener::Port;
 use crate::source::embedded::{Channel, IngestError};
+use crate::state::ServerState;
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -35,7 +35,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {
 }
 
 /// Routes a plain HTTP request that came in on `port`.
-pub async fn handle(request: Request<Incoming>, ctx: &ServerCtx, port: Port) -> HttpResponse {
+pub async fn handle(request: Request<Incoming>, ctx: &ServerState, port: Port) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let admin_here = match port {
@@ -64,7 +64,7 @@ pub async fn handle(request: Request<Incoming>, ctx: &ServerCtx, port: Port) -> 
     }
 }
 
-fn health(ctx: &ServerCtx) -> HttpResponse {
+fn health(ctx: &ServerState) -> HttpResponse {
     let connected = ctx.metrics.source_connected.load(Relaxed) == 1;
     let body = json!({
         "status": if connected { "ok" } else { "unavailable" },
@@ -83,7 +83,7 @@ fn health(ctx: &ServerCtx) -> HttpResponse {
     )
 }
 
-async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse {
+async fn ingest_api(request: Request<Incoming>, ctx: &ServerState) -> HttpResponse {
     let Some(embedded) = ctx.embedded.clone() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -95,7 +95,7 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
         .headers()
         .get("x-parse-master-key")
         .map(|v| v.as_bytes());
-    if expected.is_empty() || !presented.is_some_and(|p| constant_time_eq(p, expected)) {
+    if expected.is_empty() || !presented.is_some_and(|p| secrets_equal(p, expected)) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized: send the master key in the X-Parse-Master-Key header",
@@ -103,7 +103,11 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
     }
     let method = request.method().clone();
     let path = request.uri().path().trim_matches('/').to_owned();
-    let segments: Vec<String> = path.split('/').skip(2).map(percent_decode).collect();
+    let segments: Vec<String> = path
+        .split('/')
+        .skip(2)
+        .map(crate::encoding::decode_path_segment)
+        .collect();
     let limit = ctx.config.limits.max_ingest_bytes;
     let body = match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -133,7 +137,7 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
                 Ok(body) => body,
                 Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
-            match embedded.ingest(channel, body).await {
+            match embedded.accept(channel, body).await {
                 Ok(accepted) => {
                     json_response(StatusCode::ACCEPTED, &json!({ "accepted": accepted }))
                 }
@@ -235,32 +239,11 @@ async fn ingest_api(request: Request<Incoming>, ctx: &ServerCtx) -> HttpResponse
                     "body must be a class-level permissions object",
                 );
             }
-            embedded.put_schema(class_name, clp, &ctx.auth);
-            json_response(StatusCode::OK, &json!({}))
+            match embedded.put_schema(class_name, clp).await {
+                Ok(()) => json_response(StatusCode::OK, &json!({})),
+                Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+            }
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
-}
-
-/// Decodes `%XX` escapes in a path segment (tokens and class names are plain ASCII in
-/// practice; a malformed escape is kept as is).
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(value) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(value);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -14,17 +14,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use livequery_matcher::gate::{
-    Change, EventType, Original, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict,
-    VisibleObject, judge,
+    Change, EventType, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict, VisibleObject, judge,
 };
 use livequery_matcher::{Query, QueryId, Scratch, SubscriptionIndex};
-use livequery_protocol::{EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
+use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use parking_lot::RwLock;
 
-use crate::auth::IdentityCell;
+use crate::event::ChangeEvent;
+use crate::identity::IdentityCell;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
-use crate::source::{ChangeEvent, OriginalState};
 
 /// Who a subscription reads as.
 #[derive(Debug, Clone)]
@@ -99,7 +98,7 @@ pub struct Subscription {
     /// The client's id for this subscription.
     pub request_id: RequestId,
     /// The class watched.
-    pub class_name: Arc<str>,
+    pub class_name: ClassName,
     /// `keys` projection.
     pub keys: Option<Box<[String]>>,
     /// `watch` fields.
@@ -318,25 +317,4 @@ fn event_op(event: EventType) -> EventOp {
 #[allow(clippy::disallowed_methods)]
 pub fn encode_visible(object: &VisibleObject<'_>) -> EncodedObject {
     EncodedObject::from_entries(object.entries())
-}
-
-impl ChangeEvent {
-    /// The event as the gate judges it.
-    pub fn change(&self) -> Change<'_> {
-        let original = match &self.original_state {
-            OriginalState::Exact => Original::Exact(self.original.as_ref()),
-            OriginalState::Partial { changed } => match &self.original {
-                Some(object) => Original::Partial { object, changed },
-                None => Original::Unknown,
-            },
-            OriginalState::Unknown => Original::Unknown,
-        };
-        Change {
-            kind: self.kind,
-            class_name: &self.class_name,
-            permissions: self.permissions.as_deref(),
-            current: &self.current,
-            original,
-        }
-    }
 }

@@ -28,19 +28,28 @@
 //! - A client never receives an object or a field its identity may not read.
 //! - Shutdown: stop accepting, close every socket with 1001, wait at most `shutdown_grace`.
 
-pub mod auth;
+pub mod backend;
+pub mod client;
+pub mod client_keys;
+pub mod clock;
 pub mod config;
 pub mod connection;
-pub mod context;
-pub mod dispatch;
+pub mod encoding;
+pub mod event;
 pub mod http;
 pub mod hub;
+pub mod identity;
+pub mod ingest;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
-pub mod session;
+pub mod parse_rest;
+pub mod pubsub;
+pub mod retry;
 pub mod source;
+pub mod state;
 pub mod telemetry;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,32 +58,34 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::memory::MemoryAuth;
-use crate::auth::rest::ParseRest;
-use crate::auth::{Auth, AuthProvider};
+use crate::backend::{ObjectReader, SubqueryResolver};
 use crate::config::{Config, MongoConfig, SourceKind};
-use crate::context::ServerCtx;
-use crate::dispatch::Dispatcher;
 use crate::hub::Hub;
+use crate::identity::memory::MemoryIdentities;
+use crate::identity::{IdentityCache, IdentityProvider};
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::parse_rest::ParseRest;
+use crate::source::Source;
 use crate::source::embedded::EmbeddedSource;
-use crate::source::mongo::auth::MongoAuth;
-use crate::source::mongo::backend::{MongoBackend, Store};
 use crate::source::mongo::convert::FileUrls;
+use crate::source::mongo::identity::MongoIdentities;
 use crate::source::mongo::reader::MongoReader;
 use crate::source::mongo::resume::ResumeStore;
 use crate::source::mongo::schema::Schemas;
+use crate::source::mongo::store::{MongoBackend, Store};
 use crate::source::mongo::subquery::Subqueries;
 use crate::source::mongo::{MongoSettings, MongoSource};
 use crate::source::redis::RedisSource;
-use crate::source::{EventSink, ObjectReader, Source, SubqueryResolver};
+use crate::state::ServerState;
+use crate::worker::Workers;
 
 /// The pluggable parts of a server.
 pub struct Components {
     /// Where events come from.
     pub source: Arc<dyn Source>,
     /// Where sessions, roles and class permissions come from.
-    pub auth: Arc<dyn AuthProvider>,
+    pub auth: Arc<dyn IdentityProvider>,
     /// What answers the `query` op, if anything.
     pub reader: Option<Arc<dyn ObjectReader>>,
     /// The embedded source's ingest API, when the source is the embedded one.
@@ -105,18 +116,18 @@ impl Components {
             )?))
         };
         let mut components = match &config.source {
-            SourceKind::Embedded => Self::embedded(Arc::new(MemoryAuth::new())),
+            SourceKind::Embedded => Self::embedded(Arc::new(MemoryIdentities::new())),
             SourceKind::Redis {
                 url,
                 channel_prefix,
             } => {
-                let auth: Arc<dyn AuthProvider> = match &rest {
+                let auth: Arc<dyn IdentityProvider> = match &rest {
                     Some(rest) => rest.clone(),
                     None => {
                         tracing::warn!(
                             "source.kind = \"redis\" without parse.server_url: session tokens cannot be resolved, every subscriber reads as anonymous"
                         );
-                        Arc::new(MemoryAuth::new())
+                        Arc::new(MemoryIdentities::new())
                     }
                 };
                 Self {
@@ -153,7 +164,7 @@ impl Components {
             base: (!files_base.is_empty()).then(|| files_base.trim_end_matches('/').to_owned()),
             app_id: config.app_id.clone(),
         };
-        let auth = Arc::new(MongoAuth::new(store.clone(), prefix, schemas.clone()));
+        let auth = Arc::new(MongoIdentities::new(store.clone(), prefix, schemas.clone()));
         let subqueries = Arc::new(Subqueries::new(
             store.clone(),
             schemas.clone(),
@@ -189,7 +200,7 @@ impl Components {
     }
 
     /// The embedded source, with sessions and schemas kept in `memory`.
-    pub fn embedded(memory: Arc<MemoryAuth>) -> Self {
+    pub fn embedded(memory: Arc<MemoryIdentities>) -> Self {
         let embedded = Arc::new(EmbeddedSource::new(memory.clone()));
         Self {
             source: embedded.clone(),
@@ -269,11 +280,15 @@ impl Server {
             );
         }
         let metrics = Arc::new(Metrics::default());
-        let auth = Arc::new(Auth::new(components.auth, config.clone(), metrics.clone()));
+        let auth = Arc::new(IdentityCache::new(
+            components.auth,
+            config.clone(),
+            metrics.clone(),
+        ));
         let hub = Arc::new(Hub::new(metrics.clone()));
         // Internal token: cancelled on external shutdown, and also when we stop on our own.
         let stop = shutdown.child_token();
-        let (shards, dispatcher) = Dispatcher::start(
+        let (shards, dispatcher) = Workers::start(
             hub.clone(),
             metrics.clone(),
             config.dispatch_workers,
@@ -281,9 +296,9 @@ impl Server {
             tokio::runtime::Handle::current(),
             stop.clone(),
         )?;
-        let sink = EventSink::new(shards, auth.clone(), hub.clone(), metrics.clone());
+        let sink = Ingest::new(shards, auth.clone(), hub.clone(), metrics.clone());
         let tracker = TaskTracker::new();
-        let ctx = Arc::new(ServerCtx {
+        let ctx = Arc::new(ServerState {
             config: config.clone(),
             metrics: metrics.clone(),
             hub: hub.clone(),

@@ -35,9 +35,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::context::ServerCtx;
 use crate::http::{self, HttpResponse, json_response};
 use crate::metrics::DropReason;
+use crate::state::ServerState;
 
 /// Extra TCP connections allowed on the client port beyond its WebSockets, for HTTP clients.
 const HTTP_MARGIN: usize = 256;
@@ -97,7 +97,7 @@ pub fn open_files_limit() -> Option<usize> {
 
 /// The WebSocket settings: small read buffers (idle connections are cheap; a larger frame
 /// grows its connection's buffer as needed) and the configured size limits.
-fn websocket_config(ctx: &ServerCtx) -> WebSocketConfig {
+fn websocket_config(ctx: &ServerState) -> WebSocketConfig {
     let max = ctx.config.limits.max_message_bytes;
     WebSocketConfig::default()
         .read_buffer_size(256)
@@ -109,7 +109,7 @@ fn websocket_config(ctx: &ServerCtx) -> WebSocketConfig {
 /// Accepts connections on `port` until shutdown, at most `connections` at a time.
 pub async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<ServerState>,
     port: Port,
     connections: usize,
 ) {
@@ -181,7 +181,7 @@ fn is_upgrade(request: &Request<Incoming>) -> bool {
 
 async fn route(
     request: Request<Incoming>,
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<ServerState>,
     peer: SocketAddr,
     port: Port,
 ) -> HttpResponse {
@@ -193,7 +193,11 @@ async fn route(
 
 /// Answers a WebSocket handshake (any path, no subprotocol selected) and spawns the
 /// connection task.
-fn upgrade(mut request: Request<Incoming>, ctx: Arc<ServerCtx>, peer: SocketAddr) -> HttpResponse {
+fn upgrade(
+    mut request: Request<Incoming>,
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+) -> HttpResponse {
     let key = request.headers().get(SEC_WEBSOCKET_KEY).cloned();
     let version_ok = request
         .headers()

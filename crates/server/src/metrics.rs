@@ -103,7 +103,7 @@ pub struct Metrics {
     pub distinct_queries: AtomicI64,
     /// Change events received from the source.
     pub events_in: AtomicU64,
-    /// Auth invalidations received from the source.
+    /// Auth changes (sessions, roles, schemas) received from the source.
     pub invalidations_in: AtomicU64,
     deliveries: [AtomicU64; 5],
     /// Bytes of event frames queued for clients.
@@ -120,7 +120,7 @@ pub struct Metrics {
     pub source_connected: AtomicI64,
     /// Times the source (re)connected.
     pub source_connects: AtomicU64,
-    /// Auth lookups that failed (backend unreachable, timeout).
+    /// Identity and permission lookups that failed (backend unreachable, timeout).
     pub auth_lookup_failures: AtomicU64,
     /// Session-token lookups made (coalesced, cached, refreshed).
     pub auth_lookups: AtomicU64,
@@ -214,7 +214,7 @@ impl Metrics {
         );
         counter(
             "livequery_invalidations_in_total",
-            "Auth invalidations received from the source.",
+            "Auth changes (sessions, roles, schemas) received from the source.",
             self.invalidations_in.load(Relaxed),
         );
         counter(
@@ -249,7 +249,7 @@ impl Metrics {
         );
         counter(
             "livequery_auth_lookup_failures_total",
-            "Auth lookups that failed.",
+            "Identity and permission lookups that failed.",
             self.auth_lookup_failures.load(Relaxed),
         );
         counter(

@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let subscribe = ClientMessage::Subscribe(SubscribeRequest {
         request_id: RequestId::from(1),
         query: QuerySpec {
-            class_name: args.class,
+            class_name: args.class.into(),
             where_: Map::from_iter(where_),
             keys: None,
             watch: None,

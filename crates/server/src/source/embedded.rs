@@ -13,12 +13,13 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use livequery_matcher::ChangeKind;
-use livequery_matcher::date::parse_iso_millis;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventSink, Message, MessageError, Source};
-use crate::auth::memory::MemoryAuth;
+use super::Source;
+use crate::identity::memory::MemoryIdentities;
+use crate::ingest::{AuthChange, Ingest};
+use crate::pubsub::{Message, MessageError};
 
 /// The pub/sub channel a message was posted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,82 +109,56 @@ impl Batch {
 /// The embedded source.
 #[derive(Debug)]
 pub struct EmbeddedSource {
-    sink: OnceLock<EventSink>,
-    memory: Arc<MemoryAuth>,
+    /// The server's ingest, set when the source starts running.
+    ingest: OnceLock<Ingest>,
+    /// Sessions, roles and schemas this source is told about (its identity provider).
+    memory: Arc<MemoryIdentities>,
 }
 
 impl EmbeddedSource {
     /// A source whose sessions and schemas live in `memory`.
-    pub fn new(memory: Arc<MemoryAuth>) -> Self {
+    pub fn new(memory: Arc<MemoryIdentities>) -> Self {
         Self {
-            sink: OnceLock::new(),
+            ingest: OnceLock::new(),
             memory,
         }
     }
 
-    /// The in-memory auth store this source maintains.
-    pub fn memory(&self) -> &Arc<MemoryAuth> {
+    /// The in-memory identity store this source maintains.
+    pub fn memory(&self) -> &Arc<MemoryIdentities> {
         &self.memory
     }
 
-    fn sink(&self) -> Result<&EventSink, IngestError> {
-        self.sink.get().ok_or(IngestError::Unavailable)
+    fn ingest(&self) -> Result<&Ingest, IngestError> {
+        self.ingest.get().ok_or(IngestError::Unavailable)
     }
 
     /// Accepts one message or an array of messages posted to `channel`; returns how many
-    /// events were accepted. A batch is validated completely before any of it is published.
-    pub async fn ingest(&self, channel: Channel, body: Value) -> Result<usize, IngestError> {
-        let sink = self.sink()?;
-        let (kind, messages) = match Batch::parse(channel, body)? {
+    /// were accepted. A batch is validated completely before any of it is published.
+    pub async fn accept(&self, channel: Channel, body: Value) -> Result<usize, IngestError> {
+        let ingest = self.ingest()?;
+        let messages = match Batch::parse(channel, body)? {
             Batch::ClearCache(users) => {
-                for user in &users {
-                    sink.clear_user(user).await;
+                for user_id in &users {
+                    ingest.auth_changed(AuthChange::UserRoles { user_id }).await;
                 }
                 return Ok(users.len());
             }
-            Batch::Changes(kind, messages) => (kind, messages),
+            Batch::Changes(_, messages) => messages,
         };
         let count = messages.len();
         for message in messages {
-            if message.current.get("className").and_then(Value::as_str) == Some("_Session") {
-                self.track_session(kind, &message).await;
+            // This source is its own session store: a `_Session` object fed to it registers
+            // or revokes its token before the ingest re-resolves that token.
+            if message.class_name() == "_Session" {
+                self.memory.record_session(message.kind, &message.current);
             }
-            sink.publish(message)
+            ingest
+                .publish_feed_message(message)
                 .await
                 .map_err(|_| IngestError::Unavailable)?;
         }
         Ok(count)
-    }
-
-    /// Keeps the in-memory sessions in step with the `_Session` objects fed to us.
-    async fn track_session(&self, kind: ChangeKind, message: &Message) {
-        let object = &message.current;
-        let Some(token) = object.get("sessionToken").and_then(Value::as_str) else {
-            return;
-        };
-        match kind {
-            ChangeKind::Save => {
-                let Some(user) = object
-                    .get("user")
-                    .and_then(|u| u.get("objectId"))
-                    .and_then(Value::as_str)
-                else {
-                    return;
-                };
-                let expires = object
-                    .get("expiresAt")
-                    .and_then(|e| e.get("iso"))
-                    .and_then(Value::as_str)
-                    .and_then(parse_iso_millis);
-                self.memory.put_session(token, user, expires);
-            }
-            ChangeKind::Delete => {
-                self.memory.remove_session(token);
-            }
-        }
-        if let Ok(sink) = self.sink() {
-            sink.session_changed(token).await;
-        }
     }
 
     /// Registers a session token for a user (`PUT /livequery/v1/sessions/{token}`).
@@ -198,9 +173,9 @@ impl EmbeddedSource {
         if let Some(roles) = roles {
             self.memory.set_user_roles(user_id, roles);
         }
-        if let Ok(sink) = self.sink() {
-            sink.session_changed(token).await;
-            sink.clear_user(user_id).await;
+        if let Ok(ingest) = self.ingest() {
+            ingest.auth_changed(AuthChange::Session { token }).await;
+            ingest.auth_changed(AuthChange::UserRoles { user_id }).await;
         }
     }
 
@@ -208,8 +183,8 @@ impl EmbeddedSource {
     /// it existed.
     pub async fn delete_session(&self, token: &str) -> bool {
         let existed = self.memory.remove_session(token).is_some();
-        if let Ok(sink) = self.sink() {
-            sink.session_changed(token).await;
+        if let Ok(ingest) = self.ingest() {
+            ingest.auth_changed(AuthChange::Session { token }).await;
         }
         existed
     }
@@ -217,15 +192,18 @@ impl EmbeddedSource {
     /// Sets a user's roles (`PUT /livequery/v1/users/{id}/roles`).
     pub async fn set_user_roles(&self, user_id: &str, roles: Vec<String>) {
         self.memory.set_user_roles(user_id, roles);
-        if let Ok(sink) = self.sink() {
-            sink.clear_user(user_id).await;
+        if let Ok(ingest) = self.ingest() {
+            ingest.auth_changed(AuthChange::UserRoles { user_id }).await;
         }
     }
 
     /// Sets a class's class-level permissions (`PUT /livequery/v1/schemas/{class}`).
-    pub fn put_schema(&self, class_name: &str, clp: Value, auth: &crate::auth::Auth) {
+    pub async fn put_schema(&self, class_name: &str, clp: Value) -> Result<(), IngestError> {
         self.memory.put_schema(class_name, clp);
-        auth.invalidate_schema(class_name);
+        self.ingest()?
+            .auth_changed(AuthChange::Schema { class_name })
+            .await;
+        Ok(())
     }
 }
 
@@ -237,14 +215,14 @@ impl Source for EmbeddedSource {
 
     async fn run(
         self: Arc<Self>,
-        sink: EventSink,
+        ingest: Ingest,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        sink.set_connected(true);
-        // A second `run` would keep the first sink; there is only ever one.
-        let _ = self.sink.set(sink.clone());
+        ingest.set_connected(true);
+        // A second `run` would keep the first ingest; there is only ever one.
+        let _ = self.ingest.set(ingest.clone());
         shutdown.cancelled().await;
-        sink.set_connected(false);
+        ingest.set_connected(false);
         Ok(())
     }
 }

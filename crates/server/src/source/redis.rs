@@ -22,7 +22,10 @@ use livequery_matcher::ChangeKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventSink, Message, Source};
+use super::Source;
+use crate::ingest::{AuthChange, Ingest};
+use crate::pubsub::Message;
+use crate::retry::{Backoff, sleep_unless_shutdown};
 
 /// How often the subscribed connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -59,11 +62,11 @@ impl RedisSource {
         ["afterSave", "afterDelete", "clearCache"].map(|c| format!("{}{c}", self.prefix))
     }
 
-    /// One connection's lifetime: connect, subscribe, deliver until it fails or shutdown.
-    /// Returns `Ok` only on shutdown.
-    async fn session(
+    /// One Redis connection's lifetime: connect, subscribe, deliver until it fails or
+    /// shutdown. Returns `Ok` only on shutdown.
+    async fn subscribe_and_deliver(
         &self,
-        sink: &EventSink,
+        ingest: &Ingest,
         shutdown: &CancellationToken,
         connected: &mut bool,
     ) -> anyhow::Result<()> {
@@ -79,7 +82,7 @@ impl RedisSource {
                 .with_context(|| format!("subscribing to {channel}"))?;
         }
         *connected = true;
-        sink.set_connected(true);
+        ingest.set_connected(true);
         tracing::info!(channels = ?self.channels(), "subscribed to parse-server's Redis channels");
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + self.ping_interval,
@@ -98,7 +101,7 @@ impl RedisSource {
                             continue;
                         }
                     };
-                    if self.deliver(sink, &channel, &payload).await.is_err() {
+                    if self.deliver(ingest, &channel, &payload).await.is_err() {
                         // The dispatcher is gone: the server is shutting down.
                         return Ok(());
                     }
@@ -114,10 +117,10 @@ impl RedisSource {
 
     async fn deliver(
         &self,
-        sink: &EventSink,
+        ingest: &Ingest,
         channel: &str,
         payload: &str,
-    ) -> Result<(), super::SinkClosed> {
+    ) -> Result<(), crate::ingest::IngestClosed> {
         let Some(name) = channel.strip_prefix(self.prefix.as_str()) else {
             return Ok(());
         };
@@ -133,7 +136,7 @@ impl RedisSource {
             "afterDelete" => ChangeKind::Delete,
             "clearCache" => {
                 match value.get("userId").and_then(Value::as_str) {
-                    Some(user) => sink.clear_user(user).await,
+                    Some(user_id) => ingest.auth_changed(AuthChange::UserRoles { user_id }).await,
                     None => tracing::warn!(channel, "ignoring a clearCache message without userId"),
                 }
                 return Ok(());
@@ -147,25 +150,7 @@ impl RedisSource {
                 return Ok(());
             }
         };
-        note_auth_changes(sink, &message).await;
-        sink.publish(message).await
-    }
-}
-
-/// Sessions and roles that parse-server publishes (when `_Session`/`_Role` are live classes)
-/// invalidate cached identities at once, instead of after `cache_timeout`.
-pub(crate) async fn note_auth_changes(sink: &EventSink, message: &Message) {
-    match message.current.get("className").and_then(Value::as_str) {
-        Some("_Session") => {
-            if let Some(token) = message.current.get("sessionToken").and_then(Value::as_str) {
-                sink.session_changed(token).await;
-            }
-        }
-        // A role's membership or hierarchy may have changed, for users the message does not
-        // name (parse-server's clearCache only names the user who made the change, and
-        // master-key edits publish nothing): re-resolve every identity in the background.
-        Some("_Role") => sink.roles_changed(),
-        _ => {}
+        ingest.publish_feed_message(message).await
     }
 }
 
@@ -177,14 +162,16 @@ impl Source for RedisSource {
 
     async fn run(
         self: Arc<Self>,
-        sink: EventSink,
+        ingest: Ingest,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::for_sources();
         loop {
             let mut connected = false;
-            let result = self.session(&sink, &shutdown, &mut connected).await;
-            sink.set_connected(false);
+            let result = self
+                .subscribe_and_deliver(&ingest, &shutdown, &mut connected)
+                .await;
+            ingest.set_connected(false);
             match result {
                 Ok(()) => return Ok(()),
                 Err(err) => {
@@ -193,69 +180,11 @@ impl Source for RedisSource {
                     }
                     let delay = backoff.next_delay();
                     tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "Redis source disconnected; messages published meanwhile are lost");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
+                    if !sleep_unless_shutdown(delay, &shutdown).await {
+                        return Ok(());
                     }
                 }
             }
         }
-    }
-}
-
-/// Exponential backoff with full jitter, so many instances do not reconnect in lockstep.
-#[derive(Debug)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Delays grow from `base` to `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The next delay: uniform in `[ceiling / 2, ceiling]`, the ceiling doubling per attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-        ceiling / 2 + ceiling / 2 * jitter / 1000
-    }
-
-    /// Back to the first delay (after a successful connection).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
-        assert!(
-            delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100),
-            "{delays:?}"
-        );
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(
-            delays[7] >= Duration::from_secs(1),
-            "reaches the cap: {delays:?}"
-        );
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
     }
 }

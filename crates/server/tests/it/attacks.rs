@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use livequery_server::Components;
-use livequery_server::auth::memory::MemoryAuth;
-use livequery_server::auth::{AuthError, AuthProvider, SessionInfo};
 use livequery_server::config::Config;
+use livequery_server::identity::memory::MemoryIdentities;
+use livequery_server::identity::{IdentityProvider, LookupError, ResolvedUser};
 use livequery_server::source::embedded::EmbeddedSource;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -299,16 +299,16 @@ struct CountingBackend {
 }
 
 #[async_trait]
-impl AuthProvider for CountingBackend {
-    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+impl IdentityProvider for CountingBackend {
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        Ok((token == "r:valid").then(|| SessionInfo {
+        Ok((token == "r:valid").then(|| ResolvedUser {
             user_id: "v".into(),
             roles: vec![],
         }))
     }
 
-    async fn class_permissions(&self, _class_name: &str) -> Result<Option<Value>, AuthError> {
+    async fn class_permissions(&self, _class_name: &str) -> Result<Option<Value>, LookupError> {
         Ok(None)
     }
 }
@@ -318,7 +318,7 @@ impl AuthProvider for CountingBackend {
 #[tokio::test]
 async fn invalid_tokens_cost_one_lookup_per_cache_period_at_most() {
     let backend = Arc::new(CountingBackend::default());
-    let embedded = Arc::new(EmbeddedSource::new(Arc::new(MemoryAuth::new())));
+    let embedded = Arc::new(EmbeddedSource::new(Arc::new(MemoryIdentities::new())));
     let components = Components {
         source: embedded.clone(),
         auth: backend.clone(),
@@ -366,7 +366,7 @@ async fn operators_keep_their_own_port_when_clients_take_every_connection() {
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let addr = listener.local_addr().expect("addr");
     let admin_addr = admin.local_addr().expect("admin addr");
-    let components = Components::embedded(Arc::new(MemoryAuth::new()));
+    let components = Components::embedded(Arc::new(MemoryIdentities::new()));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = livequery_server::Server::new(Arc::new(config), listener, components)
         .with_admin_listener(admin);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use livequery_server::Components;
-use livequery_server::auth::{AuthError, AuthProvider, SessionInfo};
+use livequery_server::identity::{IdentityProvider, LookupError, ResolvedUser};
 use livequery_server::source::embedded::EmbeddedSource;
 use serde_json::{Value, json};
 
@@ -20,19 +20,19 @@ struct FlakyBackend {
 }
 
 #[async_trait]
-impl AuthProvider for FlakyBackend {
-    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+impl IdentityProvider for FlakyBackend {
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         if !self.up.load(Ordering::SeqCst) {
-            return Err(AuthError("parse-server is down".into()));
+            return Err(LookupError("parse-server is down".into()));
         }
-        Ok((token == "r:u").then(|| SessionInfo {
+        Ok((token == "r:u").then(|| ResolvedUser {
             user_id: "u".into(),
             roles: vec![],
         }))
     }
 
-    async fn class_permissions(&self, _class_name: &str) -> Result<Option<Value>, AuthError> {
+    async fn class_permissions(&self, _class_name: &str) -> Result<Option<Value>, LookupError> {
         Ok(None)
     }
 }
@@ -41,7 +41,7 @@ impl AuthProvider for FlakyBackend {
 async fn a_failing_backend_never_grants_access_and_is_not_hammered() {
     let backend = Arc::new(FlakyBackend::default());
     let embedded = Arc::new(EmbeddedSource::new(Arc::new(
-        livequery_server::auth::memory::MemoryAuth::new(),
+        livequery_server::identity::memory::MemoryIdentities::new(),
     )));
     let components = Components {
         source: embedded.clone(),

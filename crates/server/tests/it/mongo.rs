@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use bson::{Bson, DateTime, Document, doc};
 use serde_json::{Value, json};
 
-use livequery_server::source::mongo::backend::StreamMode;
+use livequery_server::source::mongo::store::StreamMode;
 
 use crate::mongo_sim::{SimMongo, WatchRecord};
 use crate::support::{Client, TestServer};

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use bson::{Bson, Document};
 use livequery_matcher::ChangeKind;
-use livequery_server::source::OriginalState;
-use livequery_server::source::mongo::backend::RawEvent;
+use livequery_server::event::OriginalState;
 use livequery_server::source::mongo::cache::ObjectCache;
 use livequery_server::source::mongo::convert::{FileUrls, to_parse_json};
 use livequery_server::source::mongo::schema::Schemas;
+use livequery_server::source::mongo::store::RawEvent;
 use livequery_server::source::mongo::transform::{LiveClasses, Output, Transformer};
 use serde_json::{Value, json};
 

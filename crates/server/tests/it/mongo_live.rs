@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bson::{DateTime, Document, doc};
-use livequery_server::source::mongo::backend::{MongoBackend, Store};
+use livequery_server::source::mongo::store::{MongoBackend, Store};
 use serde_json::json;
 
 use crate::support::{Client, TestServer};

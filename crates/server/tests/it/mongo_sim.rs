@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{Bson, DateTime, Document, doc};
-use livequery_server::source::mongo::backend::{
+use livequery_server::source::mongo::store::{
     EventStream, RawEvent, Store, StreamError, StreamMode, StreamStart,
 };
 use mongodb::change_stream::event::ResumeToken;

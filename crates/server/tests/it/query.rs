@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use livequery_server::source::ObjectReader;
+use livequery_server::backend::ObjectReader;
 use serde_json::{Map, Value, json};
 
 use crate::support::{TestServer, object};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livequery_server::Components;
-use livequery_server::auth::memory::MemoryAuth;
+use livequery_server::identity::memory::MemoryIdentities;
 use livequery_server::source::redis::RedisSource;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -84,7 +84,7 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
     let Some(mut redis) = redis_server(port).await else {
         return;
     };
-    let memory = Arc::new(MemoryAuth::new());
+    let memory = Arc::new(MemoryIdentities::new());
     memory.put_session("r:u", "u", None);
     let components = Components {
         source: Arc::new(RedisSource::new(
@@ -188,7 +188,7 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
             RedisSource::new(format!("redis://127.0.0.1:{port}"), "lqApp")
                 .with_ping_interval(Duration::from_millis(50)),
         ),
-        auth: Arc::new(MemoryAuth::new()),
+        auth: Arc::new(MemoryIdentities::new()),
         reader: None,
         embedded: None,
         subqueries: None,

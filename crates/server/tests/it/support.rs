@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use livequery_server::auth::memory::MemoryAuth;
+use livequery_server::backend::ObjectReader;
 use livequery_server::config::{Config, SourceKind};
-use livequery_server::source::ObjectReader;
-use livequery_server::source::mongo::backend::Store;
+use livequery_server::identity::memory::MemoryIdentities;
+use livequery_server::source::mongo::store::Store;
 use livequery_server::{Components, Server};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,7 +50,7 @@ impl TestServer {
 
     /// Same, with a reader for the `query` op.
     pub(crate) async fn start_with(overrides: &str, reader: Option<Arc<dyn ObjectReader>>) -> Self {
-        let mut components = Components::embedded(Arc::new(MemoryAuth::new()));
+        let mut components = Components::embedded(Arc::new(MemoryIdentities::new()));
         components.reader = reader;
         Self::start_components(overrides, components, true).await
     }

@@ -32,58 +32,14 @@ impl FileUrls {
             format!(
                 "{base}/files/{}/{}",
                 self.app_id,
-                encode_uri_component(name)
+                crate::encoding::encode_uri_component(name)
             )
         })
     }
 }
 
-/// JavaScript's `encodeURIComponent`.
-fn encode_uri_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'!'
-            | b'~'
-            | b'*'
-            | b'\''
-            | b'('
-            | b')' => out.push(byte as char),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
-}
-
 fn date(millis: i64) -> Value {
     json!({"__type": "Date", "iso": format_iso_millis(millis)})
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A nested (non top-level) stored value.
@@ -100,7 +56,9 @@ pub fn nested(value: &Bson) -> Value {
         Bson::Boolean(b) => json!(b),
         Bson::Null | Bson::Undefined => Value::Null,
         Bson::DateTime(d) => date(d.timestamp_millis()),
-        Bson::Binary(binary) => json!({"__type": "Bytes", "base64": base64(&binary.bytes)}),
+        Bson::Binary(binary) => {
+            json!({"__type": "Bytes", "base64": crate::encoding::base64(&binary.bytes)})
+        }
         Bson::ObjectId(oid) => json!(oid.to_hex()),
         Bson::Decimal128(d) => json!(d.to_string()),
         Bson::Array(items) => Value::Array(items.iter().map(nested).collect()),
@@ -275,23 +233,4 @@ pub fn to_parse_json(
     }
     out.insert("className".into(), json!(class_name));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64(b"hello"), "aGVsbG8=");
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
-    }
-
-    #[test]
-    fn encode_uri_component_like_javascript() {
-        assert_eq!(encode_uri_component("a b/ü.txt"), "a%20b%2F%C3%BC.txt");
-        assert_eq!(encode_uri_component("Abc-_.!~*'()"), "Abc-_.!~*'()");
-    }
 }

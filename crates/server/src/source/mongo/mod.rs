@@ -18,20 +18,20 @@
 //!   after it. When MongoDB no longer has that history (error 286) or the stream is
 //!   invalidated, the source starts over from now and every client is told, with an error
 //!   frame carrying `reconnect: true`, that events may have been lost.
-//! - Sessions, roles and class permissions are read from MongoDB ([`auth`]) and invalidated
+//! - Sessions, roles and class permissions are read from MongoDB ([`identity`]) and invalidated
 //!   by the stream; subqueries are resolved and maintained ([`subquery`]); `query` is answered
 //!   from MongoDB ([`reader`]).
 //!
 //! Several servers can tail the same replica set independently: each keeps its own position.
 
-pub mod auth;
-pub mod backend;
 pub mod cache;
 pub mod convert;
 pub mod filter;
+pub mod identity;
 pub mod reader;
 pub mod resume;
 pub mod schema;
+pub mod store;
 pub mod subquery;
 pub mod transform;
 
@@ -43,16 +43,17 @@ use bson::{Bson, Document, doc};
 use mongodb::change_stream::event::{OperationType, ResumeToken};
 use tokio_util::sync::CancellationToken;
 
-use self::auth::MongoAuth;
-use self::backend::{RawEvent, Store, StreamError, StreamMode, StreamStart};
 use self::cache::ObjectCache;
 use self::convert::FileUrls;
+use self::identity::MongoIdentities;
 use self::resume::ResumeStore;
 use self::schema::Schemas;
+use self::store::{RawEvent, Store, StreamError, StreamMode, StreamStart};
 use self::subquery::Subqueries;
 use self::transform::{LiveClasses, Output, Transformer};
-use super::redis::Backoff;
-use super::{EventSink, Source};
+use super::Source;
+use crate::ingest::{AuthChange, Ingest};
+use crate::retry::{Backoff, sleep_unless_shutdown};
 
 /// How often the resume token is saved while events flow.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -82,7 +83,7 @@ pub struct MongoSource {
     /// created later (a new class) get them on their first event.
     imaged: parking_lot::Mutex<std::collections::HashSet<String>>,
     schemas: Arc<Schemas>,
-    auth: Arc<MongoAuth>,
+    identities: Arc<MongoIdentities>,
     subqueries: Arc<Subqueries>,
 }
 
@@ -104,19 +105,19 @@ const SYSTEM: &[&str] = &[
 ];
 
 impl MongoSource {
-    /// A source over `store`, sharing `schemas`, `auth` and `subqueries` with the server.
+    /// A source over `store`, sharing `schemas`, `identities` and `subqueries` with the server.
     pub fn new(
         store: Arc<dyn Store>,
         settings: MongoSettings,
         schemas: Arc<Schemas>,
-        auth: Arc<MongoAuth>,
+        identities: Arc<MongoIdentities>,
         subqueries: Arc<Subqueries>,
     ) -> Self {
         Self {
             store,
             settings,
             schemas,
-            auth,
+            identities,
             subqueries,
             imaged: parking_lot::Mutex::default(),
         }
@@ -223,7 +224,7 @@ impl MongoSource {
     }
 
     /// Tells every client that events may have been lost, and starts over.
-    async fn resynchronise(&self, transformer: &mut Transformer, sink: &EventSink, reason: &str) {
+    async fn resynchronise(&self, transformer: &mut Transformer, ingest: &Ingest, reason: &str) {
         tracing::warn!(
             reason,
             "change stream history lost or invalidated: clients are told to reconnect; resuming from now"
@@ -233,7 +234,7 @@ impl MongoSource {
         if let Err(err) = self.settings.resume.clear().await {
             tracing::warn!(error = %err, "cannot remove the resume token file");
         }
-        sink.resync(None).await;
+        ingest.resync(None).await;
     }
 
     /// Looks up the current version of a document whose event carries no post-image and
@@ -274,11 +275,11 @@ impl MongoSource {
         &self,
         mut event: RawEvent,
         transformer: &mut Transformer,
-        sink: &EventSink,
+        ingest: &Ingest,
         pre_images: bool,
     ) -> Result<(), StreamError> {
         if let Some(wall) = event.wall_time {
-            sink.observe_source_time(wall.timestamp_millis());
+            ingest.observe_source_time(wall.timestamp_millis());
         }
         if pre_images
             && event.operation_type == OperationType::Insert
@@ -290,28 +291,36 @@ impl MongoSource {
         for output in transformer.transform(event, &self.schemas) {
             match output {
                 Output::Change(message) => {
-                    let permissions = sink.permissions_of(&message);
+                    let permissions = ingest.permissions_of(&message);
                     self.subqueries
                         .apply_change(&message, permissions.as_deref());
-                    if sink.publish(message).await.is_err() {
+                    if ingest.publish(message).await.is_err() {
                         return Ok(());
                     }
                 }
                 Output::Schema(class) => {
-                    sink.schema_changed(&class);
-                    let permissions = sink.class_permissions(&class).await;
+                    ingest
+                        .auth_changed(AuthChange::Schema { class_name: &class })
+                        .await;
+                    let permissions = ingest.class_permissions(&class).await;
                     self.subqueries
                         .refresh_class(&class, permissions.as_deref())
                         .await;
                 }
                 // A session nobody resolved (no token known): no identity depends on it.
                 Output::Session { id, token } => {
-                    if let Some(token) = token.or_else(|| self.auth.token_of_session(&id)) {
-                        sink.session_changed(&token).await;
+                    if let Some(token) = token.or_else(|| self.identities.token_of_session(&id)) {
+                        ingest
+                            .auth_changed(AuthChange::Session { token: &token })
+                            .await;
                     }
                 }
-                Output::UserRoles(user) => sink.clear_user(&user).await,
-                Output::RoleGraph => sink.roles_changed(),
+                Output::UserRoles(user_id) => {
+                    ingest
+                        .auth_changed(AuthChange::UserRoles { user_id: &user_id })
+                        .await;
+                }
+                Output::RoleGraph => ingest.auth_changed(AuthChange::RoleGraph).await,
                 Output::Join {
                     field,
                     owner_class,
@@ -332,7 +341,7 @@ impl MongoSource {
                         class,
                         "a live class's collection was dropped; its subscribers are told to reconnect"
                     );
-                    sink.resync(Some(&class)).await;
+                    ingest.resync(Some(&class)).await;
                 }
                 Output::Invalidated => return Err(StreamError::Invalidated),
             }
@@ -361,6 +370,208 @@ fn regex_escape(text: &str) -> String {
         .collect()
 }
 
+/// Where the source stands in the change stream, across reconnects.
+struct Position {
+    /// Whether pre- and post-images are on; decided once MongoDB answers (it may be down at
+    /// start-up).
+    images: Option<bool>,
+    transformer: Transformer,
+    /// The last position read, saved to `mongodb.resume_token_file`.
+    token: Option<ResumeToken>,
+    backoff: Backoff,
+    /// The next event is too large to carry its documents: read it alone, without them.
+    lean: bool,
+}
+
+/// What one step of the source's loop came to.
+enum Step<T> {
+    /// Go on with this.
+    Go(T),
+    /// Start over (after a back-off or a resynchronisation).
+    Retry,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl MongoSource {
+    async fn start_position(&self) -> Position {
+        Position {
+            images: (!self.settings.enable_pre_images).then_some(false),
+            transformer: Transformer {
+                prefix: self.settings.prefix.clone(),
+                live: self.live(),
+                files: self.settings.files.clone(),
+                cache: ObjectCache::new(self.settings.object_cache_entries),
+            },
+            token: self.settings.resume.load().await,
+            backoff: Backoff::for_sources(),
+            lean: false,
+        }
+    }
+
+    /// Waits a back-off delay; `Retry`, or `Shutdown` if it came first.
+    async fn back_off<T>(&self, position: &mut Position, shutdown: &CancellationToken) -> Step<T> {
+        if sleep_unless_shutdown(position.backoff.next_delay(), shutdown).await {
+            Step::Retry
+        } else {
+            Step::Shutdown
+        }
+    }
+
+    /// Whether pre-images are on, enabling them first if that is still undecided.
+    async fn images(&self, position: &mut Position, shutdown: &CancellationToken) -> Step<bool> {
+        if let Some(known) = position.images {
+            return Step::Go(known);
+        }
+        match self.enable_images().await {
+            Ok(known) => Step::Go(*position.images.insert(known)),
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot reach MongoDB to enable pre-images"
+                );
+                self.back_off(position, shutdown).await
+            }
+        }
+    }
+
+    /// Opens the change stream after the last position, then reads the schemas (after, so
+    /// no schema change can fall between).
+    async fn open(
+        &self,
+        position: &mut Position,
+        pre_images: bool,
+        ingest: &Ingest,
+        shutdown: &CancellationToken,
+    ) -> Step<Box<dyn store::EventStream>> {
+        let mode = match (position.lean, pre_images) {
+            (true, _) => StreamMode::Lean,
+            (false, true) => StreamMode::Images,
+            (false, false) => StreamMode::Lookup,
+        };
+        let start = position
+            .token
+            .clone()
+            .map_or(StreamStart::Now, StreamStart::After);
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return Step::Shutdown,
+            opened = self.store.watch(start, self.pipeline(), mode) => opened,
+        };
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(StreamError::TooLarge(reason)) if !position.lean => {
+                tracing::warn!(
+                    reason,
+                    "the next change event is too large with its documents; reading it without them"
+                );
+                position.lean = true;
+                return Step::Retry;
+            }
+            Err(err @ StreamError::HistoryLost(_)) => {
+                return self.recover(err, position, ingest, shutdown).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot open the change stream");
+                return self.back_off(position, shutdown).await;
+            }
+        };
+        if let Err(err) = self.load_schemas().await {
+            tracing::warn!(error = format!("{err:#}"), "cannot read _SCHEMA; retrying");
+            return self.back_off(position, shutdown).await;
+        }
+        Step::Go(stream)
+    }
+
+    /// Reads the open stream until it fails, shutdown, or (in lean mode) the one large
+    /// event is stepped over; saves the position at most once a second and on shutdown.
+    async fn follow(
+        &self,
+        mut stream: Box<dyn store::EventStream>,
+        position: &mut Position,
+        ingest: &Ingest,
+        pre_images: bool,
+        shutdown: &CancellationToken,
+    ) -> Step<StreamError> {
+        let mut saved_at = Instant::now();
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.save(stream.resume_token().as_ref().or(position.token.as_ref())).await;
+                    return Step::Shutdown;
+                }
+                next = stream.next() => next,
+            };
+            match next {
+                Ok(Some(event)) => {
+                    position.token = Some(event.id.clone());
+                    if let Err(err) = self
+                        .handle(event, &mut position.transformer, ingest, pre_images)
+                        .await
+                    {
+                        return Step::Go(err);
+                    }
+                    if position.lean {
+                        // Stepped over the large event: back to the normal stream.
+                        position.lean = false;
+                        return Step::Retry;
+                    }
+                }
+                // An empty batch still advances the position (post-batch token).
+                Ok(None) => {}
+                Err(err) => return Step::Go(err),
+            }
+            if let Some(latest) = stream.resume_token() {
+                position.token = Some(latest);
+            }
+            if saved_at.elapsed() >= SAVE_EVERY {
+                self.save(position.token.as_ref()).await;
+                saved_at = Instant::now();
+            }
+        }
+    }
+
+    /// After the stream failed: step over a too-large event, start over from now when the
+    /// history is gone (telling clients), or back off and resume after the last event.
+    async fn recover<T>(
+        &self,
+        failure: StreamError,
+        position: &mut Position,
+        ingest: &Ingest,
+        shutdown: &CancellationToken,
+    ) -> Step<T> {
+        match failure {
+            StreamError::TooLarge(reason) if !position.lean => {
+                tracing::warn!(
+                    reason,
+                    "the next change event is too large with its documents; reading it without them"
+                );
+                position.lean = true;
+                Step::Retry
+            }
+            StreamError::HistoryLost(reason) => {
+                self.resynchronise(&mut position.transformer, ingest, &reason)
+                    .await;
+                position.token = None;
+                Step::Retry
+            }
+            StreamError::Invalidated => {
+                self.resynchronise(&mut position.transformer, ingest, "invalidated")
+                    .await;
+                position.token = None;
+                Step::Retry
+            }
+            err @ (StreamError::Other(_) | StreamError::TooLarge(_)) => {
+                self.save(position.token.as_ref()).await;
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "change stream failed; resuming after the last event"
+                );
+                self.back_off(position, shutdown).await
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Source for MongoSource {
     fn name(&self) -> &'static str {
@@ -369,149 +580,46 @@ impl Source for MongoSource {
 
     async fn run(
         self: Arc<Self>,
-        sink: EventSink,
+        ingest: Ingest,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        // Decided once the database answers (it may be down at start-up).
-        let mut images: Option<bool> = (!self.settings.enable_pre_images).then_some(false);
-        let mut transformer = Transformer {
-            prefix: self.settings.prefix.clone(),
-            live: self.live(),
-            files: self.settings.files.clone(),
-            cache: ObjectCache::new(self.settings.object_cache_entries),
-        };
-        let mut token: Option<ResumeToken> = self.settings.resume.load().await;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        // Set when the next event is too large to carry its documents: read it alone, lean.
-        let mut lean = false;
+        let mut position = self.start_position().await;
         loop {
-            let pre_images = match images {
-                Some(known) => known,
-                None => match self.enable_images().await {
-                    Ok(known) => *images.insert(known),
-                    Err(err) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "cannot reach MongoDB to enable pre-images");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(delay) => continue,
-                        }
-                    }
-                },
+            let pre_images = match self.images(&mut position, &shutdown).await {
+                Step::Go(pre_images) => pre_images,
+                Step::Retry => continue,
+                Step::Shutdown => return Ok(()),
             };
-            let normal = if pre_images {
-                StreamMode::Images
-            } else {
-                StreamMode::Lookup
+            let stream = match self
+                .open(&mut position, pre_images, &ingest, &shutdown)
+                .await
+            {
+                Step::Go(stream) => stream,
+                Step::Retry => continue,
+                Step::Shutdown => return Ok(()),
             };
-            let start = token.clone().map_or(StreamStart::Now, StreamStart::After);
-            let mode = if lean { StreamMode::Lean } else { normal };
-            let opened = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                opened = self.store.watch(start, self.pipeline(), mode) => opened,
-            };
-            let mut stream = match opened {
-                Ok(stream) => stream,
-                Err(StreamError::HistoryLost(reason)) => {
-                    self.resynchronise(&mut transformer, &sink, &reason).await;
-                    token = None;
-                    continue;
-                }
-                Err(StreamError::TooLarge(reason)) if !lean => {
-                    tracing::warn!(
-                        reason,
-                        "the next change event is too large with its documents; reading it without them"
-                    );
-                    lean = true;
-                    continue;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in = ?delay, "cannot open the change stream");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
-            };
-            // Schemas are read after the stream is open, so no schema change can fall between.
-            if let Err(err) = self.load_schemas().await {
-                tracing::warn!(error = format!("{err:#}"), "cannot read _SCHEMA; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-            sink.set_connected(true);
-            backoff.reset();
+            ingest.set_connected(true);
+            position.backoff.reset();
             tracing::info!(
-                resumed = token.is_some(),
+                resumed = position.token.is_some(),
                 pre_images,
                 "tailing the MongoDB change stream"
             );
-            let mut saved_at = Instant::now();
-            let failure = loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => {
-                        self.save(stream.resume_token().as_ref().or(token.as_ref())).await;
-                        sink.set_connected(false);
+            let followed = self
+                .follow(stream, &mut position, &ingest, pre_images, &shutdown)
+                .await;
+            ingest.set_connected(false);
+            match followed {
+                Step::Go(failure) => {
+                    if let Step::Shutdown = self
+                        .recover::<()>(failure, &mut position, &ingest, &shutdown)
+                        .await
+                    {
                         return Ok(());
                     }
-                    next = stream.next() => next,
-                };
-                match next {
-                    Ok(Some(event)) => {
-                        token = Some(event.id.clone());
-                        if let Err(err) = self
-                            .handle(event, &mut transformer, &sink, pre_images)
-                            .await
-                        {
-                            break Some(err);
-                        }
-                        if lean {
-                            // Stepped over the large event: back to the normal stream.
-                            lean = false;
-                            break None;
-                        }
-                    }
-                    // An empty batch still advances the position (post-batch token).
-                    Ok(None) => {}
-                    Err(err) => break Some(err),
                 }
-                if let Some(latest) = stream.resume_token() {
-                    token = Some(latest);
-                }
-                if saved_at.elapsed() >= SAVE_EVERY {
-                    self.save(token.as_ref()).await;
-                    saved_at = Instant::now();
-                }
-            };
-            let Some(failure) = failure else { continue };
-            sink.set_connected(false);
-            match failure {
-                StreamError::TooLarge(reason) if !lean => {
-                    tracing::warn!(
-                        reason,
-                        "the next change event is too large with its documents; reading it without them"
-                    );
-                    lean = true;
-                }
-                StreamError::HistoryLost(reason) => {
-                    self.resynchronise(&mut transformer, &sink, &reason).await;
-                    token = None;
-                }
-                StreamError::Invalidated => {
-                    self.resynchronise(&mut transformer, &sink, "invalidated")
-                        .await;
-                    token = None;
-                }
-                err @ (StreamError::Other(_) | StreamError::TooLarge(_)) => {
-                    self.save(token.as_ref()).await;
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "change stream failed; resuming after the last event");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+                Step::Retry => {}
+                Step::Shutdown => return Ok(()),
             }
         }
     }

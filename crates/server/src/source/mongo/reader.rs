@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use livequery_matcher::Query;
 use serde_json::{Map, Value};
 
-use super::backend::Store;
 use super::convert::{FileUrls, to_parse_json};
 use super::filter::prefilter;
 use super::schema::Schemas;
-use crate::source::ObjectReader;
+use super::store::Store;
+use crate::backend::ObjectReader;
 
 /// Candidates examined per requested result when the prefilter is not exact.
 const SCAN_FACTOR: usize = 20;

@@ -31,12 +31,13 @@ use livequery_matcher::{ChangeKind, Query, QueryError, Subquery, SubqueryKind, S
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 
-use super::backend::Store;
 use super::convert::{FileUrls, to_parse_json};
 use super::filter::prefilter;
 use super::schema::Schemas;
-use crate::auth::ClassPermissionMap;
-use crate::source::{Message, SubqueryResolver};
+use super::store::Store;
+use crate::backend::SubqueryResolver;
+use crate::identity::ClassPermissionMap;
+use crate::pubsub::Message;
 
 #[derive(Debug, Default)]
 struct Members {

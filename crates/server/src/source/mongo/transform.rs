@@ -15,11 +15,12 @@ use livequery_matcher::ChangeKind;
 use mongodb::change_stream::event::OperationType;
 use serde_json::{Map, Value};
 
-use super::backend::RawEvent;
 use super::cache::ObjectCache;
 use super::convert::{FileUrls, to_parse_json};
 use super::schema::Schemas;
-use crate::source::{Message, OriginalState};
+use super::store::RawEvent;
+use crate::event::OriginalState;
+use crate::pubsub::Message;
 
 /// What one change-stream event means for the server.
 #[derive(Debug)]

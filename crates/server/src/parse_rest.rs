@@ -12,24 +12,19 @@
 //! - a class's permissions → `GET /schemas/<class>`;
 //! - the `query` op → a query on `/classes/<class>`.
 //!
-//! A failed request is an [`AuthError`]; [`crate::auth::Auth`] never turns one into access.
+//! A failed request is an [`LookupError`]; [`crate::identity::IdentityCache`] never turns one into access.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use livequery_matcher::date::parse_iso_millis;
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{AuthError, AuthProvider, SessionInfo};
-use crate::source::ObjectReader;
+use crate::backend::ObjectReader;
+use crate::identity::{IdentityProvider, LookupError, ResolvedUser, SessionRecord, roles};
 
 /// Page size of role queries.
 const ROLE_PAGE: usize = 1000;
-/// Roles beyond this many per user are not followed (a runaway hierarchy cannot stall
-/// lookups); the reference has no bound.
-const MAX_ROLES: usize = 10_000;
 
 /// A client for parse-server's REST API.
 #[derive(Debug, Clone)]
@@ -68,7 +63,7 @@ impl ParseRest {
         &self,
         path: &str,
         body: Option<Value>,
-    ) -> Result<(StatusCode, Value), AuthError> {
+    ) -> Result<(StatusCode, Value), LookupError> {
         let url = format!("{}{path}", self.base);
         let request = match body {
             None => self.http.get(url),
@@ -82,12 +77,12 @@ impl ParseRest {
             .header("X-Parse-Master-Key", &self.master_key)
             .send()
             .await
-            .map_err(|e| AuthError(format!("{path}: {}", e.without_url())))?;
+            .map_err(|e| LookupError(format!("{path}: {}", e.without_url())))?;
         let status = response.status();
         let body: Value = response
             .json()
             .await
-            .map_err(|e| AuthError(format!("{path}: bad response body: {}", e.without_url())))?;
+            .map_err(|e| LookupError(format!("{path}: bad response body: {}", e.without_url())))?;
         Ok((status, body))
     }
 
@@ -96,8 +91,11 @@ impl ParseRest {
         class_name: &str,
         where_: &Value,
         extra: &[(&str, Value)],
-    ) -> Result<Vec<Value>, AuthError> {
-        let path = format!("/classes/{}", urlencode(class_name));
+    ) -> Result<Vec<Value>, LookupError> {
+        let path = format!(
+            "/classes/{}",
+            crate::encoding::encode_path_segment(class_name)
+        );
         let mut query = json!({ "where": where_ });
         for (key, value) in extra {
             query[*key] = value.clone();
@@ -105,13 +103,19 @@ impl ParseRest {
         match self.request(&path, Some(query)).await? {
             (status, body) if status.is_success() => match body.get("results") {
                 Some(Value::Array(results)) => Ok(results.clone()),
-                _ => Err(AuthError(format!("{path}: no results array"))),
+                _ => Err(LookupError(format!("{path}: no results array"))),
             },
-            (status, body) => Err(AuthError(format!("{path}: {status} {}", error_text(&body)))),
+            (status, body) => Err(LookupError(format!(
+                "{path}: {status} {}",
+                error_text(&body)
+            ))),
         }
     }
 
-    async fn role_ids_and_names(&self, where_: Value) -> Result<Vec<(String, String)>, AuthError> {
+    async fn role_ids_and_names(
+        &self,
+        where_: Value,
+    ) -> Result<Vec<(String, String)>, LookupError> {
         let mut found = Vec::new();
         for page in 0.. {
             let results = self
@@ -133,7 +137,7 @@ impl ParseRest {
                     role.get("name")?.as_str()?.to_owned(),
                 ))
             }));
-            if done || found.len() >= MAX_ROLES {
+            if done || found.len() >= roles::MAX_ROLES {
                 break;
             }
         }
@@ -141,38 +145,21 @@ impl ParseRest {
     }
 
     /// Role names of `user_id`, inherited ones included.
-    pub async fn roles_of(&self, user_id: &str) -> Result<Vec<String>, AuthError> {
+    pub async fn roles_of(&self, user_id: &str) -> Result<Vec<String>, LookupError> {
         let direct = self
             .role_ids_and_names(
                 json!({"users": {"__type": "Pointer", "className": "_User", "objectId": user_id}}),
             )
             .await?;
-        let mut visited: HashSet<String> = HashSet::new();
-        let mut names = Vec::new();
-        let mut frontier = Vec::new();
-        for (id, name) in direct {
-            if visited.insert(id.clone()) {
-                names.push(name);
-                frontier.push(id);
-            }
-        }
-        while !frontier.is_empty() && visited.len() < MAX_ROLES {
+        let all = roles::closure(direct, |frontier| {
             let pointers: Vec<Value> = frontier
                 .iter()
                 .map(|id| json!({"__type": "Pointer", "className": "_Role", "objectId": id}))
                 .collect();
-            frontier.clear();
-            for (id, name) in self
-                .role_ids_and_names(json!({"roles": {"$in": pointers}}))
-                .await?
-            {
-                if visited.insert(id.clone()) {
-                    names.push(name);
-                    frontier.push(id);
-                }
-            }
-        }
-        Ok(names)
+            self.role_ids_and_names(json!({"roles": {"$in": pointers}}))
+        })
+        .await?;
+        Ok(all.into_iter().map(|(_, name)| name).collect())
     }
 }
 
@@ -185,21 +172,9 @@ fn error_text(body: &Value) -> String {
     }
 }
 
-fn urlencode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 #[async_trait]
-impl AuthProvider for ParseRest {
-    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+impl IdentityProvider for ParseRest {
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError> {
         let sessions = self
             .find(
                 "_Session",
@@ -207,33 +182,32 @@ impl AuthProvider for ParseRest {
                 &[("limit", json!(1))],
             )
             .await?;
-        let Some(session) = sessions.first() else {
-            return Ok(None);
-        };
-        let Some(user_id) = session
-            .get("user")
-            .and_then(|u| u.get("objectId"))
-            .and_then(Value::as_str)
+        let Some(session) = sessions
+            .first()
+            .and_then(Value::as_object)
+            .and_then(SessionRecord::from_object)
         else {
             return Ok(None);
         };
-        let expires = session
-            .get("expiresAt")
-            .and_then(|e| e.get("iso"))
-            .and_then(Value::as_str)
-            .and_then(parse_iso_millis);
-        if expires.is_some_and(|expires| expires <= crate::auth::unix_millis()) {
+        let Some(user_id) = session
+            .user_id
+            .as_deref()
+            .filter(|_| session.is_valid_now())
+        else {
             return Ok(None);
-        }
+        };
         let roles = self.roles_of(user_id).await?;
-        Ok(Some(SessionInfo {
+        Ok(Some(ResolvedUser {
             user_id: user_id.to_owned(),
             roles,
         }))
     }
 
-    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, AuthError> {
-        let path = format!("/schemas/{}", urlencode(class_name));
+    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, LookupError> {
+        let path = format!(
+            "/schemas/{}",
+            crate::encoding::encode_path_segment(class_name)
+        );
         match self.request(&path, None).await? {
             (status, body) if status.is_success() => Ok(body.get("classLevelPermissions").cloned()),
             // Class not found (code 103): no schema yet, nothing restricted.
@@ -244,7 +218,10 @@ impl AuthProvider for ParseRest {
                 Ok(None)
             }
             (status, _) if status == StatusCode::NOT_FOUND => Ok(None),
-            (status, body) => Err(AuthError(format!("{path}: {status} {}", error_text(&body)))),
+            (status, body) => Err(LookupError(format!(
+                "{path}: {status} {}",
+                error_text(&body)
+            ))),
         }
     }
 }

@@ -3,14 +3,14 @@
 //! The event path must never wait on I/O, so identities are resolved when a subscription is
 //! created and kept current in the background:
 //!
-//! - An [`AuthProvider`] answers "which user and roles does this session token have?" and
+//! - An [`IdentityProvider`] answers "which user and roles does this session token have?" and
 //!   "what are this class's permissions?" (in memory for the embedded source; parse-server's
 //!   REST API or MongoDB for the others).
-//! - [`Auth`] caches both and hands out one shared [`IdentityCell`] per token. Lookups of
+//! - [`IdentityCache`] caches both and hands out one shared [`IdentityCell`] per token. Lookups of
 //!   one token are coalesced: whoever asks while a lookup runs waits for its answer. Every
 //!   *valid* identity in use is re-resolved when it is older than half `cache_timeout`,
-//!   and at once when a source reports a change ([`Auth::invalidate_user`],
-//!   [`Auth::invalidate_token`]): a logged-out session stops granting access within
+//!   and at once when a source reports a change ([`IdentityCache::invalidate_user`],
+//!   [`IdentityCache::invalidate_token`]): a logged-out session stops granting access within
 //!   `cache_timeout` at most, sooner where the source tells.
 //! - An invalid token is cached as such (negatively) for `cache_timeout`, even when no
 //!   subscription holds it any more, and is never refreshed in the background: it costs one
@@ -21,10 +21,13 @@
 //! - Class permissions a source delivered with an event (parse-server sends them with
 //!   every message) are kept until the source or the provider says otherwise: a provider
 //!   that knows nothing about a class ("no schema") never replaces them.
+//!
+//! Providers: [`memory`] (the embedded source's sessions and schemas),
+//! [`crate::parse_rest`] (parse-server's REST API), [`crate::source::mongo::identity`]
+//! (MongoDB); [`roles`] is the role-graph closure they share.
 
-pub mod keys;
 pub mod memory;
-pub mod rest;
+pub mod roles;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -33,9 +36,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use livequery_matcher::date::parse_iso_millis;
 use livequery_matcher::gate::{ClassPermissions, Reader};
 use parking_lot::Mutex;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 // The runtime's clock, so tests can pause it.
 use tokio::time::Instant;
@@ -46,11 +50,52 @@ use crate::metrics::Metrics;
 
 /// A resolved session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
+pub struct ResolvedUser {
     /// The user's objectId.
     pub user_id: String,
     /// Role names, inherited ones included, without `role:`.
     pub roles: Vec<String>,
+}
+
+/// A `_Session` object as parse-server publishes and returns it: its token, its user, when
+/// it expires. The one reading of that shape (the embedded source keeping sessions, the
+/// REST provider resolving them, the ingest noticing revocations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// `sessionToken`.
+    pub token: String,
+    /// `user` (a pointer): its objectId.
+    pub user_id: Option<String>,
+    /// `expiresAt` (a Date), in milliseconds since the Unix epoch.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl SessionRecord {
+    /// Reads a `_Session` object; `None` without a string `sessionToken`.
+    pub fn from_object(object: &Map<String, Value>) -> Option<Self> {
+        let token = object.get("sessionToken")?.as_str()?.to_owned();
+        let user_id = object
+            .get("user")
+            .and_then(|u| u.get("objectId"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let expires_at_ms = object
+            .get("expiresAt")
+            .and_then(|e| e.get("iso").or(Some(e)))
+            .and_then(Value::as_str)
+            .and_then(parse_iso_millis);
+        Some(Self {
+            token,
+            user_id,
+            expires_at_ms,
+        })
+    }
+
+    /// Whether the session has not expired.
+    pub fn is_valid_now(&self) -> bool {
+        self.expires_at_ms
+            .is_none_or(|expires| expires > crate::clock::unix_millis())
+    }
 }
 
 /// The permissions of the classes a subscription involves, as known when it subscribes
@@ -60,17 +105,17 @@ pub type ClassPermissionMap = HashMap<String, Option<Arc<ClassPermissions>>>;
 /// A lookup that could not be answered (backend down, timeout, bad response).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("auth lookup failed: {0}")]
-pub struct AuthError(pub String);
+pub struct LookupError(pub String);
 
 /// Where sessions, roles and class permissions come from.
 #[async_trait]
-pub trait AuthProvider: Send + Sync + 'static {
+pub trait IdentityProvider: Send + Sync + 'static {
     /// The user and roles of a session token; `Ok(None)` when the token is unknown or
     /// expired.
-    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError>;
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError>;
     /// A class's class-level permissions as parse-server's CLP JSON; `Ok(None)` when the
     /// class has none (everything allowed).
-    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, AuthError>;
+    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, LookupError>;
 }
 
 /// The current identity behind one session token, shared by every subscription using it
@@ -165,8 +210,8 @@ type Pending<T> = Arc<OnceCell<T>>;
 type PendingSchema = Pending<Option<Arc<ClassPermissions>>>;
 
 /// Cached, coalesced, continuously refreshed auth lookups.
-pub struct Auth {
-    provider: Arc<dyn AuthProvider>,
+pub struct IdentityCache {
+    provider: Arc<dyn IdentityProvider>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     cells: Mutex<HashMap<Box<str>, Weak<IdentityCell>>>,
@@ -181,18 +226,18 @@ pub struct Auth {
 /// Lookups the refresher runs at once.
 const REFRESH_CONCURRENCY: usize = 16;
 
-impl std::fmt::Debug for Auth {
+impl std::fmt::Debug for IdentityCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
+        f.debug_struct("IdentityCache")
             .field("cells", &self.cells.lock().len())
             .finish_non_exhaustive()
     }
 }
 
-impl Auth {
+impl IdentityCache {
     /// Wraps a provider.
     pub fn new(
-        provider: Arc<dyn AuthProvider>,
+        provider: Arc<dyn IdentityProvider>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -574,12 +619,4 @@ impl Auth {
 
 fn closed_permissions() -> ClassPermissions {
     ClassPermissions::from_json(&serde_json::json!({"find": {}, "get": {}}))
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch (session `expiresAt`, source
-/// timestamps).
-pub(crate) fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -28,7 +28,7 @@ pub fn check(key_pairs: &BTreeMap<String, String>, connect: &ConnectRequest) -> 
     };
     let matches = |name: &str| match (key_pairs.get(name), presented(name)) {
         (Some(expected), Some(given)) => {
-            !given.is_empty() && constant_time_eq(expected.as_bytes(), given.as_bytes())
+            !given.is_empty() && secrets_equal(expected.as_bytes(), given.as_bytes())
         }
         _ => false,
     };
@@ -41,11 +41,9 @@ pub fn check(key_pairs: &BTreeMap<String, String>, connect: &ConnectRequest) -> 
 }
 
 /// Compares secrets without revealing where they differ through timing.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Dispatcher workers: dedicated threads that take events from their shard's bounded queue
+//! Workers workers: dedicated threads that take events from their shard's bounded queue
 //! and run [`Hub::dispatch`].
 //!
 //! Matching and encoding are CPU-bound; running them on their own threads keeps the async
@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::event::ChangeEvent;
 use crate::hub::{DispatchScratch, Hub};
 use crate::metrics::Metrics;
-use crate::source::ChangeEvent;
 
 /// What a dispatcher worker takes from its queue.
 // Events are nearly every job: boxing them would cost an allocation each, for rare barriers.
@@ -33,12 +33,12 @@ pub enum Job {
 
 /// The running workers.
 #[derive(Debug)]
-pub struct Dispatcher {
+pub struct Workers {
     threads: Vec<JoinHandle<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Dispatcher {
+impl Workers {
     /// Starts `workers` threads sharing `queue` slots; returns the shard senders.
     pub fn start(
         hub: Arc<Hub>,

@@ -1,29 +1,35 @@
-//! An in-memory [`AuthProvider`]: sessions, user roles and class permissions pushed in by
+//! An in-memory [`IdentityProvider`]: sessions, user roles and class permissions pushed in by
 //! the embedded source (its HTTP API and the `_Session` objects it is fed), or by tests.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use livequery_matcher::ChangeKind;
 use parking_lot::RwLock;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::{AuthError, AuthProvider, SessionInfo};
+use super::{IdentityProvider, LookupError, ResolvedUser, SessionRecord};
 
-/// Sessions, roles and schemas held in memory.
+/// Sessions, roles and schemas held in memory. Each map has its own lock, held only for one
+/// lookup or update (never across an await); writes are rare (an API call, a fed
+/// `_Session`), reads one per lookup.
 #[derive(Debug, Default)]
-pub struct MemoryAuth {
-    sessions: RwLock<HashMap<String, Session>>,
+pub struct MemoryIdentities {
+    /// Session token → its user and expiry.
+    sessions: RwLock<HashMap<String, StoredSession>>,
+    /// User id → role names (inherited ones included).
     user_roles: RwLock<HashMap<String, Vec<String>>>,
+    /// Class name → class-level permissions (parse-server's CLP JSON).
     schemas: RwLock<HashMap<String, Value>>,
 }
 
 #[derive(Debug, Clone)]
-struct Session {
+struct StoredSession {
     user_id: String,
     expires_at_ms: Option<i64>,
 }
 
-impl MemoryAuth {
+impl MemoryIdentities {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -33,11 +39,27 @@ impl MemoryAuth {
     pub fn put_session(&self, token: &str, user_id: &str, expires_at_ms: Option<i64>) {
         self.sessions.write().insert(
             token.to_owned(),
-            Session {
+            StoredSession {
                 user_id: user_id.to_owned(),
                 expires_at_ms,
             },
         );
+    }
+
+    /// Keeps the sessions in step with a `_Session` object that was saved or deleted.
+    pub fn record_session(&self, kind: ChangeKind, object: &Map<String, Value>) {
+        let Some(session) = SessionRecord::from_object(object) else {
+            return;
+        };
+        match (kind, &session.user_id) {
+            (ChangeKind::Save, Some(user_id)) => {
+                self.put_session(&session.token, user_id, session.expires_at_ms);
+            }
+            (ChangeKind::Save, None) => {}
+            (ChangeKind::Delete, _) => {
+                self.remove_session(&session.token);
+            }
+        }
     }
 
     /// Removes a session; returns the user it belonged to.
@@ -57,14 +79,14 @@ impl MemoryAuth {
 }
 
 #[async_trait]
-impl AuthProvider for MemoryAuth {
-    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+impl IdentityProvider for MemoryIdentities {
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError> {
         let Some(session) = self.sessions.read().get(token).cloned() else {
             return Ok(None);
         };
         if session
             .expires_at_ms
-            .is_some_and(|expires| expires <= crate::auth::unix_millis())
+            .is_some_and(|expires| expires <= crate::clock::unix_millis())
         {
             return Ok(None);
         }
@@ -74,13 +96,13 @@ impl AuthProvider for MemoryAuth {
             .get(&session.user_id)
             .cloned()
             .unwrap_or_default();
-        Ok(Some(SessionInfo {
+        Ok(Some(ResolvedUser {
             user_id: session.user_id,
             roles,
         }))
     }
 
-    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, AuthError> {
+    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, LookupError> {
         Ok(self.schemas.read().get(class_name).cloned())
     }
 }

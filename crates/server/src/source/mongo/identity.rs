@@ -1,8 +1,8 @@
 //! Sessions, roles and class permissions read straight from MongoDB (parse-livequery.md §5.2,
 //! §5.3). Invalidation comes from the change stream itself: a deleted session, a role
-//! membership row, a schema change reach [`crate::auth::Auth`] as they happen.
+//! membership row, a schema change reach [`crate::identity::IdentityCache`] as they happen.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,12 +10,9 @@ use bson::{Bson, doc};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::backend::Store;
 use super::schema::Schemas;
-use crate::auth::{AuthError, AuthProvider, SessionInfo};
-
-/// Roles beyond this many per user are not followed.
-const MAX_ROLES: usize = 10_000;
+use super::store::Store;
+use crate::identity::{IdentityProvider, LookupError, ResolvedUser, roles};
 
 /// Session ids remembered for delete events without pre-image. When full the map starts
 /// over; the auth refresher re-resolves every token in use within `auth.cache_timeout`, which
@@ -23,7 +20,7 @@ const MAX_ROLES: usize = 10_000;
 const MAX_SESSION_IDS: usize = 200_000;
 
 /// The MongoDB auth provider.
-pub struct MongoAuth {
+pub struct MongoIdentities {
     store: Arc<dyn Store>,
     prefix: String,
     schemas: Arc<Schemas>,
@@ -32,19 +29,19 @@ pub struct MongoAuth {
     session_tokens: Mutex<HashMap<String, String>>,
 }
 
-impl std::fmt::Debug for MongoAuth {
+impl std::fmt::Debug for MongoIdentities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MongoAuth")
+        f.debug_struct("MongoIdentities")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
 
-fn err(context: &str, error: anyhow::Error) -> AuthError {
-    AuthError(format!("{context}: {error:#}"))
+fn err(context: &str, error: anyhow::Error) -> LookupError {
+    LookupError(format!("{context}: {error:#}"))
 }
 
-impl MongoAuth {
+impl MongoIdentities {
     /// Reads from `store`; collections are `<prefix><class>`.
     pub fn new(store: Arc<dyn Store>, prefix: &str, schemas: Arc<Schemas>) -> Self {
         Self {
@@ -60,7 +57,7 @@ impl MongoAuth {
         self.session_tokens.lock().get(session_id).cloned()
     }
 
-    async fn owning_ids(&self, join: &str, related: Bson) -> Result<Vec<String>, AuthError> {
+    async fn owning_ids(&self, join: &str, related: Bson) -> Result<Vec<String>, LookupError> {
         let collection = format!("{}{join}", self.prefix);
         let filter = match related {
             Bson::Array(ids) => doc! {"relatedId": {"$in": ids}},
@@ -80,22 +77,22 @@ impl MongoAuth {
     /// Role names of `user_id`: the roles whose `users` relation holds the user, then the
     /// roles whose `roles` relation holds a role already found (members of a child role are
     /// members of its parents), breadth-first with a visited set.
-    pub async fn roles_of(&self, user_id: &str) -> Result<Vec<String>, AuthError> {
-        let mut visited: HashSet<String> = HashSet::new();
-        let mut frontier: Vec<String> = self
+    pub async fn roles_of(&self, user_id: &str) -> Result<Vec<String>, LookupError> {
+        let direct = self
             .owning_ids("_Join:users:_Role", Bson::String(user_id.to_owned()))
             .await?;
-        frontier.retain(|id| visited.insert(id.clone()));
-        while !frontier.is_empty() && visited.len() < MAX_ROLES {
-            let ids = Bson::Array(frontier.iter().cloned().map(Bson::String).collect());
-            frontier = self.owning_ids("_Join:roles:_Role", ids).await?;
-            frontier.retain(|id| visited.insert(id.clone()));
-        }
-        if visited.is_empty() {
+        let direct = direct.into_iter().map(|id| (id, ())).collect();
+        let all = roles::closure(direct, |frontier| async move {
+            let ids = Bson::Array(frontier.into_iter().map(Bson::String).collect());
+            let parents = self.owning_ids("_Join:roles:_Role", ids).await?;
+            Ok(parents.into_iter().map(|id| (id, ())).collect())
+        })
+        .await?;
+        if all.is_empty() {
             return Ok(Vec::new());
         }
         let collection = format!("{}_Role", self.prefix);
-        let ids: Vec<Bson> = visited.into_iter().map(Bson::String).collect();
+        let ids: Vec<Bson> = all.into_iter().map(|(id, ())| Bson::String(id)).collect();
         let roles = self
             .store
             .find(&collection, doc! {"_id": {"$in": ids}}, 0)
@@ -109,8 +106,8 @@ impl MongoAuth {
 }
 
 #[async_trait]
-impl AuthProvider for MongoAuth {
-    async fn resolve_session(&self, token: &str) -> Result<Option<SessionInfo>, AuthError> {
+impl IdentityProvider for MongoIdentities {
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError> {
         let collection = format!("{}_Session", self.prefix);
         let sessions = self
             .store
@@ -135,18 +132,18 @@ impl AuthProvider for MongoAuth {
             return Ok(None);
         };
         if let Ok(expires) = session.get_datetime("expiresAt")
-            && expires.timestamp_millis() <= crate::auth::unix_millis()
+            && expires.timestamp_millis() <= crate::clock::unix_millis()
         {
             return Ok(None);
         }
         let roles = self.roles_of(user_id).await?;
-        Ok(Some(SessionInfo {
+        Ok(Some(ResolvedUser {
             user_id: user_id.to_owned(),
             roles,
         }))
     }
 
-    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, AuthError> {
+    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, LookupError> {
         if let Some(schema) = self.schemas.get(class_name) {
             return Ok(Some(schema.permissions.clone()));
         }

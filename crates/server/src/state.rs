@@ -5,16 +5,16 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
+use crate::backend::{ObjectReader, SubqueryResolver};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::identity::IdentityCache;
 use crate::listener::Capacity;
 use crate::metrics::Metrics;
 use crate::source::embedded::EmbeddedSource;
-use crate::source::{ObjectReader, SubqueryResolver};
 
 /// Shared state of a running server.
-pub struct ServerCtx {
+pub struct ServerState {
     /// Validated configuration.
     pub config: Arc<Config>,
     /// Metrics.
@@ -22,7 +22,7 @@ pub struct ServerCtx {
     /// Subscriptions and dispatch.
     pub hub: Arc<Hub>,
     /// Identities and class permissions.
-    pub auth: Arc<Auth>,
+    pub auth: Arc<IdentityCache>,
     /// Reads current objects for the `query` op, when the deployment can.
     pub reader: Option<Arc<dyn ObjectReader>>,
     /// The embedded source's HTTP ingest, when it is the source.
@@ -39,9 +39,9 @@ pub struct ServerCtx {
     pub capacity: Capacity,
 }
 
-impl std::fmt::Debug for ServerCtx {
+impl std::fmt::Debug for ServerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerCtx")
+        f.debug_struct("ServerState")
             .field("source", &self.source_name)
             .finish_non_exhaustive()
     }

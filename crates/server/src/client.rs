@@ -27,12 +27,12 @@ use livequery_protocol::{
 };
 use serde_json::{Map, Value};
 
-use crate::auth::ClassPermissionMap;
-use crate::auth::keys::{self, KeyCheck};
-use crate::context::ServerCtx;
+use crate::client_keys::{self, KeyCheck};
 use crate::hub::{Identity, Subscription, encode_visible};
+use crate::identity::ClassPermissionMap;
 use crate::metrics::DropReason;
 use crate::outbox::Outbox;
+use crate::state::ServerState;
 
 /// Frames larger than this are compiled on a blocking thread, so that one client's large
 /// query never stalls the connections served by the same I/O thread.
@@ -44,7 +44,7 @@ const SUBSCRIPTION_OVERHEAD: usize = 512;
 
 /// A connected client.
 #[derive(Debug)]
-struct Client {
+struct Connected {
     id: ClientId,
     envelope: Arc<Envelope>,
     master: bool,
@@ -79,15 +79,15 @@ fn denial_error(denial: Denial) -> WireError {
 
 /// One socket's protocol state.
 #[derive(Debug)]
-pub struct Session {
-    ctx: Arc<ServerCtx>,
+pub struct ClientState {
+    ctx: Arc<ServerState>,
     outbox: Arc<Outbox>,
-    client: Option<Client>,
+    client: Option<Connected>,
 }
 
-impl Session {
+impl ClientState {
     /// A session for a fresh socket.
-    pub fn new(ctx: Arc<ServerCtx>, outbox: Arc<Outbox>) -> Self {
+    pub fn new(ctx: Arc<ServerState>, outbox: Arc<Outbox>) -> Self {
         Self {
             ctx,
             outbox,
@@ -168,7 +168,7 @@ impl Session {
 
     fn connect(&mut self, request: ConnectRequest) {
         let config = &self.ctx.config;
-        let master = match keys::check(&config.key_pairs, &request) {
+        let master = match client_keys::check(&config.key_pairs, &request) {
             KeyCheck::Rejected => {
                 return self.error(
                     WireError::new(ErrorCode::InvalidKey, msg::INVALID_KEY),
@@ -197,7 +197,7 @@ impl Session {
         });
         tracing::debug!(client_id = %id, master, "connected");
         self.ctx.metrics.clients.fetch_add(1, Relaxed);
-        self.client = Some(Client {
+        self.client = Some(Connected {
             id,
             envelope,
             master,
@@ -396,7 +396,7 @@ impl Session {
             outbox: self.outbox.clone(),
             envelope: client.envelope.clone(),
             request_id,
-            class_name: class_name.into(),
+            class_name,
             keys: keys.map(Vec::into_boxed_slice),
             watch: watch.map(Vec::into_boxed_slice),
             identity,
@@ -565,7 +565,7 @@ async fn compile(
     tokio::task::spawn_blocking(move || Query::compile(&where_, &options)).await
 }
 
-impl Drop for Session {
+impl Drop for ClientState {
     fn drop(&mut self) {
         self.disconnect();
     }

@@ -1,0 +1,226 @@
+//! The one door into the server for every source.
+//!
+//! A source hands over two things, and both take one route whatever the source:
+//! - change events ([`Ingest::publish`]), routed to the dispatch worker of their object
+//!   (so one object's events stay in order), waiting while that worker's bounded queue is
+//!   full — backpressure reaches the source;
+//! - changes to how events are judged ([`Ingest::auth_changed`]): a session created or
+//!   revoked, a user's roles, the role graph, a class schema. Identity changes wait until
+//!   every event published before them is dispatched (a barrier), so events are judged with
+//!   the identities of their time. Each change is counted once
+//!   (`livequery_invalidations_total`).
+//!
+//! Sources that carry parse-server's own feed (Redis, the embedded ingest API) publish with
+//! [`Ingest::publish_feed_message`], which also recognises the auth changes such a feed
+//! implies (`_Session` and `_Role` objects); the MongoDB source reports the auth changes it
+//! reads from the change stream itself.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use livequery_matcher::gate::ClassPermissions;
+use livequery_protocol::{ClassName, WireError};
+use tokio::sync::mpsc;
+
+use crate::event::ChangeEvent;
+use crate::hub::Hub;
+use crate::identity::{IdentityCache, SessionRecord};
+use crate::metrics::Metrics;
+use crate::pubsub::Message;
+use crate::worker::Job;
+
+/// Something that changes how events are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthChange<'a> {
+    /// A session token started or stopped being valid (created, revoked, expired).
+    Session {
+        /// The token.
+        token: &'a str,
+    },
+    /// One user's role membership changed (parse-server's `clearCache` names the user).
+    UserRoles {
+        /// The user's objectId.
+        user_id: &'a str,
+    },
+    /// Role membership or hierarchy changed for users nobody named: every identity in use
+    /// is re-resolved in the background.
+    RoleGraph,
+    /// A class schema (its permissions, its field types) changed.
+    Schema {
+        /// The class.
+        class_name: &'a str,
+    },
+}
+
+/// How sources hand events and auth changes to the server. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    /// One bounded queue per dispatch worker; an object always goes to the same one.
+    shards: Arc<[mpsc::Sender<Job>]>,
+    identities: Arc<IdentityCache>,
+    /// For telling subscribers that events were lost.
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The dispatch workers are gone (the server is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the dispatch workers have stopped")]
+pub struct IngestClosed;
+
+impl Ingest {
+    pub(crate) fn new(
+        shards: Arc<[mpsc::Sender<Job>]>,
+        identities: Arc<IdentityCache>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            shards,
+            identities,
+            hub,
+            metrics,
+        }
+    }
+
+    /// Applies one auth change; identity changes first wait for the events published
+    /// before them.
+    pub async fn auth_changed(&self, change: AuthChange<'_>) {
+        self.metrics.invalidations_in.fetch_add(1, Relaxed);
+        match change {
+            AuthChange::Session { token } => {
+                self.barrier().await;
+                self.identities.invalidate_token(token).await;
+            }
+            AuthChange::UserRoles { user_id } => {
+                self.barrier().await;
+                self.identities.invalidate_user(user_id).await;
+            }
+            AuthChange::RoleGraph => self.identities.mark_all_stale(),
+            AuthChange::Schema { class_name } => self.identities.invalidate_schema(class_name),
+        }
+    }
+
+    /// Publishes a message of parse-server's own feed, after the auth changes it implies:
+    /// a `_Session` object creates or revokes its token; a `_Role` object may change
+    /// membership for users the message does not name (parse-server's `clearCache` only
+    /// names the user who made the change, and master-key edits publish nothing).
+    pub async fn publish_feed_message(&self, message: Message) -> Result<(), IngestClosed> {
+        match message.class_name() {
+            "_Session" => {
+                if let Some(session) = SessionRecord::from_object(&message.current) {
+                    self.auth_changed(AuthChange::Session {
+                        token: &session.token,
+                    })
+                    .await;
+                }
+            }
+            "_Role" => self.auth_changed(AuthChange::RoleGraph).await,
+            _ => {}
+        }
+        self.publish(message).await
+    }
+
+    /// Records the source's own timestamp of the latest event (its commit time), for the
+    /// `livequery_source_event_age_seconds` gauge.
+    pub fn observe_source_time(&self, millis: i64) {
+        let now = crate::clock::unix_millis();
+        self.metrics
+            .source_event_age_ms
+            .store(u64::try_from(now - millis).unwrap_or(0), Relaxed);
+    }
+
+    /// Events may have been lost (the source's history is gone): every client subscribed to
+    /// `class_name` (or to anything) gets an error frame with `reconnect: true` and is
+    /// disconnected, so it subscribes again and re-reads what it shows.
+    pub async fn resync(&self, class_name: Option<&str>) {
+        self.metrics.resyncs.fetch_add(1, Relaxed);
+        let clients = self
+            .hub
+            .abort_subscribers(class_name, &WireError::events_lost());
+        tracing::warn!(
+            clients,
+            class = class_name,
+            "told clients that events may have been lost"
+        );
+    }
+
+    /// The permissions an event is judged with: those it carries (parse-server sends the
+    /// class's CLP with every message), else the cached ones; the server's default protected
+    /// fields included.
+    pub fn permissions_of(&self, message: &Message) -> Option<Arc<ClassPermissions>> {
+        match &message.permissions {
+            Some(raw) => self.identities.event_permissions(message.class_name(), raw),
+            None => self.identities.cached_permissions(message.class_name()),
+        }
+    }
+
+    /// The permissions of a class now (looked up if not cached).
+    pub async fn class_permissions(&self, class_name: &str) -> Option<Arc<ClassPermissions>> {
+        self.identities.class_permissions(class_name).await
+    }
+
+    /// Delivers one message; waits while its dispatch worker's queue is full.
+    pub async fn publish(&self, message: Message) -> Result<(), IngestClosed> {
+        let class_name = ClassName::from(message.class_name());
+        let permissions = self.permissions_of(&message);
+        let event = ChangeEvent {
+            kind: message.kind,
+            class_name,
+            current: message.current,
+            original: message.original,
+            permissions,
+            original_state: message.original_state,
+            received: Instant::now(),
+        };
+        self.metrics.events_in.fetch_add(1, Relaxed);
+        let shard = shard_of(&event, self.shards.len());
+        self.shards[shard]
+            .send(Job::Event(event))
+            .await
+            .map_err(|_| IngestClosed)
+    }
+
+    /// Waits until every event published so far has been dispatched.
+    pub async fn barrier(&self) {
+        let mut pending = Vec::with_capacity(self.shards.len());
+        for shard in self.shards.iter() {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if shard.send(Job::Barrier(done)).await.is_ok() {
+                pending.push(wait);
+            }
+        }
+        for wait in pending {
+            let _ = wait.await;
+        }
+    }
+
+    /// Reports whether the source is connected (drives `/health`).
+    pub fn set_connected(&self, connected: bool) {
+        let was = self
+            .metrics
+            .source_connected
+            .swap(i64::from(connected), Relaxed);
+        if connected && was == 0 {
+            self.metrics.source_connects.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Events of one object always go to the same worker, so they stay in order.
+fn shard_of(event: &ChangeEvent, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    event.class_name.hash(&mut hasher);
+    event.object_id().hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
