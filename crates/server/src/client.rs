@@ -17,13 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use livequery_matcher::gate::{self, Denial, Subscriber, SubscriptionRequest};
+use livequery_matcher::gate::{self, Denial, ReadOp, Reader, Subscriber, SubscriptionRequest};
 use livequery_matcher::{CompileOptions, Query, QueryError, QueryId, SubqueryPolicy};
-use livequery_protocol::error::msg;
 use livequery_protocol::{
-    ClientId, ClientMessage, ConnectRequest, EncodedObject, Envelope, ErrorCode, ProtocolError,
-    QueryRequest, QuerySpec, RequestId, ServerMessage, SubscribeRequest, UnsubscribeRequest,
-    WireError,
+    ClassName, ClientId, ClientMessage, ConnectRequest, EncodedObject, Envelope, NotConnected,
+    ProtocolError, QueryRequest, QuerySpec, RequestId, ServerMessage, SubscribeRequest,
+    UnsubscribeRequest, WireError,
 };
 use serde_json::{Map, Value};
 
@@ -64,16 +63,25 @@ struct Registered {
     footprint: usize,
 }
 
+/// A subscription checked and compiled, ready to be registered.
+#[derive(Debug)]
+struct Prepared {
+    class_name: ClassName,
+    query: Query,
+    keys: Option<Vec<String>>,
+    watch: Option<Vec<String>>,
+    identity: Identity,
+    op: ReadOp,
+    where_text: Option<Box<str>>,
+    footprint: usize,
+}
+
 /// The error frame for a refusal by the gate.
 fn denial_error(denial: Denial) -> WireError {
     match denial {
-        Denial::RequiresAuthentication => {
-            WireError::new(ErrorCode::RequiresAuthentication, msg::PERMISSION_DENIED)
-        }
-        Denial::Forbidden => WireError::new(ErrorCode::OperationForbidden, msg::PERMISSION_DENIED),
-        Denial::InvalidSessionToken => {
-            WireError::new(ErrorCode::InvalidSessionToken, msg::INVALID_SESSION_TOKEN)
-        }
+        Denial::RequiresAuthentication => WireError::requires_authentication(),
+        Denial::Forbidden => WireError::forbidden(),
+        Denial::InvalidSessionToken => WireError::invalid_session_token(),
     }
 }
 
@@ -150,13 +158,7 @@ impl ClientState {
             ClientMessage::Connect(connect) => self.connect(connect),
             ClientMessage::Subscribe(subscribe) => {
                 if self.client.is_none() {
-                    return self.error(
-                        WireError::new(
-                            ErrorCode::ClientOrSubscriptionNotFound,
-                            msg::NOT_CONNECTED_SUBSCRIBING,
-                        ),
-                        None,
-                    );
+                    return self.error(WireError::not_connected(NotConnected::Subscribing), None);
                 }
                 self.subscribe(subscribe, frame_len).await;
             }
@@ -170,18 +172,12 @@ impl ClientState {
         let config = &self.ctx.config;
         let master = match client_keys::check(&config.key_pairs, &request) {
             KeyCheck::Rejected => {
-                return self.error(
-                    WireError::new(ErrorCode::InvalidKey, msg::INVALID_KEY),
-                    None,
-                );
+                return self.error(WireError::invalid_key(), None);
             }
             KeyCheck::Accepted { master } => master,
         };
         if config.check_application_id && request.application_id != config.app_id {
-            return self.error(
-                WireError::new(ErrorCode::InvalidKey, "Invalid applicationId"),
-                None,
-            );
+            return self.error(WireError::invalid_application_id(), None);
         }
         // A second connect replaces the first client: its subscriptions go with it.
         if self.client.is_some() {
@@ -210,20 +206,8 @@ impl ClientState {
     async fn update(&mut self, request: SubscribeRequest, frame_len: usize) {
         let Some(client) = &mut self.client else {
             // The reference's update is "unsubscribe, then subscribe": both halves fail.
-            self.error(
-                WireError::new(
-                    ErrorCode::ClientOrSubscriptionNotFound,
-                    msg::NOT_CONNECTED_UNSUBSCRIBING,
-                ),
-                None,
-            );
-            self.error(
-                WireError::new(
-                    ErrorCode::ClientOrSubscriptionNotFound,
-                    msg::NOT_CONNECTED_SUBSCRIBING,
-                ),
-                None,
-            );
+            self.error(WireError::not_connected(NotConnected::Unsubscribing), None);
+            self.error(WireError::not_connected(NotConnected::Subscribing), None);
             return;
         };
         match client.subscriptions.remove(&request.request_id) {
@@ -241,36 +225,29 @@ impl ClientState {
     }
 
     async fn subscribe(&mut self, request: SubscribeRequest, frame_len: usize) {
-        let ctx = self.ctx.clone();
-        let config = &ctx.config;
         let request_id = request.request_id;
-        let fail = |this: &Self, error: WireError| this.error(error, Some(request_id));
-        let Some(client) = &self.client else { return };
-        let replacing = client.subscriptions.contains_key(&request_id);
-        if !replacing
-            && client.subscriptions.len() >= config.limits.max_subscriptions_per_connection
-        {
-            ctx.metrics.dropped(DropReason::SubscriptionLimit);
-            let limit = config.limits.max_subscriptions_per_connection;
-            return fail(
-                self,
-                WireError::new(
-                    ErrorCode::LimitExceeded,
-                    format!("Too many subscriptions on this connection (limit {limit})"),
-                ),
-            );
+        match self.prepare(request, frame_len).await {
+            Ok(prepared) => self.register(request_id, prepared),
+            Err(error) => self.error(error, Some(request_id)),
         }
-        let master = client.master;
-        let token = request
-            .session_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .or_else(|| client.token.clone());
-        let session = match token {
-            Some(token) => Some(ctx.auth.identity(&token).await),
-            None => None,
-        };
-        let identity = Identity { master, session };
+    }
+
+    /// Everything a subscription needs before it is registered: the identity, the compiled
+    /// query, the gate's admission, bound subqueries, and room in the connection's budget.
+    async fn prepare(
+        &self,
+        request: SubscribeRequest,
+        frame_len: usize,
+    ) -> Result<Prepared, WireError> {
+        let request_id = request.request_id;
+        let connected = self
+            .client
+            .as_ref()
+            .ok_or_else(|| WireError::not_connected(NotConnected::Subscribing))?;
+        self.check_subscription_count(connected, request_id)?;
+        let identity = self
+            .identity(connected, request.session_token.as_deref())
+            .await;
         let reader = identity.reader_snapshot();
         let QuerySpec {
             class_name,
@@ -278,59 +255,17 @@ impl ClientState {
             keys,
             watch,
         } = request.query;
-
-        let session_user = identity.session_user_id();
-        if let Err(denial) = gate::restrict_where(&class_name, session_user.as_deref(), &mut where_)
-        {
-            return fail(self, denial_error(denial));
-        }
-        // The `where` is kept (as text, its smallest form) only where the `query` op can use it.
-        let where_text = ctx
-            .reader
-            .is_some()
-            .then(|| serde_json::to_string(&where_).map(String::into_boxed_str))
-            .transpose()
-            .unwrap_or_else(|err| {
-                tracing::error!(error = %err, "a where clause does not serialize");
-                None
-            });
-        let options = CompileOptions {
-            max_depth: config.limits.max_query_depth,
-            allow_regex: gate::regex_allowed(&reader, config.allow_regex),
-            subqueries: if ctx.subqueries.is_some() {
-                SubqueryPolicy::Represent
-            } else {
-                SubqueryPolicy::Reject
-            },
-            max_set_items: config.limits.max_operand_items,
-            max_conditions: config.limits.max_query_conditions,
-        };
-        let mut query = match compile(where_, options, frame_len).await {
-            Ok(Ok(query)) => query,
-            Ok(Err(err)) => {
-                return fail(
-                    self,
-                    WireError::new(ErrorCode::InvalidQuery, err.to_string()),
-                );
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "compiling a query failed");
-                return fail(
-                    self,
-                    WireError::new(ErrorCode::ScriptFailed, "compiling the query failed"),
-                );
-            }
-        };
-
-        let mut permissions = ClassPermissionMap::new();
-        for class in gate::classes_involved(&class_name, &query) {
-            if !permissions.contains_key(class) {
-                let found = ctx.auth.class_permissions(class).await;
-                permissions.insert(class.to_owned(), found);
-            }
-        }
+        gate::restrict_where(
+            &class_name,
+            identity.session_user_id().as_deref(),
+            &mut where_,
+        )
+        .map_err(denial_error)?;
+        let where_text = self.kept_where(&where_);
+        let mut query = self.compile(where_, &reader, frame_len).await?;
+        let permissions = self.permissions_involved(&class_name, &query).await;
         let lookup = |class: &str| permissions.get(class).and_then(|p| p.as_deref());
-        let admitted = gate::admit(
+        let admission = gate::admit(
             &SubscriptionRequest {
                 class_name: &class_name,
                 query: &query,
@@ -338,26 +273,11 @@ impl ClientState {
             },
             &reader,
             &lookup,
-        );
-        let admission = match admitted {
-            Ok(admission) => admission,
-            Err(denial) => return fail(self, denial_error(denial)),
-        };
-        let mut subquery_sets = 0;
-        if let Some(resolver) = &ctx.subqueries
-            && !query.subqueries().is_empty()
-        {
-            match resolver.bind(&mut query, &reader, &permissions).await {
-                Ok(bytes) => subquery_sets = bytes,
-                Err(err) => {
-                    return fail(
-                        self,
-                        WireError::new(ErrorCode::InvalidQuery, err.to_string()),
-                    );
-                }
-            }
-        }
-
+        )
+        .map_err(denial_error)?;
+        let subquery_sets = self
+            .bind_subqueries(&mut query, &reader, &permissions)
+            .await?;
         let footprint = SUBSCRIPTION_OVERHEAD
             + query.footprint()
             + subquery_sets
@@ -368,70 +288,184 @@ impl ClientState {
                 .flatten()
                 .map(|f| f.len() + 24)
                 .sum::<usize>();
-        let Some(client) = &mut self.client else {
-            return;
+        self.check_budget(connected, request_id, footprint)?;
+        Ok(Prepared {
+            class_name,
+            query,
+            keys,
+            watch,
+            identity,
+            op: admission.op,
+            where_text,
+            footprint,
+        })
+    }
+
+    /// `limits.max_subscriptions_per_connection` (replacing a subscription is always
+    /// allowed).
+    fn check_subscription_count(
+        &self,
+        connected: &Connected,
+        request_id: RequestId,
+    ) -> Result<(), WireError> {
+        let limit = self.ctx.config.limits.max_subscriptions_per_connection;
+        if !connected.subscriptions.contains_key(&request_id)
+            && connected.subscriptions.len() >= limit
+        {
+            self.ctx.metrics.dropped(DropReason::SubscriptionLimit);
+            return Err(WireError::too_many_subscriptions(limit));
+        }
+        Ok(())
+    }
+
+    /// Who the subscription reads as: its own session token, else the connection's.
+    async fn identity(&self, connected: &Connected, token: Option<&str>) -> Identity {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .or(connected.token.as_deref());
+        let session = match token {
+            Some(token) => Some(self.ctx.identities.identity(token).await),
+            None => None,
         };
-        let released = client
+        Identity {
+            master: connected.master,
+            session,
+        }
+    }
+
+    /// The `where` as text (its smallest form), kept only where the `query` op can use it.
+    fn kept_where(&self, where_: &Map<String, Value>) -> Option<Box<str>> {
+        self.ctx.reader.as_ref()?;
+        match serde_json::to_string(where_) {
+            Ok(text) => Some(text.into_boxed_str()),
+            Err(err) => {
+                tracing::error!(error = %err, "a where clause does not serialize");
+                None
+            }
+        }
+    }
+
+    /// Compiles the `where` with the configured limits and the reader's regex policy.
+    async fn compile(
+        &self,
+        where_: Map<String, Value>,
+        reader: &Reader,
+        frame_len: usize,
+    ) -> Result<Query, WireError> {
+        let limits = &self.ctx.config.limits;
+        let options = CompileOptions {
+            max_depth: limits.max_query_depth,
+            allow_regex: gate::regex_allowed(reader, self.ctx.config.allow_regex),
+            subqueries: if self.ctx.subqueries.is_some() {
+                SubqueryPolicy::Represent
+            } else {
+                SubqueryPolicy::Reject
+            },
+            max_set_items: limits.max_operand_items,
+            max_conditions: limits.max_query_conditions,
+        };
+        match compile_off_io_threads(where_, options, frame_len).await {
+            Ok(compiled) => compiled.map_err(WireError::invalid_query),
+            Err(err) => {
+                tracing::error!(error = %err, "compiling a query failed");
+                Err(WireError::server_failure("compiling the query", err))
+            }
+        }
+    }
+
+    /// The permissions of the subscription's class and of its subqueries' classes.
+    async fn permissions_involved(&self, class_name: &str, query: &Query) -> ClassPermissionMap {
+        let mut permissions = ClassPermissionMap::new();
+        for class in gate::classes_involved(class_name, query) {
+            if !permissions.contains_key(class) {
+                let found = self.ctx.identities.class_permissions(class).await;
+                permissions.insert(class.to_owned(), found);
+            }
+        }
+        permissions
+    }
+
+    /// Binds the query's subqueries (when the source resolves them); returns the bytes
+    /// their sets hold.
+    async fn bind_subqueries(
+        &self,
+        query: &mut Query,
+        reader: &Reader,
+        permissions: &ClassPermissionMap,
+    ) -> Result<usize, WireError> {
+        match &self.ctx.subqueries {
+            Some(resolver) if !query.subqueries().is_empty() => resolver
+                .bind(query, reader, permissions)
+                .await
+                .map_err(WireError::invalid_query),
+            _ => Ok(0),
+        }
+    }
+
+    /// `limits.max_subscription_bytes`: what the connection's subscriptions would hold with
+    /// this one (replacing its predecessor of the same `requestId`).
+    fn check_budget(
+        &self,
+        connected: &Connected,
+        request_id: RequestId,
+        footprint: usize,
+    ) -> Result<(), WireError> {
+        let released = connected
             .subscriptions
             .get(&request_id)
             .map_or(0, |old| old.footprint);
-        let budget = config.limits.max_subscription_bytes;
-        if client.held - released + footprint > budget {
-            ctx.metrics.dropped(DropReason::SubscriptionBudget);
-            return self.error(
-                WireError::new(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "Subscriptions on this connection would hold more than {budget} bytes (this one: {footprint})"
-                    ),
-                ),
-                Some(request_id),
-            );
+        let budget = self.ctx.config.limits.max_subscription_bytes;
+        if connected.held - released + footprint > budget {
+            self.ctx.metrics.dropped(DropReason::SubscriptionBudget);
+            return Err(WireError::subscription_budget(budget, footprint));
         }
-        if let Some(old) = client.subscriptions.remove(&request_id) {
-            client.held -= old.footprint;
+        Ok(())
+    }
+
+    /// Replaces any subscription with the same id, queues `subscribed`, then registers the
+    /// subscription with the hub (so no event can precede `subscribed`).
+    fn register(&mut self, request_id: RequestId, prepared: Prepared) {
+        let Some(connected) = &mut self.client else {
+            return;
+        };
+        if let Some(old) = connected.subscriptions.remove(&request_id) {
+            connected.held -= old.footprint;
             self.ctx.hub.remove(old.query_id, &old.subscription);
         }
         let subscription = Arc::new(Subscription {
             outbox: self.outbox.clone(),
-            envelope: client.envelope.clone(),
+            envelope: connected.envelope.clone(),
             request_id,
-            class_name,
-            keys: keys.map(Vec::into_boxed_slice),
-            watch: watch.map(Vec::into_boxed_slice),
-            identity,
-            op: admission.op,
+            class_name: prepared.class_name,
+            keys: prepared.keys.map(Vec::into_boxed_slice),
+            watch: prepared.watch.map(Vec::into_boxed_slice),
+            identity: prepared.identity,
+            op: prepared.op,
         });
         let _ = self.outbox.push(
             ServerMessage::Subscribed {
-                envelope: &client.envelope,
+                envelope: &connected.envelope,
                 request_id,
             }
             .encode(),
         );
-        let query_id = self.ctx.hub.insert(subscription.clone(), query);
-        tracing::debug!(client_id = %client.id, %request_id, class = %subscription.class_name, footprint, "subscribed");
-        client.held += footprint;
-        client.subscriptions.insert(
+        let query_id = self.ctx.hub.insert(subscription.clone(), prepared.query);
+        tracing::debug!(client_id = %connected.id, %request_id, class = %subscription.class_name, footprint = prepared.footprint, "subscribed");
+        connected.held += prepared.footprint;
+        connected.subscriptions.insert(
             request_id,
             Registered {
                 query_id,
                 subscription,
-                where_text,
-                footprint,
+                where_text: prepared.where_text,
+                footprint: prepared.footprint,
             },
         );
     }
 
     fn unsubscribe(&mut self, request: UnsubscribeRequest) {
         let Some(client) = &mut self.client else {
-            return self.error(
-                WireError::new(
-                    ErrorCode::ClientOrSubscriptionNotFound,
-                    msg::NOT_CONNECTED_UNSUBSCRIBING,
-                ),
-                None,
-            );
+            return self.error(WireError::not_connected(NotConnected::Unsubscribing), None);
         };
         let Some(old) = client.subscriptions.remove(&request.request_id) else {
             let error = WireError::subscription_not_found(client.id.as_str(), request.request_id);
@@ -449,13 +483,7 @@ impl ClientState {
     async fn query(&mut self, request: QueryRequest) {
         let request_id = request.request_id;
         let Some(client) = &self.client else {
-            return self.error(
-                WireError::new(
-                    ErrorCode::ClientOrSubscriptionNotFound,
-                    msg::NOT_CONNECTED_QUERYING,
-                ),
-                None,
-            );
+            return self.error(WireError::not_connected(NotConnected::Querying), None);
         };
         let Some(registered) = client.subscriptions.get(&request_id) else {
             let error = WireError::query_subscription_not_found(client.id.as_str(), request_id);
@@ -463,10 +491,7 @@ impl ClientState {
         };
         let (Some(reader), Some(where_text)) = (self.ctx.reader.clone(), &registered.where_text)
         else {
-            let error = WireError::new(
-                ErrorCode::CommandUnavailable,
-                "The configured source cannot read current objects",
-            );
+            let error = WireError::cannot_read_current_objects();
             return self.error(error, Some(request_id));
         };
         let where_: Map<String, Value> = match serde_json::from_str(where_text) {
@@ -474,7 +499,7 @@ impl ClientState {
             Err(err) => {
                 tracing::error!(error = %err, "a kept where clause does not parse back");
                 return self.error(
-                    WireError::new(ErrorCode::ScriptFailed, "query failed"),
+                    WireError::server_failure("query", "the kept where clause does not parse"),
                     Some(request_id),
                 );
             }
@@ -494,21 +519,15 @@ impl ClientState {
             Ok(Ok(objects)) => objects,
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "query op: reading current objects failed");
-                return self.error(
-                    WireError::new(ErrorCode::ScriptFailed, format!("query failed: {err}")),
-                    Some(request_id),
-                );
+                return self.error(WireError::server_failure("query", err), Some(request_id));
             }
             Err(_) => {
-                return self.error(
-                    WireError::new(ErrorCode::Timeout, "query timed out"),
-                    Some(request_id),
-                );
+                return self.error(WireError::query_timed_out(), Some(request_id));
             }
         };
         let permissions = self
             .ctx
-            .auth
+            .identities
             .class_permissions(&subscription.class_name)
             .await;
         let reader_now = subscription.identity.reader();
@@ -554,7 +573,7 @@ impl ClientState {
 }
 
 /// Compiles a `where`; a large one on a blocking thread (`Err`: that thread failed).
-async fn compile(
+async fn compile_off_io_threads(
     where_: Map<String, Value>,
     options: CompileOptions,
     frame_len: usize,

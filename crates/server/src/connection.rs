@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use livequery_protocol::{ErrorCode, ServerMessage, WireError};
+use livequery_protocol::{ServerMessage, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
 use tokio_tungstenite::WebSocketStream;
@@ -102,7 +102,7 @@ where
                 break End::Close(
                     CloseCode::Policy,
                     "connect timeout",
-                    Some(WireError::new(ErrorCode::Timeout, "Timed out waiting for connect")),
+                    Some(WireError::connect_timeout()),
                 );
             }
             inbound = ws.next() => match inbound {
@@ -113,7 +113,7 @@ where
                     break End::Close(
                         CloseCode::Size,
                         "message too large",
-                        Some(WireError::new(ErrorCode::FrameTooLarge, format!("Message too large (limit {limit} bytes)"))),
+                        Some(WireError::frame_too_large(limit)),
                     );
                 }
                 Some(Err(err)) => {
@@ -169,24 +169,15 @@ where
         End::Peer => tracing::debug!("peer closed"),
         End::Terminate => {}
         End::Abort(frame) => {
-            let handshake = async {
-                let text = Utf8Bytes::try_from(frame)
-                    .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
-                ws.feed(Message::Text(text)).await?;
-                ws.send(Message::Close(Some(CloseFrame {
-                    code: CloseCode::Restart,
-                    reason: "events lost".into(),
-                })))
-                .await?;
-                while let Some(message) = ws.next().await {
-                    if message.is_err() {
-                        break;
-                    }
-                }
-                Ok::<(), WsError>(())
-            };
-            let _ =
-                tokio::time::timeout(ctx.config.limits.write_timeout, Box::pin(handshake)).await;
+            let grace = ctx.config.limits.write_timeout;
+            Box::pin(close(
+                &mut ws,
+                CloseCode::Restart,
+                "events lost",
+                Some(frame),
+                grace,
+            ))
+            .await;
         }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
@@ -195,7 +186,15 @@ where
             } else {
                 ctx.config.limits.write_timeout
             };
-            Box::pin(close(&mut ws, code, reason, error, grace, &ctx)).await;
+            let frame = error.map(|error| {
+                ctx.metrics.error_frames.fetch_add(1, Relaxed);
+                ServerMessage::Error {
+                    error: &error,
+                    request_id: None,
+                }
+                .encode()
+            });
+            Box::pin(close(&mut ws, code, reason, frame, grace)).await;
         }
     }
 }
@@ -220,7 +219,7 @@ where
                 return Err(End::Close(
                     CloseCode::Policy,
                     "client too slow",
-                    Some(slow_consumer_error()),
+                    Some(WireError::slow_consumer()),
                 ));
             }
             Drain::Abort(frame) => return Err(End::Abort(frame)),
@@ -265,7 +264,7 @@ where
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
                                 tracing::info!("client too slow: outbound queue overflow; disconnecting");
-                                End::Close(CloseCode::Policy, "client too slow", Some(slow_consumer_error()))
+                                End::Close(CloseCode::Policy, "client too slow", Some(WireError::slow_consumer()))
                             }
                         });
                     }
@@ -294,34 +293,19 @@ where
     }
 }
 
-fn slow_consumer_error() -> WireError {
-    WireError::new(
-        ErrorCode::LimitExceeded,
-        "Client too slow: outbound queue overflow",
-    )
-    .with_reconnect(true)
-}
-
-/// Sends an optional error frame and a close frame, then waits (bounded) for the peer's
-/// close reply.
+/// The one close handshake: sends an optional final frame (an error) and a close frame,
+/// then waits at most `grace` for the peer's close reply.
 async fn close<S>(
     ws: &mut WebSocketStream<S>,
     code: CloseCode,
     reason: &'static str,
-    error: Option<WireError>,
+    final_frame: Option<Bytes>,
     grace: Duration,
-    ctx: &ServerState,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = async {
-        if let Some(error) = &error {
-            ctx.metrics.error_frames.fetch_add(1, Relaxed);
-            let frame = ServerMessage::Error {
-                error,
-                request_id: None,
-            }
-            .encode();
+        if let Some(frame) = final_frame {
             let text = Utf8Bytes::try_from(frame)
                 .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
             ws.feed(Message::Text(text)).await?;

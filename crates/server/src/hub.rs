@@ -121,7 +121,7 @@ impl PartialEq for SubRef {
 
 /// Per-worker reusable buffers.
 #[derive(Debug, Default)]
-pub struct DispatchScratch {
+pub struct FanOutScratch {
     index: Scratch,
     candidates: Vec<QueryId>,
 }
@@ -207,9 +207,14 @@ impl Hub {
     }
 
     /// Delivers one event to every subscription it concerns.
-    pub fn dispatch(&self, event: &ChangeEvent, scratch: &mut DispatchScratch) {
+    pub fn fan_out(&self, event: &ChangeEvent, scratch: &mut FanOutScratch) {
         let index = self.index.read();
-        let change = event.change();
+        let mut fan_out = EventFanOut {
+            change: event.change(),
+            encoded: HashMap::new(),
+            metrics: &self.metrics,
+        };
+        let change = &fan_out.change;
         scratch.candidates.clear();
         let both;
         let probes: &[&_] = match change.exact_original() {
@@ -225,34 +230,34 @@ impl Hub {
             &mut scratch.index,
             &mut scratch.candidates,
         );
-        if scratch.candidates.is_empty() {
-            return;
-        }
         self.metrics
             .candidates_evaluated
             .fetch_add(scratch.candidates.len() as u64, Relaxed);
-        let mut encoded: HashMap<VisibleObject<'_>, EncodedObject> = HashMap::new();
         for &id in &scratch.candidates {
             let Some(entry) = index.get(id) else { continue };
             let query = entry.query();
-            let matched = QueryMatch::evaluate(query, &change);
+            let matched = QueryMatch::evaluate(query, &fan_out.change);
             if !matched.concerns_anyone() {
                 continue;
             }
             for subscriber in entry.subscribers() {
-                self.deliver(&subscriber.0, query, &change, matched, &mut encoded);
+                fan_out.deliver(&subscriber.0, query, matched);
             }
         }
     }
+}
 
-    fn deliver<'e>(
-        &self,
-        sub: &'e Subscription,
-        query: &'e Query,
-        change: &Change<'e>,
-        matched: QueryMatch,
-        encoded: &mut HashMap<VisibleObject<'e>, EncodedObject>,
-    ) {
+/// One event on its way to its subscribers: the gate's view of it, and each distinct
+/// [`VisibleObject`] encoded once and shared by every recipient that sees it.
+struct EventFanOut<'e> {
+    change: Change<'e>,
+    encoded: HashMap<VisibleObject<'e>, EncodedObject>,
+    metrics: &'e Metrics,
+}
+
+impl<'e> EventFanOut<'e> {
+    /// What the gate decides for one subscriber, queued in its outbox.
+    fn deliver(&mut self, sub: &'e Subscription, query: &'e Query, matched: QueryMatch) {
         let reader = sub.identity.reader();
         let subscriber = Subscriber {
             reader: &reader,
@@ -261,23 +266,24 @@ impl Hub {
             watch: sub.watch.as_deref(),
             keys: sub.keys.as_deref(),
         };
-        let (event, object, original) = match judge(change, &subscriber, matched) {
+        let (event, object, original) = match judge(&self.change, &subscriber, matched) {
             Verdict::Deliver {
                 event,
                 object,
                 original,
             } => (event, object, original),
-            Verdict::Skip(Skip::NoEvent) => return,
-            Verdict::Skip(Skip::ClassDenied) => return self.metrics.dropped(DropReason::ClpDenied),
-            Verdict::Skip(Skip::HiddenField) => {
-                return self.metrics.dropped(DropReason::HiddenField);
-            }
-            Verdict::Skip(Skip::StaleSubqueries) => {
-                return self.metrics.dropped(DropReason::StaleSubqueries);
+            Verdict::Skip(skip) => {
+                let reason = match skip {
+                    Skip::NoEvent => return,
+                    Skip::ClassDenied => DropReason::ClpDenied,
+                    Skip::HiddenField => DropReason::HiddenField,
+                    Skip::StaleSubqueries => DropReason::StaleSubqueries,
+                };
+                return self.metrics.dropped(reason);
             }
         };
         let mut encode = |visible: VisibleObject<'e>| {
-            encoded
+            self.encoded
                 .entry(visible)
                 .or_insert_with_key(encode_visible)
                 .clone()

@@ -1,31 +1,48 @@
 //! # livequery-server
 //!
 //! A WebSocket server that speaks Parse Server's LiveQuery protocol, built on the
-//! `livequery-protocol` and `livequery-matcher` libraries. All I/O lives in this crate.
+//! `livequery-protocol` and `livequery-matcher` libraries. All I/O lives in this crate; every
+//! decision that needs none (what matches, what a reader may see, which event a change is)
+//! is the libraries'.
 //!
-//! ## Architecture
+//! ## The event path, one way
 //! ```text
-//! source task ──ChangeEvent──▶ dispatcher threads (sharded by object)
-//!    subscription index → candidate queries → evaluate → classify → ACL/CLP → views
-//!    → encode each view once → per-recipient frame ──▶ bounded outbox ──▶ connection task
+//! source/ ──pubsub::Message──▶ ingest ──event::ChangeEvent──▶ worker (one queue per shard)
+//!    ──▶ hub: index → candidate queries → gate::judge per subscriber → encode once
+//!    ──▶ outbox (bounded, per connection) ──▶ connection task ──▶ socket
 //! ```
-//! - [`listener`]: the accept loop; hyper serves HTTP and hands WebSocket upgrades (any
-//!   path) to [`connection`], one task per socket.
-//! - [`session`]: a client's protocol state (`connect`, `subscribe`, `update`,
-//!   `unsubscribe`, `query`).
-//! - [`hub`]: the subscription registry and the per-event dispatch; [`dispatch`] runs it on
-//!   dedicated threads so the async runtime only does I/O.
+//! - [`source`]: the change sources (embedded HTTP ingest, parse-server's Redis feed,
+//!   MongoDB change streams), each one task with its own reconnect policy ([`retry`]).
+//! - [`pubsub`]: parse-server's pub/sub message format, which every source produces.
+//! - [`ingest`]: the one door into the server for every source — events, and the auth
+//!   changes (sessions, roles, schemas) that change how events are judged.
+//! - [`event`]: the event type the workers and the hub consume.
+//! - [`worker`]: the dispatch workers, each draining its shard's bounded queue.
+//! - [`hub`]: the subscription registry and the fan-out of one event.
 //! - [`outbox`]: the bounded per-connection queue; overflow cuts a slow client off.
-//! - [`auth`]: identities resolved at subscribe time, cached, coalesced and refreshed in the
-//!   background, so the event path never waits; key checks.
-//! - [`source`]: change sources behind one trait; [`source::embedded`] is the default
-//!   (parse-server's pub/sub messages over HTTP on the same port).
-//! - [`config`], [`telemetry`], [`metrics`], [`http`]: operations.
+//! - [`connection`]: the task owning one socket; [`client`]: the protocol state of one
+//!   client (`connect`, `subscribe`, `update`, `unsubscribe`, `query`); [`client_keys`]: the
+//!   `keyPairs` check.
+//! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/health`,
+//!   `/metrics`, the embedded source's ingest API).
+//!
+//! ## Around it
+//! - [`identity`]: who a subscriber is (session tokens → users and roles) and what a class
+//!   allows, resolved before events arrive, cached and refreshed; its providers are
+//!   [`identity::memory`], [`parse_rest`] and [`source::mongo::identity`].
+//! - [`backend`]: the traits for reading current objects (`query` op) and resolving
+//!   subqueries.
+//! - [`state`]: what every task of a running server shares; [`config`], [`telemetry`],
+//!   [`metrics`], [`clock`], [`encoding`]: the rest.
+//!
+//! Imports follow the same direction: sources depend on the ingest, the ingest on the
+//! workers and the hub, never the other way.
 //!
 //! ## Invariants
-//! - Every queue is bounded: the source → dispatcher queues and each connection's outbox.
-//! - Dispatch never awaits and never scans queries that cannot match (the index answers).
-//! - A client never receives an object or a field its identity may not read.
+//! - Every queue is bounded: the ingest → worker queues and each connection's outbox.
+//! - Fan-out never awaits and never scans queries that cannot match (the index answers).
+//! - A client never receives an object or a field its identity may not read, and nothing
+//!   hidden from it decides what it receives (the authorization gate, in the matcher).
 //! - Shutdown: stop accepting, close every socket with 1001, wait at most `shutdown_grace`.
 
 pub mod backend;
@@ -85,7 +102,7 @@ pub struct Components {
     /// Where events come from.
     pub source: Arc<dyn Source>,
     /// Where sessions, roles and class permissions come from.
-    pub auth: Arc<dyn IdentityProvider>,
+    pub identities: Arc<dyn IdentityProvider>,
     /// What answers the `query` op, if anything.
     pub reader: Option<Arc<dyn ObjectReader>>,
     /// The embedded source's ingest API, when the source is the embedded one.
@@ -121,7 +138,7 @@ impl Components {
                 url,
                 channel_prefix,
             } => {
-                let auth: Arc<dyn IdentityProvider> = match &rest {
+                let identities: Arc<dyn IdentityProvider> = match &rest {
                     Some(rest) => rest.clone(),
                     None => {
                         tracing::warn!(
@@ -132,7 +149,7 @@ impl Components {
                 };
                 Self {
                     source: Arc::new(RedisSource::new(url.clone(), channel_prefix.clone())),
-                    auth,
+                    identities,
                     reader: None,
                     embedded: None,
                     subqueries: None,
@@ -150,7 +167,7 @@ impl Components {
         Ok(components)
     }
 
-    /// The MongoDB source over `store` (the driver, or a test double), with auth, `query`
+    /// The MongoDB source over `store` (the driver, or a test double), with identities, `query`
     /// and subqueries all served from the database.
     pub fn mongo(store: Arc<dyn Store>, mongo: &MongoConfig, config: &Config) -> Self {
         let schemas = Arc::new(Schemas::default());
@@ -164,7 +181,7 @@ impl Components {
             base: (!files_base.is_empty()).then(|| files_base.trim_end_matches('/').to_owned()),
             app_id: config.app_id.clone(),
         };
-        let auth = Arc::new(MongoIdentities::new(store.clone(), prefix, schemas.clone()));
+        let identities = Arc::new(MongoIdentities::new(store.clone(), prefix, schemas.clone()));
         let subqueries = Arc::new(Subqueries::new(
             store.clone(),
             schemas.clone(),
@@ -187,12 +204,12 @@ impl Components {
             store.clone(),
             settings,
             schemas.clone(),
-            auth.clone(),
+            identities.clone(),
             subqueries.clone(),
         ));
         Self {
             source,
-            auth,
+            identities,
             reader: Some(Arc::new(MongoReader::new(store, schemas, prefix, files))),
             embedded: None,
             subqueries: Some(subqueries),
@@ -204,7 +221,7 @@ impl Components {
         let embedded = Arc::new(EmbeddedSource::new(memory.clone()));
         Self {
             source: embedded.clone(),
-            auth: memory,
+            identities: memory,
             reader: None,
             embedded: Some(embedded),
             subqueries: None,
@@ -280,15 +297,15 @@ impl Server {
             );
         }
         let metrics = Arc::new(Metrics::default());
-        let auth = Arc::new(IdentityCache::new(
-            components.auth,
+        let identities = Arc::new(IdentityCache::new(
+            components.identities,
             config.clone(),
             metrics.clone(),
         ));
         let hub = Arc::new(Hub::new(metrics.clone()));
         // Internal token: cancelled on external shutdown, and also when we stop on our own.
         let stop = shutdown.child_token();
-        let (shards, dispatcher) = Workers::start(
+        let (shards, workers) = Workers::start(
             hub.clone(),
             metrics.clone(),
             config.dispatch_workers,
@@ -296,13 +313,13 @@ impl Server {
             tokio::runtime::Handle::current(),
             stop.clone(),
         )?;
-        let sink = Ingest::new(shards, auth.clone(), hub.clone(), metrics.clone());
+        let ingest = Ingest::new(shards, identities.clone(), hub.clone(), metrics.clone());
         let tracker = TaskTracker::new();
         let ctx = Arc::new(ServerState {
             config: config.clone(),
             metrics: metrics.clone(),
             hub: hub.clone(),
-            auth: auth.clone(),
+            identities: identities.clone(),
             reader: components.reader,
             embedded: components.embedded,
             subqueries: components.subqueries,
@@ -322,13 +339,13 @@ impl Server {
             let stop = stop.clone();
             async move {
                 let name = source.name();
-                if let Err(err) = source.run(sink, stop.clone()).await {
+                if let Err(err) = source.run(ingest, stop.clone()).await {
                     tracing::error!(source = name, error = ?err, "the change source failed; shutting down");
                     stop.cancel();
                 }
             }
         });
-        let refresher = tokio::spawn(auth.clone().run_refresher(stop.clone()));
+        let refresher = tokio::spawn(identities.clone().run_refresher(stop.clone()));
 
         let admin_loop = admin_listener.map(|admin| {
             tokio::spawn(listener::accept_loop(
@@ -369,7 +386,7 @@ impl Server {
         }
         let _ = source_task.await;
         let _ = refresher.await;
-        dispatcher.join().await;
+        workers.join().await;
         tracing::info!("stopped");
         Ok(())
     }

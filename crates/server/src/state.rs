@@ -22,7 +22,7 @@ pub struct ServerState {
     /// Subscriptions and dispatch.
     pub hub: Arc<Hub>,
     /// Identities and class permissions.
-    pub auth: Arc<IdentityCache>,
+    pub identities: Arc<IdentityCache>,
     /// Reads current objects for the `query` op, when the deployment can.
     pub reader: Option<Arc<dyn ObjectReader>>,
     /// The embedded source's HTTP ingest, when it is the source.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::ChangeEvent;
-use crate::hub::{DispatchScratch, Hub};
+use crate::hub::{FanOutScratch, Hub};
 use crate::metrics::Metrics;
 
 /// What a dispatcher worker takes from its queue.
@@ -124,7 +124,7 @@ async fn worker_loop(
     shutdown: CancellationToken,
     on_runtime: bool,
 ) {
-    let mut scratch = DispatchScratch::default();
+    let mut scratch = FanOutScratch::default();
     let mut slice_start = std::time::Instant::now();
     loop {
         let job = tokio::select! {
@@ -146,7 +146,7 @@ async fn worker_loop(
         metrics
             .source_lag_ms
             .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
-        hub.dispatch(&event, &mut scratch);
+        hub.fan_out(&event, &mut scratch);
         if on_runtime && slice_start.elapsed() >= SLICE {
             tokio::task::yield_now().await;
             slice_start = std::time::Instant::now();

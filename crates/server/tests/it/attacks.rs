@@ -321,7 +321,7 @@ async fn invalid_tokens_cost_one_lookup_per_cache_period_at_most() {
     let embedded = Arc::new(EmbeddedSource::new(Arc::new(MemoryIdentities::new())));
     let components = Components {
         source: embedded.clone(),
-        auth: backend.clone(),
+        identities: backend.clone(),
         reader: None,
         embedded: Some(embedded),
         subqueries: None,

@@ -45,7 +45,7 @@ async fn a_failing_backend_never_grants_access_and_is_not_hammered() {
     )));
     let components = Components {
         source: embedded.clone(),
-        auth: backend.clone(),
+        identities: backend.clone(),
         reader: None,
         embedded: Some(embedded),
         subqueries: None,

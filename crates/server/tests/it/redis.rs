@@ -91,7 +91,7 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
             format!("redis://127.0.0.1:{port}"),
             "lqApp",
         )),
-        auth: memory.clone(),
+        identities: memory.clone(),
         reader: None,
         embedded: None,
         subqueries: None,
@@ -188,7 +188,7 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
             RedisSource::new(format!("redis://127.0.0.1:{port}"), "lqApp")
                 .with_ping_interval(Duration::from_millis(50)),
         ),
-        auth: Arc::new(MemoryIdentities::new()),
+        identities: Arc::new(MemoryIdentities::new()),
         reader: None,
         embedded: None,
         subqueries: None,
