@@ -33,7 +33,7 @@ const profile = smoke ? 'debug' : 'release';
 const livequeryBin = process.env.LIVEQUERY_BIN ?? path.join(root, 'target', profile, 'livequery');
 const loadgenBin = process.env.LOADGEN_BIN ?? path.join(root, 'target', profile, 'lq-loadgen');
 // The server under test gets one core; Redis, PostgreSQL, parse-server and the generator the
-// other (anchors.md §4.1). On a one-core machine everything shares core 0.
+// other. On a one-core machine everything shares core 0.
 const cpus = os.availableParallelism();
 const SUT_CPU = cpus > 1 ? '1' : '0';
 const OTHER_CPU = '0';
@@ -223,7 +223,7 @@ function versions() {
   };
 }
 
-// §4.6 columns: SUT | version | cores | conns | subs (distinct) | sel. | in ev/s | out deliv/s |
+// Columns: SUT | version | cores | conns | subs (distinct) | sel. | in ev/s | out deliv/s |
 // p50 / p99 / p99.9 ms | RSS MB | KB/conn | CPU % | missing / dup / wrong
 function row(r, info) {
   const sut = r.target === 'livequery' ? 'livequery' : 'parse-server LQ';

@@ -121,7 +121,7 @@ pub(crate) struct RunArgs {
     /// Hold the connections idle for T seconds instead of publishing (forces M = 0).
     #[arg(long, value_name = "T", conflicts_with = "events")]
     pub(crate) idle_seconds: Option<f64>,
-    /// Makes objectIds unique per run ("b<run-id><i>"); letters and digits, default random.
+    /// Makes objectIds unique per run (`b<run-id><i>`); letters and digits, default random.
     #[arg(long)]
     pub(crate) run_id: Option<String>,
 

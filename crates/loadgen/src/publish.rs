@@ -40,7 +40,7 @@ pub(crate) struct Outcome {
     pub(crate) unheard: u64,
 }
 
-/// A publisher thread connected to Redis and waiting for [`Publisher::start`].
+/// A publisher connected to Redis and waiting for [`Publisher::run`].
 #[derive(Debug)]
 pub(crate) struct Publisher {
     go: oneshot::Sender<()>,

@@ -1,4 +1,4 @@
-//! Deciding which event, if any, a change produces for one subscription (reference §3.7).
+//! Deciding which event, if any, a change produces for one subscription (`protocol-spec/frames.md`).
 
 use serde_json::{Map, Value};
 

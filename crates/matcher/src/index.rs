@@ -17,6 +17,7 @@ use std::hash::{Hash, Hasher};
 
 use hashbrown::{Equivalent, HashMap};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::query::{Node, Path, Pred, Query};
 use crate::value::{Operand, Val};
@@ -234,7 +235,9 @@ impl<S> Entry<S> {
 #[derive(Debug, Default)]
 struct ClassIndex {
     by_canonical: HashMap<Box<str>, QueryId>,
-    postings: HashMap<Box<str>, HashMap<IndexKey, Vec<QueryId>>>,
+    /// Field → value → the queries posted under it. Most values are posted by one or two
+    /// queries: their lists live inline, without an allocation each.
+    postings: HashMap<Box<str>, HashMap<IndexKey, SmallVec<[QueryId; 2]>>>,
     scan: Vec<QueryId>,
 }
 
@@ -243,7 +246,7 @@ impl ClassIndex {
         self.postings
             .get(field)
             .and_then(|p| p.get(&key))
-            .map_or(0, Vec::len)
+            .map_or(0, |list| list.len())
     }
 }
 

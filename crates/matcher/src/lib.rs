@@ -13,7 +13,7 @@
 //! - `value`, `date`, `geo`: typed views of Parse JSON values, ISO dates, geometry.
 //! - `canonical`: the text under which identical queries are de-duplicated (no hash
 //!   collisions: the full text is compared).
-//! - [`classify`]: `create`/`enter`/`update`/`leave`/`delete`/nothing for one subscriber,
+//! - [`mod@classify`]: `create`/`enter`/`update`/`leave`/`delete`/nothing for one subscriber,
 //!   with the `watch` rule and the redaction of transitions caused by ACL changes, also
 //!   when the original is only partly known.
 //! - [`gate`]: the authorization gate — every decision about what a reader may see and

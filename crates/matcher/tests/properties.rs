@@ -202,7 +202,7 @@ proptest! {
         }
     }
 
-    /// Classification follows the truth table of parse-livequery.md §3.7.
+    /// Classification follows the truth table of `protocol-spec/frames.md`.
     #[test]
     fn classification_follows_the_truth_table(
         has_original in any::<bool>(), om in any::<bool>(), or in any::<bool>(),

@@ -1,6 +1,6 @@
 //! Golden tests: every rejected frame gets the reference's exact error, and every frame
 //! livequery encodes has the reference's exact shape (captures in
-//! `../shared/reference/wire-samples.md`, parse-server 9.10).
+//! frames captured from parse-server 9.10 and the Parse JS SDK 8.6).
 
 use livequery_protocol::{
     ClientId, ClientMessage, EncodedObject, Envelope, ErrorCode, EventOp, ProtocolError, RequestId,

@@ -1,5 +1,5 @@
 //! The state of one WebSocket client: `connect`, `subscribe`, `update`, `unsubscribe` and
-//! `query`, with the reference's state rules (parse-livequery.md §1.6) and its known bugs
+//! `query`, with parse-server's state rules (`protocol-spec/frames.md`) and its known bugs
 //! fixed (a second `connect` replaces the first client instead of leaking it).
 //!
 //! Replies go through the connection's outbox, in order with events: `subscribed` is queued

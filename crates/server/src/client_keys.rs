@@ -1,4 +1,4 @@
-//! The `keyPairs` check of `connect` (reference §2.1).
+//! The `keyPairs` check of `connect` (`protocol-spec/authorization.md`).
 
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 //! `config/default.toml` next to the working directory, if present → `--config FILE` →
 //! environment variables `LIVEQUERY__SECTION__KEY` (e.g. `LIVEQUERY__SERVER__LISTEN`).
 //! Loading is two-stage: the raw serde structs mirror the file and reject unknown keys;
-//! [`Config::from_raw`] validates them into the typed [`Config`] the server uses.
+//! `Config::from_raw` validates them into the typed [`Config`] the server uses.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -13,9 +13,18 @@ use livequery_matcher::date::parse_iso_millis;
 use serde_json::{Value, json};
 
 use crate::client_keys::secrets_equal;
-use crate::listener::Port;
 use crate::source::embedded::{Channel, IngestError};
 use crate::state::ServerState;
+
+/// Which port a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The client port (`server.listen`): WebSockets, and the HTTP endpoints unless an
+    /// admin port is configured (then only `/health`).
+    Client,
+    /// The admin port (`server.admin_listen`): `/health`, `/metrics`, the ingest API.
+    Admin,
+}
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;

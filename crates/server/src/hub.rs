@@ -129,6 +129,9 @@ pub struct FanOutScratch {
 /// The registry of all subscriptions.
 #[derive(Debug)]
 pub struct Hub {
+    /// Read by every worker for each event (shared, never across an await); written by
+    /// connection tasks when a client subscribes or unsubscribes. parking_lot's RwLock does
+    /// not starve writers behind a stream of events.
     index: RwLock<SubscriptionIndex<SubRef>>,
     metrics: Arc<Metrics>,
 }

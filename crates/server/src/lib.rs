@@ -46,6 +46,7 @@
 //! - Shutdown: stop accepting, close every socket with 1001, wait at most `shutdown_grace`.
 
 pub mod backend;
+pub mod capacity;
 pub mod client;
 pub mod client_keys;
 pub mod clock;
@@ -282,8 +283,8 @@ impl Server {
             (None, Some(address)) => Some(TcpListener::bind(address).await?),
             (None, None) => None,
         };
-        let open_files = listener::open_files_limit();
-        let capacity = listener::Capacity::new(
+        let open_files = capacity::open_files_limit();
+        let capacity = capacity::Capacity::new(
             config.limits.max_connections,
             admin_listener.is_some(),
             open_files,
@@ -351,14 +352,14 @@ impl Server {
             tokio::spawn(listener::accept_loop(
                 admin,
                 ctx.clone(),
-                listener::Port::Admin,
+                http::Port::Admin,
                 capacity.admin_connections,
             ))
         });
         listener::accept_loop(
             listener,
             ctx.clone(),
-            listener::Port::Client,
+            http::Port::Client,
             capacity.client_connections,
         )
         .await;

@@ -1,11 +1,11 @@
 //! The bounded outbound queue of one connection.
 //!
-//! The dispatcher pushes pre-encoded frames from any thread without waiting; the
+//! The dispatch workers push pre-encoded frames from any thread without waiting; the
 //! connection task drains them into its socket. The queue is bounded in frames and bytes:
 //! the push that would exceed a bound marks the client as too slow, drops what was queued
 //! (so a stuck client cannot hold memory) and wakes the connection task, which sends the
-//! slow-consumer error and closes. A `std` mutex is right here: it is held for a few
-//! instructions and never across an `.await`.
+//! slow-consumer error and closes. A blocking (parking_lot) mutex is right here: it is held
+//! for a few instructions and never across an `.await`.
 
 use std::collections::VecDeque;
 
@@ -39,17 +39,24 @@ pub enum Drain {
 
 #[derive(Debug)]
 struct Inner {
+    /// Encoded frames, oldest first; at most `max_frames`.
     queue: VecDeque<Bytes>,
+    /// Their total size; at most `max_bytes`.
     bytes: usize,
+    /// Open, or why the connection ends.
     state: Drain,
 }
 
 /// A connection's outbound queue.
 #[derive(Debug)]
 pub struct Outbox {
+    /// Pushed from any worker thread, drained by the connection task.
     inner: Mutex<Inner>,
+    /// Wakes the connection task when there is something to write (or it must close).
     notify: Notify,
+    /// `limits.outbound_queue_frames`.
     max_frames: usize,
+    /// `limits.outbound_queue_bytes`.
     max_bytes: usize,
 }
 

@@ -1,4 +1,5 @@
-//! What every task of a running server shares.
+//! What every task of a running server shares: configuration, metrics, the hub, the
+//! identity cache, the optional backends, and the shutdown signal.
 
 use std::sync::Arc;
 
@@ -6,10 +7,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{ObjectReader, SubqueryResolver};
+use crate::capacity::Capacity;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::identity::IdentityCache;
-use crate::listener::Capacity;
 use crate::metrics::Metrics;
 use crate::source::embedded::EmbeddedSource;
 
@@ -19,7 +20,7 @@ pub struct ServerState {
     pub config: Arc<Config>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Subscriptions and dispatch.
+    /// The subscription registry and fan-out.
     pub hub: Arc<Hub>,
     /// Identities and class permissions.
     pub identities: Arc<IdentityCache>,

@@ -1,12 +1,13 @@
-//! Workers workers: dedicated threads that take events from their shard's bounded queue
-//! and run [`Hub::dispatch`].
+//! The dispatch workers: each takes events from its shard's bounded queue and hands them to
+//! [`Hub::fan_out`].
 //!
-//! Matching and encoding are CPU-bound; running them on their own threads keeps the async
-//! runtime free for socket I/O, and the OS spreads both over the cores. Events are sharded
-//! by object (see `source::shard_of`), so one object's events are dispatched in order.
+//! Matching and encoding are CPU-bound; with several workers each runs on a thread of its
+//! own, which keeps the async runtime free for socket I/O while the OS spreads both over
+//! the cores. Events are sharded by object (the ingest routes them), so one object's events
+//! are dispatched in order.
 //!
-//! A single dispatcher (one core) runs as a task on the runtime instead: handing each event
-//! to another thread of the same core costs a thread wake-up and two context switches, more
+//! A single worker (one core) runs as a task on the runtime instead: handing each event to
+//! another thread of the same core costs a thread wake-up and two context switches, more
 //! than dispatching a typical event, and made latency grow with load.
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::event::ChangeEvent;
 use crate::hub::{FanOutScratch, Hub};
 use crate::metrics::Metrics;
 
-/// What a dispatcher worker takes from its queue.
+/// What a dispatch worker takes from its queue.
 // Events are nearly every job: boxing them would cost an allocation each, for rare barriers.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
@@ -110,7 +111,7 @@ impl Workers {
     }
 }
 
-/// How long a dispatcher running on the runtime works before it lets the connections write.
+/// How long a worker running on the runtime works before it lets the connections write.
 const SLICE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// One worker: dispatches its queue's jobs in order until shutdown. On the runtime

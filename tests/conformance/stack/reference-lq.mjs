@@ -5,7 +5,7 @@ import { ParseServer } from 'parse-server';
 
 const env = process.env;
 // A standalone LiveQuery process needs the app's config registered in-process for its
-// subscribe-time checks (wire-samples.md §7). The ParseServer is started (for its schema
+// subscribe-time checks. The ParseServer is started (for its schema
 // hooks, which keep the schema cache current) but not mounted: it serves nothing.
 const inProcess = new ParseServer({
   appId: env.APP_ID,

@@ -1,4 +1,4 @@
-// Connection, keys, subscription lifecycle and error frames (parse-livequery.md §6.1–34).
+// Connection, keys, subscription lifecycle and error frames (protocol-spec/frames.md, protocol-spec/errors.md).
 import { after, before } from 'node:test';
 
 import { Parse, closeAll, assert, client, conformance, env, raw, save, setupParse, subscribe, subscribeWith, tag } from './lib.mjs';

@@ -1,4 +1,4 @@
-// Event ops and payloads through the real stack (parse-livequery.md §1.7, §1.8, §3.7, §6.40–63).
+// Event ops and payloads through the real stack (protocol-spec/frames.md).
 import { after, before } from 'node:test';
 
 import { Parse, closeAll, assert, conformance, newUser, save, setupParse, subscribe, tag } from './lib.mjs';

@@ -14,7 +14,7 @@
 //!   their own classes).
 //! - [`judge`] per subscriber and change: class-level permissions now, hidden fields on
 //!   these very objects, ACL and pointer permissions, then the event type
-//!   ([`crate::classify`]) and the [`VisibleObject`]s to send. [`find_result`] is the same
+//!   ([`mod@crate::classify`]) and the [`VisibleObject`]s to send. [`find_result`] is the same
 //!   for the objects of a `query` result, [`subquery_member`] for the inner objects of a
 //!   subquery.
 //! - Payloads: a [`VisibleObject`] (an object through a [`FieldView`]) is the only way the

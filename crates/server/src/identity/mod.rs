@@ -123,7 +123,10 @@ pub trait IdentityProvider: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct IdentityCell {
     token: Box<str>,
+    /// The identity now: read lock-free per event, swapped whole when a lookup answers.
     reader: ArcSwap<Reader>,
+    /// The last lookup's outcome and start; a short critical section, never held across an
+    /// await (parking_lot).
     state: Mutex<Resolution>,
     /// Held while this token is looked up: concurrent lookups wait for one answer.
     resolving: tokio::sync::Mutex<()>,
@@ -214,10 +217,16 @@ pub struct IdentityCache {
     provider: Arc<dyn IdentityProvider>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    // Every lock below is a parking_lot mutex held for one map operation, never across an
+    // await: lookups run outside them.
+    /// Token → its cell, while a subscription holds it (weak: dropped with the last one).
     cells: Mutex<HashMap<Box<str>, Weak<IdentityCell>>>,
-    /// Tokens found invalid, and when, for tokens no cell holds any more.
+    /// Tokens found invalid, and when, also for tokens no cell holds any more; at most
+    /// `NEGATIVE_CAPACITY` entries.
     invalid: Mutex<HashMap<Box<str>, Instant>>,
+    /// Class name → its permissions and where they came from.
     schemas: Mutex<HashMap<Box<str>, SchemaEntry>>,
+    /// Class name → the lookup in progress, which concurrent askers share.
     inflight_schemas: Mutex<HashMap<Box<str>, PendingSchema>>,
     /// Wakes the refresher before its next tick.
     refresh_now: tokio::sync::Notify,

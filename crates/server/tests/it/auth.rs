@@ -1,4 +1,4 @@
-//! Authorization over the wire (parse-livequery.md §2, §6.56–75), with the embedded
+//! Authorization over the wire (`protocol-spec/authorization.md`), with the embedded
 //! source's in-memory sessions as the test auth provider.
 
 use serde_json::{Value, json};
@@ -329,7 +329,7 @@ async fn user_objects_never_leak_secrets() {
     let server = TestServer::start("").await;
     server.session("r:u", "u", &[]).await;
     let mut anon = server.connected(None).await;
-    // The owner's token is only on `connect`: the owner exemption still applies (§6.67 fix).
+    // The owner's token is only on `connect`: the owner exemption still applies (deviation A3).
     let mut owner = server.connected(Some("r:u")).await;
     anon.subscribe(1, "_User", json!({})).await;
     owner.subscribe(1, "_User", json!({})).await;

@@ -1,4 +1,4 @@
-//! Event types and payloads (parse-livequery.md §1.4, §1.7, §1.8, §3.7, §6.40–50).
+//! Event types and payloads (`protocol-spec/frames.md`).
 
 use serde_json::json;
 

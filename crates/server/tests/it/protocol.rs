@@ -1,4 +1,4 @@
-//! Protocol state rules and error frames (parse-livequery.md §1, §6.1–39).
+//! Protocol state rules and error frames (`protocol-spec/frames.md`, `protocol-spec/errors.md`).
 
 use serde_json::{Value, json};
 

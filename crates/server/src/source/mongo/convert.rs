@@ -1,5 +1,5 @@
 //! Stored MongoDB documents → Parse REST JSON, as parse-server's `mongoObjectToParseObject`
-//! produces it (parse-livequery.md §5.1–5.2).
+//! produces it (parse-server's MongoDB adapter, `MongoTransform`).
 //!
 //! Top level: `_id` → `objectId`; `_created_at`/`_updated_at` → ISO strings;
 //! `_rperm`/`_wperm` → `ACL` (absent when both are); `_p_<f>` → pointer `f`; schema-typed

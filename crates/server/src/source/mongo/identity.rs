@@ -1,5 +1,5 @@
-//! Sessions, roles and class permissions read straight from MongoDB (parse-livequery.md §5.2,
-//! §5.3). Invalidation comes from the change stream itself: a deleted session, a role
+//! Sessions, roles and class permissions read straight from MongoDB (as
+//! parse-server's MongoDB adapter stores them). Invalidation comes from the change stream itself: a deleted session, a role
 //! membership row, a schema change reach [`crate::identity::IdentityCache`] as they happen.
 
 use std::collections::HashMap;

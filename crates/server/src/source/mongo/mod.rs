@@ -2,11 +2,11 @@
 //!
 //! parse-server's LiveQuery only sees writes made through parse-server; this source tails
 //! MongoDB itself, so it sees every write — scripts, migrations, the dashboard, other
-//! services — and resumes after a restart without losing events (reference §5, §7.1, §7.4).
+//! services — and resumes after a restart without losing events.
 //!
 //! - One change stream per database, filtered to the live classes and the system collections
 //!   the server needs (`_SCHEMA`, `_Session`, `_Role`, `_Join:*`) — never one per
-//!   subscription (anchors.md §1.8).
+//!   subscription (a stream per subscription is what makes such servers fall over).
 //! - With `mongodb.enable_pre_images`, pre- and post-images are switched on per collection at
 //!   start-up (`collMod`, MongoDB ≥ 6.0): originals are exact. Without them the object cache
 //!   and the update description stand in ([`transform`]; `protocol-spec/mongodb.md` says

@@ -83,7 +83,10 @@ pub struct SubSet {
     where_: Map<String, Value>,
     key: Option<String>,
     owner_id: Option<String>,
+    /// The identity the set was read for.
     reader: Reader,
+    /// Read per outer event (`contains`), written per inner change; never held across an
+    /// await.
     members: RwLock<Members>,
     /// Most members the set may hold (`mongodb.max_subquery_results`).
     max_members: usize,
@@ -176,6 +179,8 @@ pub struct Subqueries {
     prefix: String,
     files: FileUrls,
     max_results: usize,
+    /// Subquery key (kind, class, inner clause, key, identity) → its set, while a
+    /// subscription holds it (weak). Held for one map operation, never across an await.
     sets: Mutex<HashMap<String, Weak<SubSet>>>,
 }
 

@@ -1,4 +1,4 @@
-//! Change-stream events → what parse-server would have published (parse-livequery.md §5.4),
+//! Change-stream events → what parse-server would have published (the storage format of parse-server's MongoDB adapter),
 //! plus the auth and schema changes the server must react to.
 //!
 //! For a class collection: `insert` → a create; `update`/`replace` → an update with the
