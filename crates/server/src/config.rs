@@ -246,7 +246,7 @@ pub struct Config {
     pub limits: Limits,
     /// The source.
     pub source: SourceKind,
-    /// Capacity of the queue between the source and the dispatcher, in events.
+    /// Capacity of the queue between the sources and the dispatch workers, in events.
     pub source_queue: usize,
     /// Workers workers (events are sharded by object across them).
     pub dispatch_workers: usize,

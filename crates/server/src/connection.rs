@@ -254,7 +254,7 @@ where
                     // The socket cannot take more data: an error frame could not get through.
                     return Err(End::Terminate);
                 }
-                // While a write is blocked, the dispatcher may overflow the queue: stop
+                // While a write is blocked, the workers may overflow the queue: stop
                 // waiting and cut the client off now.
                 () = outbox.notified() => {
                     if outbox.is_ending() {

@@ -25,7 +25,7 @@ pub enum OriginalState {
     Unknown,
 }
 
-/// One change of one object, as the dispatcher consumes it.
+/// One change of one object, as the dispatch workers and the hub consume it.
 #[derive(Debug)]
 pub struct ChangeEvent {
     /// Save (create/update) or delete.

@@ -124,7 +124,7 @@ pub struct Metrics {
     pub auth_lookup_failures: AtomicU64,
     /// Session-token lookups made (coalesced, cached, refreshed).
     pub auth_lookups: AtomicU64,
-    /// Candidate queries evaluated by the dispatcher.
+    /// Candidate queries evaluated by the fan-out.
     pub candidates_evaluated: AtomicU64,
     /// Milliseconds between the source's commit time of the latest event and its arrival.
     pub source_event_age_ms: AtomicU64,

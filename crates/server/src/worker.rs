@@ -35,7 +35,9 @@ pub enum Job {
 /// The running workers.
 #[derive(Debug)]
 pub struct Workers {
+    /// One thread per worker when there are several.
     threads: Vec<JoinHandle<()>>,
+    /// The single worker's task on the runtime, when there is one worker.
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -94,19 +96,19 @@ impl Workers {
         if let Some(task) = self.task
             && task.await.is_err()
         {
-            tracing::error!("the dispatcher task panicked");
+            tracing::error!("the dispatch worker task panicked");
         }
         let threads = self.threads;
         let joined = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 if thread.join().is_err() {
-                    tracing::error!("a dispatcher thread panicked");
+                    tracing::error!("a dispatch worker thread panicked");
                 }
             }
         })
         .await;
         if joined.is_err() {
-            tracing::error!("joining the dispatcher threads failed");
+            tracing::error!("joining the dispatch worker threads failed");
         }
     }
 }

@@ -102,7 +102,7 @@ impl RedisSource {
                         }
                     };
                     if self.deliver(ingest, &channel, &payload).await.is_err() {
-                        // The dispatcher is gone: the server is shutting down.
+                        // The dispatch workers are gone: the server is shutting down.
                         return Ok(());
                     }
                 }

@@ -5,7 +5,7 @@
 //! original; `delete` → a delete of the last version. The original comes from the pre-image
 //! when MongoDB has one, else from the object cache; else (no pre-images and an object not seen
 //! since start) it is *partial*: the new version without the fields the update changed, and
-//! the dispatcher is told which fields changed so it can still decide match transitions
+//! the gate is told which fields changed so it can still decide match transitions
 //! (`OriginalState::Partial`). A replace without a known original is `Unknown`.
 
 use std::collections::BTreeSet;
@@ -347,7 +347,7 @@ impl Transformer {
         let convert =
             |document: &Document| to_parse_json(&class, document, schema.as_deref(), &self.files);
         // The class's permissions travel with each event, as parse-server's messages carry
-        // them: the dispatcher then never judges an event by permissions older than the
+        // them: an event is then never judged by permissions older than the
         // schema change that preceded it in the stream.
         let permissions = schema.as_ref().map(|s| s.permissions.clone());
         let message = match kind {
