@@ -63,6 +63,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod parse_rest;
 pub mod pubsub;
+pub mod readiness;
 pub mod retry;
 pub mod source;
 pub mod state;
@@ -84,6 +85,7 @@ use crate::identity::{IdentityCache, IdentityProvider};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::parse_rest::ParseRest;
+use crate::readiness::Readiness;
 use crate::source::Source;
 use crate::source::embedded::EmbeddedSource;
 use crate::source::mongo::convert::FileUrls;
@@ -110,6 +112,8 @@ pub struct Components {
     pub embedded: Option<Arc<EmbeddedSource>>,
     /// Resolves subqueries, when the source can.
     pub subqueries: Option<Arc<dyn SubqueryResolver>>,
+    /// Where components report problems that make this node unready (`/readyz`).
+    pub readiness: Arc<Readiness>,
 }
 
 impl std::fmt::Debug for Components {
@@ -154,6 +158,7 @@ impl Components {
                     reader: None,
                     embedded: None,
                     subqueries: None,
+                    readiness: Arc::new(Readiness::default()),
                 }
             }
             SourceKind::Mongo(mongo) => {
@@ -214,6 +219,7 @@ impl Components {
             reader: Some(Arc::new(MongoReader::new(store, schemas, prefix, files))),
             embedded: None,
             subqueries: Some(subqueries),
+            readiness: Arc::new(Readiness::default()),
         }
     }
 
@@ -226,6 +232,7 @@ impl Components {
             reader: None,
             embedded: Some(embedded),
             subqueries: None,
+            readiness: Arc::new(Readiness::default()),
         }
     }
 }
@@ -324,6 +331,7 @@ impl Server {
             reader: components.reader,
             embedded: components.embedded,
             subqueries: components.subqueries,
+            readiness: components.readiness,
             source_name: components.source.name(),
             shutdown: stop.clone(),
             tracker: tracker.clone(),

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::source::embedded::EmbeddedSource;
 
 /// Shared state of a running server.
@@ -30,6 +31,8 @@ pub struct ServerState {
     pub embedded: Option<Arc<EmbeddedSource>>,
     /// Resolves subqueries, when the source can.
     pub subqueries: Option<Arc<dyn SubqueryResolver>>,
+    /// Problems that make this node unready, and the drain flag (`/readyz`).
+    pub readiness: Arc<Readiness>,
     /// The source's name (for `/health`).
     pub source_name: &'static str,
     /// Cancelled when the server shuts down.

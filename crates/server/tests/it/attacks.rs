@@ -325,6 +325,7 @@ async fn invalid_tokens_cost_one_lookup_per_cache_period_at_most() {
         reader: None,
         embedded: Some(embedded),
         subqueries: None,
+        readiness: Default::default(),
     };
     let server =
         TestServer::start_components("[auth]\ncache_timeout = \"1s\"", components, true).await;

@@ -49,6 +49,7 @@ async fn a_failing_backend_never_grants_access_and_is_not_hammered() {
         reader: None,
         embedded: Some(embedded),
         subqueries: None,
+        readiness: Default::default(),
     };
     let server =
         TestServer::start_components("[auth]\ncache_timeout = \"1s\"", components, true).await;

@@ -93,6 +93,7 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
         reader: None,
         embedded: None,
         subqueries: None,
+        readiness: Default::default(),
     };
     let server = TestServer::start_components("", components, true).await;
     assert_eq!(health(&server).await, 200);
@@ -192,6 +193,7 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
         reader: None,
         embedded: None,
         subqueries: None,
+        readiness: Default::default(),
     };
     let server = TestServer::start_components("", components, true).await;
     let mut client = server.connected(None).await;
