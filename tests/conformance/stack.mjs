@@ -92,7 +92,20 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
     for (const child of children.reverse()) {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once('exit', r));
-        child.kill(child.name === 'postgres' ? 'SIGINT' : 'SIGTERM');
+        if (child.name === 'postgres' && isRoot) {
+          // runuser does not pass SIGINT on to postgres (the stop waited out its 10 s and left
+          // postgres running): signal the postmaster itself, whose pid opens postmaster.pid.
+          let pid = 0;
+          try {
+            pid = Number(fs.readFileSync(path.join(dir, 'pg', 'postmaster.pid'), 'utf8').split('\n')[0]);
+          } catch {
+            // Not written yet (a failed start): the SIGKILL below ends runuser.
+          }
+          if (pid > 0) process.kill(pid, 'SIGINT');
+          else child.kill('SIGINT');
+        } else {
+          child.kill(child.name === 'postgres' ? 'SIGINT' : 'SIGTERM');
+        }
         await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       }
