@@ -99,6 +99,9 @@ export async function startNginx({ dir, cert, key, parseServers, livequeryServer
   const args = ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-e', path.join(dir, 'error.log')];
   execFileSync(binary, [...args, '-t'], { stdio: 'pipe' });
   const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // A test process that exits without running its `after` hooks must not leave nginx behind.
+  const onExit = () => child.kill('SIGTERM');
+  process.once('exit', onExit);
   let stderr = '';
   child.stderr.on('data', (chunk) => { stderr += chunk; });
   const exited = new Promise((resolve) => child.once('exit', resolve));
@@ -128,6 +131,7 @@ export async function startNginx({ dir, cert, key, parseServers, livequeryServer
       const timer = setTimeout(() => child.kill('SIGTERM'), 3000);
       await exited;
       clearTimeout(timer);
+      process.off('exit', onExit);
     },
   };
 }

@@ -169,6 +169,7 @@ export function proxyTests(shared) {
     assert.equal((await fetch(`https://localhost:${nginx.httpsPort}/health`)).status, 404);
     const health = await fetch(`http://127.0.0.1:${nginx.httpPort}/parse/health`);
     assert.deepEqual(await health.json(), { status: 'ok' }, 'parse-server answers its own /parse/health');
+    assert.equal((await fetch(`http://127.0.0.1:${nginx.httpPort}/`)).status, 404, 'other paths of parse-server\'s host are the operator\'s to route');
     for (const client of [plain, dedicated]) await client.close();
     await accessLogWith(logLine('http', '127.0.0.1', 'GET /parse HTTP/1.1', 101, livequeryNodes()), 'ws:// on parse-server\'s host reached a livequery node');
     await accessLogWith(logLine('https', 'localhost', 'GET / HTTP/1.1', 101, livequeryNodes()), 'wss:// on the LiveQuery host reached a livequery node');
