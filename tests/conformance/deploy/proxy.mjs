@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -28,6 +29,7 @@ export const proxySkip = missing && !process.env.LIVEQUERY_TEST_REQUIRE_DEPLOY ?
 
 let stack;
 let nginx;
+let draining;
 let appLiveQueryURL;
 const clients = [];
 
@@ -71,7 +73,27 @@ const escape = (text) => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 
 /** A line of nginx's access log (tests/conformance/deploy/nginx.mjs sets its format). */
 function logLine(scheme, host, request, status, upstreams) {
-  return new RegExp(`^${escape(scheme)} ${escape(host)} "${escape(request)}" ${status} upstream=(${upstreams.map(escape).join('|')})$`, 'm');
+  // A request the draining stub answered first lists it before the node that served it.
+  const triedFirst = draining ? `(${escape(draining.address)}, )?` : '';
+  return new RegExp(`^${escape(scheme)} ${escape(host)} "${escape(request)}" ${status} upstream=${triedFirst}(${upstreams.map(escape).join('|')})$`, 'm');
+}
+
+/**
+ * A fourth member of nginx's livequery upstream that answers every WebSocket upgrade with HTTP
+ * 503, as a livequery node does while it drains (or at limits.max_connections). nginx must
+ * pass such an upgrade on to another node (`proxy_next_upstream … http_503`), not to the client.
+ */
+async function startDrainingNode() {
+  const server = http.createServer((request, response) => response.writeHead(503).end());
+  const stub = { upgrades: 0 };
+  server.on('upgrade', (request, socket) => {
+    stub.upgrades++;
+    socket.end('HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  stub.address = `127.0.0.1:${server.address().port}`;
+  stub.close = () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve); });
+  return stub;
 }
 
 const livequeryNodes = () => stack.nodes.map((node) => `127.0.0.1:${node.port}`);
@@ -102,12 +124,13 @@ export function proxyTests(shared) {
     if (!tlsDir || !process.env.NODE_EXTRA_CA_CERTS) throw new Error('run through tests/conformance/deploy/run.mjs (scripts/deploy-test)');
     stack = shared.stack;
     const parseServer = new URL(stack.env.PARSE_SERVER_URL).host;
+    draining = await startDrainingNode();
     nginx = await startNginx({
       dir: path.join(stack.dir, 'nginx'),
       cert: path.join(tlsDir, 'cert.pem'),
       key: path.join(tlsDir, 'key.pem'),
       parseServers: [parseServer],
-      livequeryServers: stack.nodes.map((node) => `127.0.0.1:${node.port}`),
+      livequeryServers: [...stack.nodes.map((node) => `127.0.0.1:${node.port}`), draining.address],
     });
     // The app of the first test: it sets only serverURL, through nginx over TLS. The default
     // LiveQuery client takes the master key from the SDK's configuration when it is created, so
@@ -123,6 +146,7 @@ export function proxyTests(shared) {
     for (const client of clients) await client.close().catch(() => {});
     await Parse.LiveQuery?.close?.().catch(() => {});
     await nginx?.stop();
+    await draining?.close();
   });
 
   test('an app that sets only serverURL (https) gets its events over wss:// on parse-server\'s host and path', { timeout: 60_000 }, async () => {
@@ -184,8 +208,9 @@ export function proxyTests(shared) {
     const baseline = (await Promise.all(stack.nodes.map((node) => node.health())));
     for (let i = 0; i < CLIENTS; i++) {
       const client = liveQueryClient(url);
-      const member = { client, closes: 0, opens: [] };
+      const member = { client, closes: 0, errors: 0, opens: [] };
       client.on('close', () => { member.closes++; });
+      client.on('error', () => { member.errors++; });
       client.open();
       member.subscription = client.subscribe(new Parse.Query(className).equalTo('tag', tag));
       member.subscription.on('open', () => member.opens.push(Date.now()));
@@ -200,6 +225,10 @@ export function proxyTests(shared) {
     for (const [i, count] of counts.entries()) assert.ok(count >= 1, `node ${i + 1} holds no client (per node: ${counts})`);
     for (const [i, h] of spread.entries()) assert.equal(h.subscriptions - baseline[i].subscriptions, counts[i], 'one subscription per client');
     console.log(`# ${CLIENTS} clients through nginx (least_conn) over ${stack.nodes.length} nodes: ${counts.join(' / ')}`);
+    // least_conn sends a socket to the draining stub (it never holds one) before any node has
+    // two: its 503 was passed on to a node, and every client above is connected.
+    assert.ok(draining.upgrades >= 1, 'nginx never tried the draining node');
+    for (const member of members) assert.deepEqual([member.errors, member.closes], [0, 0], 'a client saw an error or a close while connecting');
 
     const object = await save(className, { tag, n: 1 });
     for (const member of members) assert.equal((await member.seen.waitFor((e) => e.op === 'create', 'create')).id, object.id);
