@@ -4,17 +4,18 @@
 // unsubscribe, a logged-in user's ACL-restricted object, and a reconnect after livequery is
 // restarted. Debian's chromium driven by playwright-core (no browser download).
 //
-// Registered by stack.test.mjs (one real stack for the deployment tests): the page talks to its
-// first livequery node directly. The page calls Parse.Object.disableSingleInstance(): in browsers the SDK otherwise keeps one
-// shared state per object id, so the `original` of an update shows the new values and a
-// `select`ed event object shows fields that were not sent (protocol-spec/frames.md).
+// Registered by deploy.test.mjs (one real stack for the deployment tests): the page talks to
+// its first livequery node directly. The page calls Parse.Object.disableSingleInstance(): in
+// browsers the SDK otherwise keeps one shared state per object id, so the `original` of an
+// update shows the new values and a `select`ed event object shows fields that were not sent
+// (README.md, "In browsers").
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 const CHROMIUM = '/usr/bin/chromium';
 const EVENT_MS = 8000;
@@ -71,7 +72,6 @@ async function assertNoMore(name, count, ms = 500) {
   const events = await page.evaluate((n) => window.events[n], name);
   assert.equal(events.length, count, `unexpected events on ${name}: ${JSON.stringify(events.slice(count))}`);
 }
-
 
 /** Registers the tests; `shared.stack` is the real stack, started before they run. */
 export function browserTests(shared) {

@@ -3,15 +3,15 @@
 //   - an app that only sets `Parse.serverURL = 'https://…/parse'` gets its LiveQuery events
 //     over wss:// on parse-server's own host and path (TLS terminated by nginx);
 //   - plain ws:// on parse-server's host, and the dedicated LiveQuery host over wss://;
-//   - clients spread over every node all receive every event; one node is killed (SIGKILL),
-//     its clients reconnect through nginx to the others and resubscribe, the clients of the
-//     other nodes see no close, and events after that reach everyone.
-// Registered by stack.test.mjs (one real stack for the deployment tests), run by run.mjs, which
+//   - clients spread over every node all receive every event (an upstream member answering
+//     503, like a draining node, is passed over); one node is killed (SIGKILL), its clients
+//     reconnect through nginx to the others and resubscribe, the clients of the other nodes
+//     see no close, and events after that reach everyone.
+// Registered by deploy.test.mjs (one real stack for the deployment tests), run by run.mjs, which
 // makes the certificate and passes it to Node through NODE_EXTRA_CA_CERTS (this process then
 // trusts it, on top of the usual CAs).
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
