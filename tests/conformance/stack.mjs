@@ -70,16 +70,19 @@ function asPostgres(command, args) {
  * Options used by the benchmarks (tests/bench): `lqCpus` pins the LiveQuery server under test
  * to those CPUs (`taskset -c`), `otherCpus` pins every other process; `lqEnv` adds environment
  * to livequery; `lqLogLevel` sets its log level; `redisArgs` are extra redis-server arguments.
+ * `livequeryNodes` starts that many livequery processes on the same Redis (tests/conformance/deploy);
+ * the first is the one `env.LQ_URL` names, all are in the returned `nodes`.
  */
-export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000, lqCpus, otherCpus, lqEnv = {}, lqLogLevel = 'info', redisArgs = [] } = {}) {
+export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000, lqCpus, otherCpus, lqEnv = {}, lqLogLevel = 'info', redisArgs = [], livequeryNodes = 1 } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'livequery-stack-'));
   fs.chmodSync(dir, 0o755);
   const children = [];
   const spawnChild = (name, command, args, options = {}) => {
-    const cpus = name === 'livequery' || name === 'reference-lq' ? lqCpus : otherCpus;
+    const cpus = name.startsWith('livequery') || name === 'reference-lq' ? lqCpus : otherCpus;
     if (cpus !== undefined) [command, args] = ['taskset', ['-c', String(cpus), command, ...args]];
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
-    const log = fs.createWriteStream(path.join(dir, `${name}.log`));
+    // Appends: a node started again (deploy tests) keeps the log of its previous run.
+    const log = fs.createWriteStream(path.join(dir, `${name}.log`), { flags: 'a' });
     child.stderr.pipe(log);
     child.name = name;
     children.push(child);
@@ -89,7 +92,20 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
     for (const child of children.reverse()) {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once('exit', r));
-        child.kill(child.name === 'postgres' ? 'SIGINT' : 'SIGTERM');
+        if (child.name === 'postgres' && isRoot) {
+          // runuser does not pass SIGINT on to postgres (the stop waited out its 10 s and left
+          // postgres running): signal the postmaster itself, whose pid opens postmaster.pid.
+          let pid = 0;
+          try {
+            pid = Number(fs.readFileSync(path.join(dir, 'pg', 'postmaster.pid'), 'utf8').split('\n')[0]);
+          } catch {
+            // Not written yet (a failed start): the SIGKILL below ends runuser.
+          }
+          if (pid > 0) process.kill(pid, 'SIGINT');
+          else child.kill('SIGINT');
+        } else {
+          child.kill(child.name === 'postgres' ? 'SIGINT' : 'SIGTERM');
+        }
         await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       }
@@ -132,30 +148,60 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
     await waitForLine(parse, (line) => line === 'ready', 'parse-server');
     const parseServerURL = `http://127.0.0.1:${parsePort}/parse`;
 
+    let nodes = [];
     if (target === 'livequery') {
       if (!livequeryBin) throw new Error('livequeryBin is required for target livequery');
-      const lq = spawnChild('livequery', livequeryBin, [], {
-        env: {
-          ...process.env,
-          RUST_LOG: '',
-          LIVEQUERY__SERVER__LISTEN: `127.0.0.1:${lqPort}`,
-          LIVEQUERY__SERVER__SHUTDOWN_GRACE: '2s',
-          LIVEQUERY__PARSE__APP_ID: appId,
-          LIVEQUERY__PARSE__MASTER_KEY: masterKey,
-          LIVEQUERY__PARSE__SERVER_URL: parseServerURL,
-          LIVEQUERY__PARSE__KEY_PAIRS__JAVASCRIPTKEY: jsKey,
-          LIVEQUERY__PARSE__KEY_PAIRS__MASTERKEY: masterKey,
-          LIVEQUERY__AUTH__CACHE_TIMEOUT: `${cacheTimeoutMs}ms`,
-          LIVEQUERY__SOURCE__KIND: 'redis',
-          LIVEQUERY__SOURCE__REDIS_URL: redisURL,
-          LIVEQUERY__LOG__FORMAT: 'json',
-          LIVEQUERY__LOG__LEVEL: lqLogLevel,
-          ...lqEnv,
-        },
+      const lqEnvFor = (port) => ({
+        ...process.env,
+        RUST_LOG: '',
+        LIVEQUERY__SERVER__LISTEN: `127.0.0.1:${port}`,
+        LIVEQUERY__SERVER__SHUTDOWN_GRACE: '2s',
+        LIVEQUERY__PARSE__APP_ID: appId,
+        LIVEQUERY__PARSE__MASTER_KEY: masterKey,
+        LIVEQUERY__PARSE__SERVER_URL: parseServerURL,
+        LIVEQUERY__PARSE__KEY_PAIRS__JAVASCRIPTKEY: jsKey,
+        LIVEQUERY__PARSE__KEY_PAIRS__MASTERKEY: masterKey,
+        LIVEQUERY__AUTH__CACHE_TIMEOUT: `${cacheTimeoutMs}ms`,
+        LIVEQUERY__SOURCE__KIND: 'redis',
+        LIVEQUERY__SOURCE__REDIS_URL: redisURL,
+        LIVEQUERY__LOG__FORMAT: 'json',
+        LIVEQUERY__LOG__LEVEL: lqLogLevel,
+        ...lqEnv,
       });
-      lqPid = lq.pid;
-      lq.stdout.pipe(fs.createWriteStream(path.join(dir, 'livequery.out.log')));
-      await waitFor('livequery (source connected)', async () => (await fetch(`http://127.0.0.1:${lqPort}/health`)).ok);
+      // Every node reads the whole Redis feed; extra nodes get ports of their own.
+      const ports = [lqPort, ...(await Promise.all(Array.from({ length: livequeryNodes - 1 }, freePort)))];
+      nodes = ports.map((port, index) => {
+        const name = index === 0 ? 'livequery' : `livequery-${index + 1}`;
+        const node = {
+          name,
+          port,
+          url: `ws://127.0.0.1:${port}`,
+          http: `http://127.0.0.1:${port}`,
+          child: null,
+          /** Starts (or starts again, on the same port) this node and waits for its source. */
+          async start() {
+            const lq = spawnChild(name, livequeryBin, [], { env: lqEnvFor(port) });
+            lq.stdout.pipe(fs.createWriteStream(path.join(dir, `${name}.out.log`), { flags: 'a' }));
+            node.child = lq;
+            await waitFor(`${name} (source connected)`, async () => (await fetch(`${node.http}/health`)).ok);
+          },
+          /** Sends `signal` to this node and waits until it has exited. */
+          async kill(signal = 'SIGTERM') {
+            const lq = node.child;
+            if (!lq || lq.exitCode !== null || lq.signalCode !== null) return;
+            const exited = new Promise((r) => lq.once('exit', r));
+            lq.kill(signal);
+            await exited;
+          },
+          /** `/health` of this node, as JSON. */
+          async health() {
+            return (await fetch(`${node.http}/health`)).json();
+          },
+        };
+        return node;
+      });
+      await Promise.all(nodes.map((node) => node.start()));
+      lqPid = nodes[0].child.pid;
     } else if (target === 'reference') {
       const lq = spawnChild('reference-lq', process.execPath, [path.join(here, 'stack/reference-lq.mjs')], {
         cwd: dir,
@@ -170,6 +216,7 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
       dir,
       stop,
       lqPid,
+      nodes,
       env: {
         TARGET: target,
         APP_ID: appId,
