@@ -14,8 +14,9 @@
 //! 3. The server stops (accept loops end, the source and workers stop) and waits at most
 //!    `server.shutdown_grace` for the last close handshakes.
 //!
-//! `drain_period = 0` closes every socket at once. A connection holds a clone of its
-//! wave's token (one pointer): no registry of connections is needed.
+//! `drain_period = 0` closes every socket at once; a drain with no WebSocket left open ends
+//! early. A connection holds a clone of its wave's token (one pointer): no registry of
+//! connections is needed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -77,6 +78,11 @@ impl Drain {
         );
         let start = Instant::now();
         for (k, wave) in self.waves.iter().enumerate() {
+            // Nothing left to drain (upgrades are refused now, so none can appear).
+            if metrics.connections.load(Relaxed) <= 0 {
+                tracing::debug!(wave = k + 1, "no WebSocket left: the drain ends early");
+                break;
+            }
             let at = start + period.mul_f64((k + 1) as f64 / WAVES as f64);
             tokio::select! {
                 () = sleep_until(at) => {}
@@ -105,10 +111,12 @@ mod tests {
         let drain = Arc::new(Drain::new(&stop));
         let tokens: Vec<_> = (0..2 * WAVES).map(|_| drain.join()).collect();
         let readiness = Arc::new(Readiness::default());
+        let metrics = Arc::new(Metrics::default());
+        metrics.connections.store(2 * WAVES as i64, Relaxed);
         let task = tokio::spawn(drain.clone().run(
             Duration::from_secs(10),
             readiness.clone(),
-            Arc::new(Metrics::default()),
+            metrics,
             shutdown.clone(),
             stop.clone(),
         ));
@@ -129,6 +137,25 @@ mod tests {
         }
         task.await.expect("drain task");
         assert!(stop.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_without_connections_ends_at_once() {
+        let stop = CancellationToken::new();
+        let shutdown = CancellationToken::new();
+        let drain = Arc::new(Drain::new(&stop));
+        let task = tokio::spawn(drain.run(
+            Duration::from_secs(10),
+            Arc::new(Readiness::default()),
+            Arc::new(Metrics::default()),
+            shutdown.clone(),
+            stop.clone(),
+        ));
+        shutdown.cancel();
+        let started = Instant::now();
+        task.await.expect("drain task");
+        assert!(stop.is_cancelled());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
