@@ -188,8 +188,7 @@ where
         "connection closed"
     );
     match end {
-        End::Peer => {}
-        End::Terminate => {}
+        End::Peer | End::Terminate => {}
         End::Abort(frame) => {
             let grace = ctx.config.limits.write_timeout;
             Box::pin(close(

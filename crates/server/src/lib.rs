@@ -23,8 +23,8 @@
 //! - [`connection`]: the task owning one socket; [`client`]: the protocol state of one
 //!   client (`connect`, `subscribe`, `update`, `unsubscribe`, `query`); [`client_keys`]: the
 //!   `keyPairs` check.
-//! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/health`,
-//!   `/metrics`, the embedded source's ingest API).
+//! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/livez`,
+//!   `/readyz`, `/health`, `/metrics`, the embedded source's ingest API).
 //!
 //! ## Around it
 //! - [`identity`]: who a subscriber is (session tokens → users and roles) and what a class
