@@ -323,7 +323,7 @@ impl Server {
                 configured = config.limits.max_connections,
                 websockets = capacity.websockets,
                 open_files,
-                "limits.max_connections exceeds what the open-file limit allows (with a reserve for HTTP, the admin port and the server itself): WebSockets are capped lower; raise `ulimit -n` to serve more"
+                "limits.max_connections exceeds what the open-file limit allows (with a reserve for HTTP, the admin port and the server itself): WebSockets are capped lower; raise the hard limit (`ulimit -Hn`, LimitNOFILE=, --ulimit nofile=) to serve more"
             );
         }
         let metrics = Arc::new(Metrics::default());
