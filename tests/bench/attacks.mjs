@@ -40,6 +40,8 @@ async function startServer(extraEnv = {}) {
       LIVEQUERY__LOG__FORMAT: 'json',
       LIVEQUERY__LOG__LEVEL: 'warn,livequery_server=info',
       LIVEQUERY__DISPATCH__WORKERS: '1',
+      // stop() waits for the exit: no gradual drain.
+      LIVEQUERY__SERVER__DRAIN_PERIOD: '0s',
       ...extraEnv,
     },
     stdio: ['ignore', 'pipe', 'inherit'],

@@ -156,6 +156,8 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
         RUST_LOG: '',
         LIVEQUERY__SERVER__LISTEN: `127.0.0.1:${port}`,
         LIVEQUERY__SERVER__SHUTDOWN_GRACE: '2s',
+        // Stopping the stack (or restarting a node) needs no gradual drain.
+        LIVEQUERY__SERVER__DRAIN_PERIOD: '0s',
         LIVEQUERY__PARSE__APP_ID: appId,
         LIVEQUERY__PARSE__MASTER_KEY: masterKey,
         LIVEQUERY__PARSE__SERVER_URL: parseServerURL,

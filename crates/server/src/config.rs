@@ -86,6 +86,8 @@ struct RawServer {
     websocket_timeout: Duration,
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    drain_period: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -216,6 +218,9 @@ pub struct Config {
     /// How long shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Over how long a graceful drain closes the open WebSockets, in waves (0: at once).
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
     /// The Parse application id (channel prefix for the Redis source).
     pub app_id: String,
     /// The Parse master key: authenticates the HTTP ingest endpoint and REST lookups.
@@ -554,6 +559,7 @@ impl Config {
             admin_listen,
             websocket_timeout: raw.server.websocket_timeout,
             shutdown_grace: raw.server.shutdown_grace,
+            drain_period: raw.server.drain_period,
             app_id: raw.parse.app_id,
             master_key: raw.parse.master_key,
             server_url: raw.parse.server_url,

@@ -46,13 +46,26 @@ enum End {
     Abort(Bytes),
 }
 
+impl End {
+    /// Why, in the words of the connection's closing log line.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Peer => "peer closed",
+            Self::Close(_, reason, _) => reason,
+            Self::Terminate => "dropped (dead, stuck or failed peer)",
+            Self::Abort(_) => "events lost",
+        }
+    }
+}
+
 /// Serves one upgraded WebSocket until it closes.
 pub async fn serve<S>(ws: WebSocketStream<S>, ctx: Arc<ServerState>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ctx.metrics.connections_total.fetch_add(1, Relaxed);
-    let span = tracing::debug_span!("connection", %peer, client_id = tracing::field::Empty);
+    ctx.metrics.connections_accepted.fetch_add(1, Relaxed);
+    // At info: the connection's lines (connected, closed and why) carry who it was.
+    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
     run(ws, ctx.clone(), span.clone()).instrument(span).await;
     ctx.metrics.connections.fetch_sub(1, Relaxed);
 }
@@ -61,6 +74,9 @@ async fn run<S>(mut ws: WebSocketStream<S>, ctx: Arc<ServerState>, span: tracing
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let opened = Instant::now();
+    // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
+    let closing = ctx.drain.join();
     let limits = &ctx.config.limits;
     let outbox = Arc::new(Outbox::new(
         limits.outbound_queue_frames,
@@ -78,7 +94,7 @@ where
     let end = loop {
         tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => break End::Close(CloseCode::Away, "server shutting down", None),
+            () = closing.cancelled() => break End::Close(CloseCode::Away, "server shutting down", None),
             () = outbox.notified() => {
                 // Boxed: a write in progress needs a few hundred bytes that an idle
                 // connection should not carry (one allocation per batch written).
@@ -139,7 +155,7 @@ where
                             tokio::select! {
                                 biased;
                                 () = &mut handled => break None,
-                                () = ctx.shutdown.cancelled() => break Some(End::Close(CloseCode::Away, "server shutting down", None)),
+                                () = closing.cancelled() => break Some(End::Close(CloseCode::Away, "server shutting down", None)),
                                 () = outbox.notified() => {
                                     if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
                                         break Some(end);
@@ -153,6 +169,7 @@ where
                     }
                     if !was_connected && let Some(id) = client.client_id() {
                         span.record("client_id", tracing::field::display(id));
+                        tracing::info!("client connected");
                         connect_deadline = None;
                     }
                     if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
@@ -165,9 +182,13 @@ where
 
     client.disconnect();
     outbox.close();
+    tracing::info!(
+        reason = end.reason(),
+        duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "connection closed"
+    );
     match end {
-        End::Peer => tracing::debug!("peer closed"),
-        End::Terminate => {}
+        End::Peer | End::Terminate => {}
         End::Abort(frame) => {
             let grace = ctx.config.limits.write_timeout;
             Box::pin(close(
@@ -209,9 +230,13 @@ async fn flush_outbox<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Receipt times of the batch's events: allocated only for batches that carry events,
+    // and freed after, so an idle connection keeps nothing.
+    let mut received = Vec::new();
     loop {
         batch.clear();
-        match outbox.drain_into(batch, WRITE_BATCH) {
+        received.clear();
+        match outbox.drain_into(batch, &mut received, WRITE_BATCH) {
             Drain::Open => {}
             Drain::Closed => return Err(End::Terminate),
             Drain::Overflowed => {
@@ -242,7 +267,10 @@ where
             tokio::select! {
                 biased;
                 result = &mut write => match result {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        ctx.metrics.delivery_latency.observe_since(&received, std::time::Instant::now());
+                        break;
+                    }
                     Err(err) => {
                         tracing::debug!(error = %err, "websocket write failed");
                         return Err(End::Terminate);
@@ -260,7 +288,7 @@ where
                     if outbox.is_ending() {
                         // Overflow or abort while a write is blocked: stop waiting.
                         let mut rest = Vec::new();
-                        return Err(match outbox.drain_into(&mut rest, 0) {
+                        return Err(match outbox.drain_into(&mut rest, &mut Vec::new(), 0) {
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
                                 tracing::info!("client too slow: outbound queue overflow; disconnecting");

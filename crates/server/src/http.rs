@@ -1,7 +1,14 @@
-//! The HTTP side of the ports: `/health`, `/metrics`, and the embedded source's ingest API.
-//! WebSocket upgrades on any path of the client port are handed to [`crate::listener`].
-//! With an admin port (`server.admin_listen`), `/metrics` and the ingest API are served only
-//! there; `/health` on both.
+//! The HTTP side of the ports: `/livez`, `/readyz`, `/health`, `/metrics`, and the embedded
+//! source's ingest API. WebSocket upgrades on any path of the client port are handed to
+//! [`crate::listener`]. With an admin port (`server.admin_listen`), `/metrics` and the ingest
+//! API are served only there; the probes on both.
+//!
+//! - `/livez`: 200 whenever the process serves HTTP (a liveness probe: restart me if not).
+//! - `/readyz`: 200 when this node should be sent clients; 503 while the source is
+//!   disconnected, while a component reports a problem ([`crate::readiness`], listed in the
+//!   body), and from the start of a graceful drain ([`crate::drain`]).
+//! - `/health`: the original combined probe (200 while the source is connected), kept for
+//!   deployments that use it.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -20,9 +27,9 @@ use crate::state::ServerState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
     /// The client port (`server.listen`): WebSockets, and the HTTP endpoints unless an
-    /// admin port is configured (then only `/health`).
+    /// admin port is configured (then only the probes: `/livez`, `/readyz`, `/health`).
     Client,
-    /// The admin port (`server.admin_listen`): `/health`, `/metrics`, the ingest API.
+    /// The admin port (`server.admin_listen`): the probes, `/metrics`, the ingest API.
     Admin,
 }
 
@@ -53,9 +60,11 @@ pub async fn handle(request: Request<Incoming>, ctx: &ServerState, port: Port) -
     };
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["health"]) => health(ctx),
+        (&Method::GET, ["livez"]) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, ["readyz"]) => readyz(ctx),
         _ if !admin_here => error(
             StatusCode::NOT_FOUND,
-            "not found: connect with a WebSocket client, or use /health (operations are served on server.admin_listen)",
+            "not found: connect with a WebSocket client, or use /livez, /readyz, /health (operations are served on server.admin_listen)",
         ),
         (&Method::GET, ["metrics"]) => {
             let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
@@ -68,7 +77,7 @@ pub async fn handle(request: Request<Incoming>, ctx: &ServerState, port: Port) -
         (_, ["livequery", "v1", ..]) => ingest_api(request, ctx).await,
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found: connect with a WebSocket client, or use /health, /metrics",
+            "not found: connect with a WebSocket client, or use /livez, /readyz, /health, /metrics",
         ),
     }
 }
@@ -84,6 +93,39 @@ fn health(ctx: &ServerState) -> HttpResponse {
     });
     json_response(
         if connected {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+/// Whether this node should be sent clients, and if not, why.
+fn readyz(ctx: &ServerState) -> HttpResponse {
+    let connected = ctx.metrics.source_connected.load(Relaxed) == 1;
+    let draining = ctx.readiness.is_draining();
+    let mut problems: serde_json::Map<String, Value> = ctx
+        .readiness
+        .problems()
+        .into_iter()
+        .map(|(component, message)| (component.to_owned(), Value::String(message)))
+        .collect();
+    if !connected {
+        problems
+            .entry("source")
+            .or_insert_with(|| json!(format!("the {} source is not connected", ctx.source_name)));
+    }
+    let ready = problems.is_empty() && !draining;
+    let body = json!({
+        "status": if ready { "ready" } else if draining { "draining" } else { "unavailable" },
+        "source": ctx.source_name,
+        "sourceConnected": connected,
+        "draining": draining,
+        "problems": problems,
+    });
+    json_response(
+        if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE

@@ -216,6 +216,7 @@ impl Hub {
             change: event.change(),
             encoded: HashMap::new(),
             metrics: &self.metrics,
+            received: event.received,
         };
         let change = &fan_out.change;
         scratch.candidates.clear();
@@ -256,6 +257,8 @@ struct EventFanOut<'e> {
     change: Change<'e>,
     encoded: HashMap<VisibleObject<'e>, EncodedObject>,
     metrics: &'e Metrics,
+    /// When the source handed the event over (for the delivery-latency histogram).
+    received: std::time::Instant,
 }
 
 impl<'e> EventFanOut<'e> {
@@ -303,7 +306,7 @@ impl<'e> EventFanOut<'e> {
         }
         .encode();
         let len = frame.len();
-        match sub.outbox.push(frame) {
+        match sub.outbox.push_event(frame, self.received) {
             Push::Queued => self.metrics.delivered(op, len),
             Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
             Push::Closed => {}

@@ -131,13 +131,14 @@ impl Ingest {
         self.publish(message).await
     }
 
-    /// Records the source's own timestamp of the latest event (its commit time), for the
-    /// `livequery_source_event_age_seconds` gauge.
+    /// Records the source's own timestamp of an event (its commit time), for the
+    /// `livequery_source_lag_seconds` histogram (a clock behind ours counts as no lag).
     pub fn observe_source_time(&self, millis: i64) {
         let now = crate::clock::unix_millis();
+        let lag = u64::try_from(now.saturating_sub(millis)).unwrap_or(0);
         self.metrics
-            .source_event_age_ms
-            .store(u64::try_from(now - millis).unwrap_or(0), Relaxed);
+            .source_lag
+            .observe(std::time::Duration::from_millis(lag));
     }
 
     /// Events may have been lost (the source's history is gone): every client subscribed to

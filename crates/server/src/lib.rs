@@ -23,8 +23,8 @@
 //! - [`connection`]: the task owning one socket; [`client`]: the protocol state of one
 //!   client (`connect`, `subscribe`, `update`, `unsubscribe`, `query`); [`client_keys`]: the
 //!   `keyPairs` check.
-//! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/health`,
-//!   `/metrics`, the embedded source's ingest API).
+//! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/livez`,
+//!   `/readyz`, `/health`, `/metrics`, the embedded source's ingest API).
 //!
 //! ## Around it
 //! - [`identity`]: who a subscriber is (session tokens → users and roles) and what a class
@@ -32,8 +32,9 @@
 //!   [`identity::memory`], [`parse_rest`] and [`source::mongo::identity`].
 //! - [`backend`]: the traits for reading current objects (`query` op) and resolving
 //!   subqueries.
-//! - [`state`]: what every task of a running server shares; [`config`], [`telemetry`],
-//!   [`metrics`], [`clock`], [`encoding`]: the rest.
+//! - [`state`]: what every task of a running server shares; [`readiness`] and [`drain`]:
+//!   what `/readyz` answers and the graceful drain; [`config`], [`telemetry`], [`metrics`],
+//!   [`process`], [`clock`], [`encoding`]: the rest.
 //!
 //! Imports follow the same direction: sources depend on the ingest, the ingest on the
 //! workers and the hub, never the other way.
@@ -43,7 +44,8 @@
 //! - Fan-out never awaits and never scans queries that cannot match (the index answers).
 //! - A client never receives an object or a field its identity may not read, and nothing
 //!   hidden from it decides what it receives (the authorization gate, in the matcher).
-//! - Shutdown: stop accepting, close every socket with 1001, wait at most `shutdown_grace`.
+//! - Shutdown ([`drain`]): turn unready and refuse new WebSockets at once, close the open
+//!   ones with 1001 in waves over `drain_period`, stop, wait at most `shutdown_grace`.
 
 pub mod backend;
 pub mod capacity;
@@ -52,6 +54,7 @@ pub mod client_keys;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod encoding;
 pub mod event;
 pub mod http;
@@ -62,6 +65,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod parse_rest;
+pub mod process;
 pub mod pubsub;
 pub mod readiness;
 pub mod retry;
@@ -277,7 +281,8 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then closes every connection gracefully.
+    /// Serves until `shutdown` is cancelled, then drains ([`drain`]): unready at once, open
+    /// WebSockets closed in waves over `server.drain_period`, then stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -290,6 +295,23 @@ impl Server {
             (None, Some(address)) => Some(TcpListener::bind(address).await?),
             (None, None) => None,
         };
+        // Before the pools are sized: they follow the limit.
+        match process::raise_open_files_limit() {
+            Some(Ok(limit)) if limit.after > limit.before => tracing::info!(
+                from = limit.before,
+                to = limit.after,
+                "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+            ),
+            Some(Ok(limit)) => tracing::info!(
+                limit = limit.after,
+                "the open-files limit (RLIMIT_NOFILE) is already at its hard limit"
+            ),
+            Some(Err(err)) => tracing::warn!(
+                error = %err,
+                "could not raise the open-files limit (RLIMIT_NOFILE)"
+            ),
+            None => {}
+        }
         let open_files = capacity::open_files_limit();
         let capacity = capacity::Capacity::new(
             config.limits.max_connections,
@@ -301,7 +323,7 @@ impl Server {
                 configured = config.limits.max_connections,
                 websockets = capacity.websockets,
                 open_files,
-                "limits.max_connections exceeds what the open-file limit allows (with a reserve for HTTP, the admin port and the server itself): WebSockets are capped lower; raise `ulimit -n` to serve more"
+                "limits.max_connections exceeds what the open-file limit allows (with a reserve for HTTP, the admin port and the server itself): WebSockets are capped lower; raise the hard limit (`ulimit -Hn`, LimitNOFILE=, --ulimit nofile=) to serve more"
             );
         }
         let metrics = Arc::new(Metrics::default());
@@ -311,8 +333,10 @@ impl Server {
             metrics.clone(),
         ));
         let hub = Arc::new(Hub::new(metrics.clone()));
-        // Internal token: cancelled on external shutdown, and also when we stop on our own.
-        let stop = shutdown.child_token();
+        // Internal token: cancelled once the drain that `shutdown` starts is over, or at
+        // once when we stop on our own (a failed source).
+        let stop = CancellationToken::new();
+        let drain = Arc::new(drain::Drain::new(&stop));
         let (shards, workers) = Workers::start(
             hub.clone(),
             metrics.clone(),
@@ -334,6 +358,7 @@ impl Server {
             readiness: components.readiness,
             source_name: components.source.name(),
             shutdown: stop.clone(),
+            drain: drain.clone(),
             tracker: tracker.clone(),
             capacity,
         });
@@ -355,6 +380,13 @@ impl Server {
             }
         });
         let refresher = tokio::spawn(identities.clone().run_refresher(stop.clone()));
+        let drainer = tokio::spawn(drain.run(
+            config.drain_period,
+            ctx.readiness.clone(),
+            metrics.clone(),
+            shutdown,
+            stop.clone(),
+        ));
 
         let admin_loop = admin_listener.map(|admin| {
             tokio::spawn(listener::accept_loop(
@@ -375,8 +407,9 @@ impl Server {
             let _ = admin_loop.await;
         }
 
-        // Shutdown: the accept loop has stopped; connection tasks see `stop` and close
-        // with 1001.
+        // Stopped: the drain is over (or skipped); the accept loops have ended and any
+        // connection left sees its wave's token (a child of `stop`) and closes with 1001.
+        let _ = drainer.await;
         tracing::info!(
             connections = metrics
                 .connections

@@ -1,6 +1,7 @@
 //! The accept loops: the client port for WebSocket upgrades (any path) and the HTTP
-//! endpoints, and optionally an admin port (`server.admin_listen`) for `/health`, `/metrics`
-//! and the ingest API.
+//! endpoints, and optionally an admin port (`server.admin_listen`) for the probes, `/metrics`
+//! and the ingest API. During a graceful drain ([`crate::drain`]) both keep accepting, but
+//! WebSocket upgrades are refused with HTTP 503.
 //!
 //! Each TCP connection is served by hyper; an upgrade request becomes a WebSocket served by
 //! [`crate::connection::serve`] in its own task. Each port has a pool of connection permits
@@ -130,6 +131,11 @@ async fn route(
     port: Port,
 ) -> HttpResponse {
     match port {
+        // Draining: clients are sent to the other nodes (they retry on an error).
+        Port::Client if is_upgrade(&request) && ctx.readiness.is_draining() => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "this node is shutting down: connect to another one"}),
+        ),
         Port::Client if is_upgrade(&request) => upgrade(request, ctx, peer),
         _ => http::handle(request, &ctx, port).await,
     }

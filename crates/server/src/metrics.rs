@@ -1,9 +1,15 @@
-//! Counters and gauges, rendered in the Prometheus text format at `GET /metrics`.
+//! Counters, gauges and histograms, rendered in the Prometheus text format at
+//! `GET /metrics`, with the `process_*` figures of [`crate::process`] and
+//! `livequery_build_info`.
 //!
-//! Plain atomics: every hot-path update is one relaxed `fetch_add`.
+//! Plain atomics: every hot-path update is one relaxed `fetch_add` (a histogram
+//! observation is three: its bucket, its sum, its count). No gauge shares a name with a
+//! counter's family (`foo_total` is family `foo` in OpenMetrics), so strict parsers accept
+//! the exposition.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use livequery_protocol::EventOp;
 
@@ -70,6 +76,93 @@ impl DropReason {
     }
 }
 
+/// Upper bounds of the latency buckets, in seconds: 0.5 ms to 10 s.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// The same bounds in microseconds, for the comparison on the hot path.
+const BUCKETS_MICROS: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets (0.5 ms to 10 s): lock-free, one relaxed
+/// `fetch_add` per bucket, sum and count per observation.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last slot is beyond the last bound.
+    buckets: [AtomicU64; 15],
+    /// Sum of the observations, in microseconds.
+    sum_micros: AtomicU64,
+    /// Number of observations.
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        self.observe_many(elapsed, 1);
+    }
+
+    /// Records `n` observations of the same value (a batch of frames written at once).
+    pub fn observe_many(&self, elapsed: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[bucket].fetch_add(n, Relaxed);
+        self.sum_micros.fetch_add(micros.saturating_mul(n), Relaxed);
+        self.count.fetch_add(n, Relaxed);
+    }
+
+    /// Records, for each of `starts`, the time from it to `now`: one atomic update per
+    /// bucket touched, not per observation (a written batch of frames).
+    pub fn observe_since(&self, starts: &[std::time::Instant], now: std::time::Instant) {
+        if starts.is_empty() {
+            return;
+        }
+        let mut buckets = [0u64; BUCKETS_MICROS.len() + 1];
+        let mut sum = 0u64;
+        for start in starts {
+            let micros = u64::try_from(now.saturating_duration_since(*start).as_micros())
+                .unwrap_or(u64::MAX);
+            buckets[BUCKETS_MICROS.partition_point(|&bound| bound < micros)] += 1;
+            sum = sum.saturating_add(micros);
+        }
+        for (bucket, n) in self.buckets.iter().zip(buckets) {
+            if n > 0 {
+                bucket.fetch_add(n, Relaxed);
+            }
+        }
+        self.sum_micros.fetch_add(sum, Relaxed);
+        self.count.fetch_add(starts.len() as u64, Relaxed);
+    }
+
+    /// The number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Writes the family: cumulative `_bucket` lines (ending with `+Inf`), `_sum`, `_count`.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
+        // Read apart from the buckets: under concurrent updates `_count` may run ahead of
+        // `+Inf` by a few; report the buckets' total so the family stays consistent.
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}"
+        );
+    }
+}
+
 const OPS: [EventOp; 5] = [
     EventOp::Create,
     EventOp::Enter,
@@ -91,10 +184,10 @@ fn op_index(op: EventOp) -> usize {
 /// All server metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open WebSocket connections.
+    /// Open WebSocket connections (`livequery_connections_open`).
     pub connections: AtomicI64,
-    /// WebSocket connections accepted since start.
-    pub connections_total: AtomicU64,
+    /// WebSocket connections accepted since start (`livequery_connections_accepted_total`).
+    pub connections_accepted: AtomicU64,
     /// Connected clients (sent `connect`).
     pub clients: AtomicI64,
     /// Live subscriptions.
@@ -114,8 +207,8 @@ pub struct Metrics {
     /// Inbound frames that were not JSON (ignored).
     pub invalid_json: AtomicU64,
     /// Milliseconds between an event's arrival from the source and the start of its dispatch
-    /// (last event).
-    pub source_lag_ms: AtomicU64,
+    /// (last event; `livequery_dispatch_lag_seconds`).
+    pub dispatch_lag_ms: AtomicU64,
     /// Whether the source is connected (1) or not (0).
     pub source_connected: AtomicI64,
     /// Times the source (re)connected.
@@ -126,8 +219,12 @@ pub struct Metrics {
     pub auth_lookups: AtomicU64,
     /// Candidate queries evaluated by the fan-out.
     pub candidates_evaluated: AtomicU64,
-    /// Milliseconds between the source's commit time of the latest event and its arrival.
-    pub source_event_age_ms: AtomicU64,
+    /// Time from the source's own timestamp of an event (its commit time) to its receipt,
+    /// for sources that know it (`livequery_source_lag_seconds`).
+    pub source_lag: Histogram,
+    /// Time from an event's receipt to the write of its frame to a client's socket, per
+    /// delivery (`livequery_delivery_latency_seconds`).
+    pub delivery_latency: Histogram,
     /// Times the source lost its history and clients were told to reconnect.
     pub resyncs: AtomicU64,
 }
@@ -172,7 +269,7 @@ impl Metrics {
             );
         };
         gauge(
-            "livequery_connections",
+            "livequery_connections_open",
             "Open WebSocket connections.",
             self.connections.load(Relaxed),
         );
@@ -203,9 +300,9 @@ impl Metrics {
             );
         };
         counter(
-            "livequery_connections_total",
+            "livequery_connections_accepted_total",
             "WebSocket connections accepted.",
-            self.connections_total.load(Relaxed),
+            self.connections_accepted.load(Relaxed),
         );
         counter(
             "livequery_events_in_total",
@@ -281,16 +378,95 @@ impl Metrics {
                 self.drops(reason)
             );
         }
-        let lag = self.source_lag_ms.load(Relaxed) as f64 / 1000.0;
+        let lag = self.dispatch_lag_ms.load(Relaxed) as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "# HELP livequery_source_lag_seconds Time the last event waited between the source and dispatch.\n# TYPE livequery_source_lag_seconds gauge\nlivequery_source_lag_seconds {lag}"
+            "# HELP livequery_dispatch_lag_seconds Time the last event waited between its receipt and its dispatch.\n# TYPE livequery_dispatch_lag_seconds gauge\nlivequery_dispatch_lag_seconds {lag}"
         );
-        let age = self.source_event_age_ms.load(Relaxed) as f64 / 1000.0;
+        self.source_lag.render(
+            &mut out,
+            "livequery_source_lag_seconds",
+            "Time from an event's own timestamp at the source (its commit time) to its receipt, for sources that report one.",
+        );
+        self.delivery_latency.render(
+            &mut out,
+            "livequery_delivery_latency_seconds",
+            "Time from an event's receipt from the source to the write of its frame to a client's socket, per delivery.",
+        );
         let _ = writeln!(
             out,
-            "# HELP livequery_source_event_age_seconds Age of the latest event when it arrived (source commit time to receipt).\n# TYPE livequery_source_event_age_seconds gauge\nlivequery_source_event_age_seconds {age}"
+            "# HELP livequery_build_info The running build (value 1).\n# TYPE livequery_build_info gauge\nlivequery_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
         );
+        crate::process::render(&mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn rendered(histogram: &Histogram) -> String {
+        let mut out = String::new();
+        histogram.render(&mut out, "h", "help");
+        out
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(500)); // le 0.0005 (inclusive)
+        histogram.observe(Duration::from_micros(501)); // le 0.001
+        histogram.observe(Duration::from_secs(60)); // +Inf only
+        let now = Instant::now();
+        let earlier = now.checked_sub(Duration::from_millis(30)).unwrap_or(now);
+        histogram.observe_since(&[earlier, earlier], now); // le 0.05, twice
+        histogram.observe_since(&[], now);
+        assert_eq!(histogram.count(), 5);
+        let text = rendered(&histogram);
+        for line in [
+            "# TYPE h histogram",
+            "h_bucket{le=\"0.0005\"} 1",
+            "h_bucket{le=\"0.001\"} 2",
+            "h_bucket{le=\"0.025\"} 2",
+            "h_bucket{le=\"0.05\"} 4",
+            "h_bucket{le=\"10\"} 4",
+            "h_bucket{le=\"+Inf\"} 5",
+            "h_count 5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("h_sum "))
+            .and_then(|v| v.parse().ok())
+            .expect("h_sum");
+        assert!((sum - (60.0 + 0.060 + 0.001001)).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn no_gauge_shares_a_counter_family() {
+        let text = Metrics::default().render();
+        let types: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        for (name, kind) in &types {
+            if *kind == "counter" {
+                let family = name.strip_suffix("_total").expect("counters end in _total");
+                assert!(
+                    types.iter().all(|(other, _)| *other != family),
+                    "{family} clashes with {name}"
+                );
+            }
+        }
+        assert!(text.contains("livequery_connections_open 0"));
+        assert!(text.contains("livequery_connections_accepted_total 0"));
     }
 }

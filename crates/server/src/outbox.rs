@@ -8,6 +8,7 @@
 //! for a few instructions and never across an `.await`.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -39,8 +40,9 @@ pub enum Drain {
 
 #[derive(Debug)]
 struct Inner {
-    /// Encoded frames, oldest first; at most `max_frames`.
-    queue: VecDeque<Bytes>,
+    /// Encoded frames, oldest first, with the receipt time of the event each one carries
+    /// (for the delivery-latency histogram); at most `max_frames`.
+    queue: VecDeque<(Bytes, Option<Instant>)>,
     /// Their total size; at most `max_bytes`.
     bytes: usize,
     /// Open, or why the connection ends.
@@ -77,6 +79,15 @@ impl Outbox {
 
     /// Queues a frame without waiting.
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_stamped(frame, None)
+    }
+
+    /// Queues the frame of an event the source handed over at `received`.
+    pub fn push_event(&self, frame: Bytes, received: Instant) -> Push {
+        self.push_stamped(frame, Some(received))
+    }
+
+    fn push_stamped(&self, frame: Bytes, received: Option<Instant>) -> Push {
         let mut inner = self.inner.lock();
         match inner.state {
             Drain::Open => {}
@@ -92,7 +103,7 @@ impl Outbox {
         }
         inner.bytes += frame.len();
         let was_empty = inner.queue.is_empty();
-        inner.queue.push_back(frame);
+        inner.queue.push_back((frame, received));
         drop(inner);
         if was_empty {
             self.notify.notify_one();
@@ -100,14 +111,21 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Moves up to `max` frames into `out`.
-    pub fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> Drain {
+    /// Moves up to `max` frames into `out`, and the receipt times of the events among them
+    /// into `received`.
+    pub fn drain_into(
+        &self,
+        out: &mut Vec<Bytes>,
+        received: &mut Vec<Instant>,
+        max: usize,
+    ) -> Drain {
         let mut inner = self.inner.lock();
         let n = inner.queue.len().min(max);
         let mut drained = 0;
-        for frame in inner.queue.drain(..n) {
+        for (frame, stamp) in inner.queue.drain(..n) {
             drained += frame.len();
             out.push(frame);
+            received.extend(stamp);
         }
         inner.bytes -= drained;
         if inner.queue.is_empty() && inner.queue.capacity() > 64 {
@@ -166,7 +184,10 @@ mod tests {
         assert_eq!(outbox.push(Bytes::from_static(b"abc")), Push::Overflowed);
         assert_eq!(outbox.push(Bytes::from_static(b"a")), Push::Closed);
         let mut out = Vec::new();
-        assert_eq!(outbox.drain_into(&mut out, 10), Drain::Overflowed);
+        assert_eq!(
+            outbox.drain_into(&mut out, &mut Vec::new(), 10),
+            Drain::Overflowed
+        );
         assert!(out.is_empty(), "an overflowed queue releases its frames");
 
         let outbox = Outbox::new(100, 10);
@@ -177,20 +198,27 @@ mod tests {
     #[test]
     fn drains_in_order_and_closes() {
         let outbox = Outbox::new(10, 100);
-        for frame in [&b"1"[..], b"2", b"3"] {
-            outbox.push(Bytes::copy_from_slice(frame));
-        }
+        let received = Instant::now();
+        outbox.push(Bytes::from_static(b"1"));
+        outbox.push_event(Bytes::from_static(b"2"), received);
+        outbox.push(Bytes::from_static(b"3"));
         let mut out = Vec::new();
-        assert_eq!(outbox.drain_into(&mut out, 2), Drain::Open);
+        let mut stamps = Vec::new();
+        assert_eq!(outbox.drain_into(&mut out, &mut stamps, 2), Drain::Open);
         assert_eq!(
             out,
             vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+        );
+        assert_eq!(
+            stamps,
+            vec![received],
+            "only event frames carry a receipt time"
         );
         assert!(outbox.has_pending());
         outbox.close();
         assert_eq!(outbox.push(Bytes::from_static(b"4")), Push::Closed);
         out.clear();
-        assert_eq!(outbox.drain_into(&mut out, 10), Drain::Closed);
+        assert_eq!(outbox.drain_into(&mut out, &mut stamps, 10), Drain::Closed);
         assert!(out.is_empty());
     }
 }

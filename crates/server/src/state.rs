@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{ObjectReader, SubqueryResolver};
 use crate::capacity::Capacity;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
@@ -35,8 +36,10 @@ pub struct ServerState {
     pub readiness: Arc<Readiness>,
     /// The source's name (for `/health`).
     pub source_name: &'static str,
-    /// Cancelled when the server shuts down.
+    /// Cancelled when the server stops (after a graceful drain, or at once on a fault).
     pub shutdown: CancellationToken,
+    /// The graceful drain's waves: each connection closes when its wave's token is cancelled.
+    pub drain: Arc<Drain>,
     /// Every connection task.
     pub tracker: TaskTracker,
     /// Connection pools of the ports.

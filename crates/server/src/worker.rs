@@ -147,7 +147,7 @@ async fn worker_loop(
         };
         let lag = event.received.elapsed();
         metrics
-            .source_lag_ms
+            .dispatch_lag_ms
             .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
         hub.fan_out(&event, &mut scratch);
         if on_runtime && slice_start.elapsed() >= SLICE {

@@ -197,7 +197,7 @@ async fn connections_beyond_the_cap_are_refused() {
     drop(_a);
     // The freed slot is usable again.
     for _ in 0..100 {
-        if server.metric("livequery_connections").await < 2.0 {
+        if server.metric("livequery_connections_open").await < 2.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -23,7 +23,8 @@ async fn health_and_metrics() {
     client.recv().await;
     let text = server.metrics().await;
     for line in [
-        "livequery_connections 1",
+        "livequery_connections_open 1",
+        "livequery_connections_accepted_total 1",
         "livequery_clients 1",
         "livequery_subscriptions 1",
         "livequery_events_in_total 1",
