@@ -291,6 +291,9 @@ fn visit<'a>(
         };
     };
     match value {
+        // MongoDB stores these as `[lng, lat]`, a date, a file name and binary data: a
+        // path into their Parse JSON (`loc.latitude`) designates nothing in storage.
+        Some(Value::Object(map)) if is_opaque(map) => f(None, Hit::Missing),
         Some(Value::Object(map)) => visit(map.get(&*segment.name), tail, false, f),
         Some(Value::Array(items)) => {
             let mut visited = false;
@@ -312,6 +315,15 @@ fn visit<'a>(
         }
         _ => f(None, Hit::Missing),
     }
+}
+
+/// Parse JSON values that are not objects in storage (pointers are: `ptr.objectId` reads
+/// through them, as in the reference).
+fn is_opaque(map: &Map<String, Value>) -> bool {
+    matches!(
+        map.get("__type").and_then(Value::as_str),
+        Some("GeoPoint" | "Date" | "File" | "Bytes")
+    )
 }
 
 /// Range operators.
