@@ -16,6 +16,8 @@
 //! - [`response`]: server → client frames: [`Envelope`] (rendered once per connection),
 //!   [`EncodedObject`] (an object serialized once, shared by every recipient),
 //!   [`ServerMessage`] (encoding) and [`ServerFrame`] (decoding, for Rust clients).
+//! - [`handshake`]: the subprotocol a WebSocket handshake selects (the first offered, like
+//!   parse-server's `ws` server).
 //! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript), [`ClientId`] and
 //!   [`ClassName`].
 //!
@@ -29,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod handshake;
 pub mod id;
 pub mod request;
 pub mod response;
