@@ -13,6 +13,7 @@ mod mongo_live;
 mod mongo_sdk;
 mod mongo_sim;
 mod operations;
+mod parity;
 mod protocol;
 mod query;
 mod redis;
