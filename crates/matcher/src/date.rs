@@ -175,6 +175,33 @@ pub fn normalize_iso(text: &str) -> Option<String> {
         .map(format_iso_millis)
 }
 
+/// Whether `text` is already what [`normalize_iso`] would write (`YYYY-MM-DDTHH:MM:SS.sssZ`,
+/// a valid date): the common case, recognised without allocating.
+fn is_normal_iso(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+        // 24:00:00.000 is read as the next day's midnight and written so.
+        && &b[11..13] != b"24"
+        && parse_iso_millis(text).is_some()
+}
+
+/// The normalised form of `text` when it differs from `text`.
+fn renormalized(text: &str) -> Option<String> {
+    if is_normal_iso(text) {
+        None
+    } else {
+        normalize_iso(text)
+    }
+}
+
 /// Re-encodes the dates of a Parse object the way parse-server's LiveQuery server does when
 /// it inflates a published object into a `Parse.Object` and serializes it back (its
 /// `_finishFetch` then `toJSON`), so that events carry the same date texts whatever the
@@ -193,7 +220,7 @@ pub fn normalize_object_dates(object: &mut Map<String, Value>) {
         match key.as_str() {
             "createdAt" | "updatedAt" => {
                 let iso = match value {
-                    Value::String(text) => normalize_iso(text),
+                    Value::String(text) => renormalized(text),
                     Value::Object(map) if is_date(map) => date_iso(map).and_then(normalize_iso),
                     _ => None,
                 };
@@ -205,17 +232,20 @@ pub fn normalize_object_dates(object: &mut Map<String, Value>) {
             _ => normalize_value_dates(value),
         }
     }
-    let created = object
-        .get("createdAt")
-        .and_then(Value::as_str)
-        .filter(|text| parse_iso_millis(text).is_some())
-        .map(str::to_owned);
     let updated_missing = match object.get("updatedAt") {
         None | Some(Value::Null) => true,
         Some(Value::String(text)) => text.is_empty(),
         Some(_) => false,
     };
-    if let (Some(created), true) = (created, updated_missing) {
+    if !updated_missing {
+        return;
+    }
+    let created = object
+        .get("createdAt")
+        .and_then(Value::as_str)
+        .filter(|text| parse_iso_millis(text).is_some())
+        .map(str::to_owned);
+    if let Some(created) = created {
         object.insert("updatedAt".to_owned(), Value::String(created));
     }
 }
@@ -231,6 +261,8 @@ fn date_iso(map: &Map<String, Value>) -> Option<&str> {
 /// Rewrites the `{__type: "Date"}` values inside a field value.
 fn normalize_value_dates(value: &mut Value) {
     match value {
+        Value::Object(map)
+            if is_date(map) && map.len() == 2 && date_iso(map).is_some_and(is_normal_iso) => {}
         Value::Object(map) if is_date(map) => {
             if let Some(iso) = date_iso(map).and_then(normalize_iso) {
                 // The reference re-encodes the date: exactly these two keys remain.
@@ -388,6 +420,29 @@ mod tests {
             normalize_iso("+275760-09-13T00:00:00Z").as_deref(),
             Some("+275760-09-13T00:00:00.000Z")
         );
+    }
+
+    #[test]
+    fn recognises_normal_texts() {
+        assert!(is_normal_iso("2024-01-02T03:04:05.678Z"));
+        for text in [
+            "2024-01-02T03:04:05Z",
+            "2024-01-02t03:04:05.678Z",
+            "2024-01-02T03:04:05.678z",
+            "2024-02-30T03:04:05.678Z",
+            "2024-01-02T03:04:05.678+00",
+            "2024-01-02T24:00:00.000Z",
+        ] {
+            assert!(!is_normal_iso(text), "{text}");
+        }
+        // Whatever is recognised as normal is exactly what normalization writes.
+        for text in [
+            "2024-01-02T03:04:05.678Z",
+            "0001-01-01T00:00:00.000Z",
+            "9999-12-31T23:59:59.999Z",
+        ] {
+            assert_eq!(normalize_iso(text).as_deref(), Some(text));
+        }
     }
 
     #[test]

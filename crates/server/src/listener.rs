@@ -135,8 +135,8 @@ async fn route(
     }
 }
 
-/// Answers a WebSocket handshake (any path, no subprotocol selected) and spawns the
-/// connection task.
+/// Answers a WebSocket handshake (any path; the first offered subprotocol selected) and
+/// spawns the connection task.
 fn upgrade(
     mut request: Request<Incoming>,
     ctx: Arc<ServerState>,
@@ -160,6 +160,7 @@ fn upgrade(
         .headers()
         .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
+        // A value that is not visible ASCII holds no token: refused like a malformed list.
         .map(|value| value.to_str().unwrap_or("\u{0}"))
         .collect();
     let subprotocol = if offered.is_empty() {
