@@ -23,7 +23,9 @@
 //!
 //! ## Invariants
 //! - Decoding never panics, whatever the input; invalid JSON yields
-//!   [`ProtocolError::InvalidJson`], which the reference answers with silence.
+//!   [`ProtocolError::InvalidJson`], which the reference answers with silence; JSON nested
+//!   deeper than [`error::MAX_FRAME_DEPTH`] yields [`ProtocolError::TooDeep`], answered
+//!   with an error frame (never silence, never unbounded recursion).
 //! - Encoded frames never contain `null` for an absent optional field, never carry
 //!   `clientId` on errors, and always echo the connection's `installationId`.
 //! - An event's object bytes are produced once ([`EncodedObject`]); a recipient's frame

@@ -56,13 +56,8 @@ impl Message {
 /// Drops every top-level key that is not identifier-like (`_hashed_password`, `_rperm`,
 /// `__type`, …), as the reference does on receipt: such keys can then never be matched,
 /// watched or sent.
-///
-/// Then re-encodes its dates as the reference's `Parse.Object` round trip does (UTC with
-/// milliseconds, `updatedAt` defaulting to `createdAt`): once per event, before matching
-/// and before the object is serialized for every recipient.
 fn sanitise(object: &mut Map<String, Value>) {
     object.retain(|key, _| is_identifier(key));
-    livequery_matcher::date::normalize_object_dates(object);
 }
 
 impl Message {
