@@ -4,6 +4,7 @@
 //! index plus exact evaluation of each candidate, i.e. the whole matching cost of an event.
 //! `set_operands/*` measures one evaluation of a large `$in`/`$nin`/`$all`/`$containedBy`
 //! against a 5,000-element array (a hostile subscriber and a hostile writer together).
+//! `normalize_dates/*` measures the re-encoding of a published object's dates.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use livequery_matcher::{CompileOptions, Query, Scratch, SubscriptionIndex};
@@ -195,5 +196,39 @@ fn set_operands(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, compile, evaluate, index_lookup, set_operands);
+/// Re-encoding the dates of one published object (done once per event, before matching):
+/// already normalised (the common case: nothing to rewrite), and with dates to rewrite.
+fn normalize_dates(c: &mut Criterion) {
+    let mut group = c.benchmark_group("normalize_dates");
+    let normal = object();
+    let mut rewritten = object();
+    rewritten.insert("createdAt".into(), json!("2026-11-22T09:49:51+01:00"));
+    rewritten.remove("updatedAt");
+    rewritten.insert(
+        "when".into(),
+        json!({"__type": "Date", "iso": "2026-01-02T03:04:05Z"}),
+    );
+    for (name, object) in [("already_normal", normal), ("rewritten", rewritten)] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || object.clone(),
+                |mut o| {
+                    livequery_matcher::date::normalize_object_dates(&mut o);
+                    o
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    compile,
+    evaluate,
+    index_lookup,
+    set_operands,
+    normalize_dates
+);
 criterion_main!(benches);

@@ -123,12 +123,11 @@ impl Compiler<'_> {
     }
 
     /// Checks the length of a set operand.
-    fn set_items(&self, op: &str, items: &[Value]) -> Result<(), QueryError> {
+    fn set_items(&self, op: &str, items: usize) -> Result<(), QueryError> {
         let max = self.options.max_set_items;
-        if items.len() > max {
+        if items > max {
             return Err(QueryError::invalid(format!(
-                "bad {op} value: {} items, at most {max} are allowed",
-                items.len()
+                "bad {op} value: {items} items, at most {max} are allowed"
             )));
         }
         Ok(())
@@ -169,20 +168,24 @@ impl Compiler<'_> {
                 max: self.options.max_depth,
             });
         }
-        let not_array = || QueryError::NotAnArray {
-            operator: op.to_owned(),
-        };
         let Value::Array(items) = value else {
-            return Err(not_array());
+            return Err(QueryError::NotAnArray {
+                operator: op.to_owned(),
+            });
         };
         if items.is_empty() {
-            return Err(not_array());
+            return Err(QueryError::EmptyLogical {
+                operator: op.to_owned(),
+            });
         }
         self.count(items.len())?;
         let mut branches = Vec::with_capacity(items.len());
         for item in items {
             let Value::Object(map) = item else {
-                return Err(not_array());
+                return Err(QueryError::NotAClause {
+                    operator: op.to_owned(),
+                    found: json_type(item),
+                });
             };
             branches.push(self.clause(map, depth)?);
         }
@@ -308,8 +311,16 @@ impl Compiler<'_> {
                     let items = v
                         .as_array()
                         .ok_or_else(|| QueryError::invalid(format!("bad {op} value")))?;
-                    self.set_items(op, items)?;
-                    let set = OperandSet::new(items.iter().map(operand).collect::<Result<_, _>>()?);
+                    // parse-server's query transform flattens the operand one level:
+                    // `$in: [[1, 2], 3]` means `$in: [1, 2, 3]`.
+                    let flat = || {
+                        items.iter().flat_map(|item| match item {
+                            Value::Array(inner) => inner.as_slice(),
+                            other => std::slice::from_ref(other),
+                        })
+                    };
+                    self.set_items(op, flat().count())?;
+                    let set = OperandSet::new(flat().map(operand).collect::<Result<_, _>>()?);
                     preds.push(if op == "$in" {
                         Pred::In(set)
                     } else {
@@ -320,7 +331,7 @@ impl Compiler<'_> {
                     let items = v
                         .as_array()
                         .ok_or_else(|| QueryError::invalid("bad $all value"))?;
-                    self.set_items(op, items)?;
+                    self.set_items(op, items.len())?;
                     let mut values = Vec::with_capacity(items.len());
                     let mut regexes = Vec::new();
                     for item in items {
@@ -386,7 +397,7 @@ impl Compiler<'_> {
                     let items = v.as_array().ok_or_else(|| {
                         QueryError::invalid("bad $containedBy: should be an array")
                     })?;
-                    self.set_items(op, items)?;
+                    self.set_items(op, items.len())?;
                     preds.push(Pred::ContainedBy(OperandSet::new(
                         items.iter().map(operand).collect::<Result<_, _>>()?,
                     )));
@@ -544,6 +555,18 @@ fn check_operand(value: &Value) -> Result<(), QueryError> {
         }
         Value::Array(items) => items.iter().try_for_each(check_operand),
         _ => Ok(()),
+    }
+}
+
+/// The JSON type of a value, as error texts name it.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

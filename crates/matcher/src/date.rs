@@ -1,4 +1,7 @@
-//! Allocation-free parsing of the ISO-8601 dates Parse uses (`2026-11-22T08:49:51.247Z`).
+//! Allocation-free parsing of the ISO-8601 dates Parse uses (`2026-11-22T08:49:51.247Z`),
+//! their JavaScript text form, and the re-encoding of the dates of a published object.
+
+use serde_json::{Map, Value};
 
 /// Milliseconds since the Unix epoch, or `None` when `text` is not an ISO-8601 date.
 ///
@@ -161,6 +164,127 @@ pub fn format_iso_millis(millis: i64) -> String {
     }
 }
 
+/// The range of JavaScript dates: ±100,000,000 days around the epoch, in milliseconds.
+const JS_DATE_LIMIT: i64 = 8_640_000_000_000_000;
+
+/// `text` as JavaScript's `toISOString` writes the same instant, or `None` when it is not
+/// an ISO-8601 date (or lies outside JavaScript's date range).
+pub fn normalize_iso(text: &str) -> Option<String> {
+    parse_iso_millis(text)
+        .filter(|millis| millis.abs() <= JS_DATE_LIMIT)
+        .map(format_iso_millis)
+}
+
+/// Whether `text` is already what [`normalize_iso`] would write (`YYYY-MM-DDTHH:MM:SS.sssZ`,
+/// a valid date): the common case, recognised without allocating.
+fn is_normal_iso(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+        // 24:00:00.000 is read as the next day's midnight and written so.
+        && &b[11..13] != b"24"
+        && parse_iso_millis(text).is_some()
+}
+
+/// The normalised form of `text` when it differs from `text`.
+fn renormalized(text: &str) -> Option<String> {
+    if is_normal_iso(text) {
+        None
+    } else {
+        normalize_iso(text)
+    }
+}
+
+/// Re-encodes the dates of a Parse object the way parse-server's LiveQuery server does when
+/// it inflates a published object into a `Parse.Object` and serializes it back (its
+/// `_finishFetch` then `toJSON`), so that events carry the same date texts whatever the
+/// source wrote:
+/// - `createdAt` and `updatedAt` become ISO strings with milliseconds in UTC
+///   (`2024-01-02T03:04:05Z` → `2024-01-02T03:04:05.000Z`, offsets applied; a
+///   `{__type: "Date"}` value becomes its string);
+/// - a missing (or `null`, or empty) `updatedAt` is copied from `createdAt`;
+/// - every `{__type: "Date", iso}` value, at any depth, is rewritten as
+///   `{__type: "Date", iso: <UTC with milliseconds>}`.
+///
+/// Texts that are not dates are left as they are (the reference fails on them and drops
+/// the whole event). Only the `Date` values change: other typed values are kept as sent.
+pub fn normalize_object_dates(object: &mut Map<String, Value>) {
+    for (key, value) in object.iter_mut() {
+        match key.as_str() {
+            "createdAt" | "updatedAt" => {
+                let iso = match value {
+                    Value::String(text) => renormalized(text),
+                    Value::Object(map) if is_date(map) => date_iso(map).and_then(normalize_iso),
+                    _ => None,
+                };
+                if let Some(iso) = iso {
+                    *value = Value::String(iso);
+                }
+            }
+            "ACL" => {}
+            _ => normalize_value_dates(value),
+        }
+    }
+    let updated_missing = match object.get("updatedAt") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(text)) => text.is_empty(),
+        Some(_) => false,
+    };
+    if !updated_missing {
+        return;
+    }
+    let created = object
+        .get("createdAt")
+        .and_then(Value::as_str)
+        .filter(|text| parse_iso_millis(text).is_some())
+        .map(str::to_owned);
+    if let Some(created) = created {
+        object.insert("updatedAt".to_owned(), Value::String(created));
+    }
+}
+
+fn is_date(map: &Map<String, Value>) -> bool {
+    map.get("__type").and_then(Value::as_str) == Some("Date")
+}
+
+fn date_iso(map: &Map<String, Value>) -> Option<&str> {
+    map.get("iso").and_then(Value::as_str)
+}
+
+/// Rewrites the `{__type: "Date"}` values inside a field value.
+fn normalize_value_dates(value: &mut Value) {
+    match value {
+        Value::Object(map)
+            if is_date(map) && map.len() == 2 && date_iso(map).is_some_and(is_normal_iso) => {}
+        Value::Object(map) if is_date(map) => {
+            if let Some(iso) = date_iso(map).and_then(normalize_iso) {
+                // The reference re-encodes the date: exactly these two keys remain.
+                let mut date = Map::new();
+                date.insert("__type".to_owned(), Value::from("Date"));
+                date.insert("iso".to_owned(), Value::String(iso));
+                *map = date;
+            }
+        }
+        // Other typed values (GeoPoint, File, Pointer, …) hold no dates.
+        Value::Object(map) if map.contains_key("__type") && !is_full_object(map) => {}
+        Value::Object(map) => map.values_mut().for_each(normalize_value_dates),
+        Value::Array(items) => items.iter_mut().for_each(normalize_value_dates),
+        _ => {}
+    }
+}
+
+/// An embedded full object (`{__type: "Object", className, …}`): its fields are values.
+fn is_full_object(map: &Map<String, Value>) -> bool {
+    map.get("__type").and_then(Value::as_str) == Some("Object")
+}
+
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -219,6 +343,105 @@ mod tests {
             "2020-01-02T03:04:05Zjunk",
         ] {
             assert_eq!(parse_iso_millis(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn normalizes_object_dates_like_the_reference() {
+        let mut object = serde_json::json!({
+            "createdAt": "2024-01-02T03:04:05Z",
+            "when": {"__type": "Date", "iso": "2024-01-02T05:04:05.5+02:00", "extra": 1},
+            "list": [{"__type": "Date", "iso": "2024-01-02T03:04:05.123456Z"}, "2024-01-02T03:04:05Z"],
+            "nested": {"deep": {"__type": "Date", "iso": "2024-01-02"}},
+            "bad": {"__type": "Date", "iso": "yesterday"},
+            "text": "2024-01-02T03:04:05Z",
+            "loc": {"__type": "GeoPoint", "latitude": 1, "longitude": 2},
+            "ACL": {"*": {"read": true}},
+            "className": "T", "objectId": "o"
+        });
+        let map = object.as_object_mut().expect("object");
+        normalize_object_dates(map);
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "createdAt": "2024-01-02T03:04:05.000Z",
+                "updatedAt": "2024-01-02T03:04:05.000Z",
+                "when": {"__type": "Date", "iso": "2024-01-02T03:04:05.500Z"},
+                "list": [{"__type": "Date", "iso": "2024-01-02T03:04:05.123Z"}, "2024-01-02T03:04:05Z"],
+                "nested": {"deep": {"__type": "Date", "iso": "2024-01-02T00:00:00.000Z"}},
+                "bad": {"__type": "Date", "iso": "yesterday"},
+                "text": "2024-01-02T03:04:05Z",
+                "loc": {"__type": "GeoPoint", "latitude": 1, "longitude": 2},
+                "ACL": {"*": {"read": true}},
+                "className": "T", "objectId": "o"
+            })
+        );
+    }
+
+    #[test]
+    fn normalizes_created_and_updated_at() {
+        let normalized = |value: serde_json::Value| {
+            let mut value = value;
+            normalize_object_dates(value.as_object_mut().expect("object"));
+            value
+        };
+        // Offsets are applied; a Date value becomes a string; updatedAt is kept when set.
+        assert_eq!(
+            normalized(serde_json::json!({
+                "createdAt": {"__type": "Date", "iso": "2024-01-02T03:04:05.678-01:30"},
+                "updatedAt": "2024-01-02T23:59:59.999+00:00"
+            })),
+            serde_json::json!({
+                "createdAt": "2024-01-02T04:34:05.678Z",
+                "updatedAt": "2024-01-02T23:59:59.999Z"
+            })
+        );
+        // A null or empty updatedAt is replaced by createdAt, as the reference does.
+        for updated in [serde_json::Value::Null, serde_json::json!("")] {
+            assert_eq!(
+                normalized(
+                    serde_json::json!({"createdAt": "2024-01-02T03:04:05.678Z", "updatedAt": updated})
+                ),
+                serde_json::json!({"createdAt": "2024-01-02T03:04:05.678Z", "updatedAt": "2024-01-02T03:04:05.678Z"})
+            );
+        }
+        // Without a readable createdAt nothing is invented; texts that are not dates stay.
+        assert_eq!(
+            normalized(serde_json::json!({"createdAt": "soon"})),
+            serde_json::json!({"createdAt": "soon"})
+        );
+        assert_eq!(
+            normalized(serde_json::json!({"a": 1})),
+            serde_json::json!({"a": 1})
+        );
+        // Outside JavaScript's date range: kept as sent.
+        assert_eq!(normalize_iso("+275761-01-01T00:00:00Z"), None);
+        assert_eq!(
+            normalize_iso("+275760-09-13T00:00:00Z").as_deref(),
+            Some("+275760-09-13T00:00:00.000Z")
+        );
+    }
+
+    #[test]
+    fn recognises_normal_texts() {
+        assert!(is_normal_iso("2024-01-02T03:04:05.678Z"));
+        for text in [
+            "2024-01-02T03:04:05Z",
+            "2024-01-02t03:04:05.678Z",
+            "2024-01-02T03:04:05.678z",
+            "2024-02-30T03:04:05.678Z",
+            "2024-01-02T03:04:05.678+00",
+            "2024-01-02T24:00:00.000Z",
+        ] {
+            assert!(!is_normal_iso(text), "{text}");
+        }
+        // Whatever is recognised as normal is exactly what normalization writes.
+        for text in [
+            "2024-01-02T03:04:05.678Z",
+            "0001-01-01T00:00:00.000Z",
+            "9999-12-31T23:59:59.999Z",
+        ] {
+            assert_eq!(normalize_iso(text).as_deref(), Some(text));
         }
     }
 

@@ -8,11 +8,25 @@ pub enum QueryError {
     /// A `$regex`/`$options` pair that does not compile (V8-style message).
     #[error("{0}")]
     InvalidRegex(String),
-    /// `$or`, `$and` or `$nor` whose value is not a non-empty array of objects.
+    /// `$or`, `$and` or `$nor` whose value is not an array (the reference's text).
     #[error("{operator} must be an array")]
     NotAnArray {
         /// The logical operator.
         operator: String,
+    },
+    /// `$or`, `$and` or `$nor` with an empty array (MongoDB rejects them).
+    #[error("{operator} must be a non-empty array")]
+    EmptyLogical {
+        /// The logical operator.
+        operator: String,
+    },
+    /// An entry of `$or`, `$and` or `$nor` that is not a clause (an object).
+    #[error("{operator} entries must be objects (query clauses), found {found}")]
+    NotAClause {
+        /// The logical operator.
+        operator: String,
+        /// The JSON type found (`null`, `a number`, …).
+        found: &'static str,
     },
     /// `$or`/`$and`/`$nor` nested deeper than allowed.
     #[error("Query condition nesting depth exceeds maximum allowed depth of {max}")]

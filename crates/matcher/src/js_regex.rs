@@ -20,16 +20,20 @@ const MAX_PATTERN_LEN: usize = 16 * 1024;
 /// Bound on the compiled program and lazy DFA of one pattern.
 const SIZE_LIMIT: usize = 1 << 20;
 
-/// Compiles `pattern` with JavaScript `flags` (`i`, `m`, `s`).
+/// Compiles `pattern` with JavaScript `flags` (`i`, `m`, `s`, and `u`, which changes
+/// nothing for an engine that always matches Unicode code points).
 pub(crate) fn compile(pattern: &str, flags: &str) -> Result<Regex, String> {
     let mut case_insensitive = false;
     let mut multi_line = false;
     let mut dot_all = false;
+    let mut unicode = false;
     for flag in flags.chars() {
         let seen = match flag {
             'i' => std::mem::replace(&mut case_insensitive, true),
             'm' => std::mem::replace(&mut multi_line, true),
             's' => std::mem::replace(&mut dot_all, true),
+            // JavaScript's Unicode mode: patterns already match code points here.
+            'u' => std::mem::replace(&mut unicode, true),
             _ => true,
         };
         if seen {

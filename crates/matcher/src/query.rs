@@ -3,7 +3,9 @@
 //! Evaluation is infallible and allocation-free: every check that can fail was done by
 //! the compiler, operands are pre-decoded, regexes pre-built. Field paths follow MongoDB
 //! (the store behind Parse REST `find()`): a dotted path descends through nested objects
-//! and through arrays of objects; a predicate holds if *any* value the path designates
+//! and through arrays of objects, but not into GeoPoint, Date, File or Bytes values (not
+//! objects in storage; pointers are read through, as the reference does); a predicate
+//! holds if *any* value the path designates
 //! satisfies it (an array field offers itself and each of its elements); negated
 //! operators (`$ne`, `$nin`, `$exists: false`, `$nor`) are the negation of that.
 
@@ -291,6 +293,9 @@ fn visit<'a>(
         };
     };
     match value {
+        // MongoDB stores these as `[lng, lat]`, a date, a file name and binary data: a
+        // path into their Parse JSON (`loc.latitude`) designates nothing in storage.
+        Some(Value::Object(map)) if is_opaque(map) => f(None, Hit::Missing),
         Some(Value::Object(map)) => visit(map.get(&*segment.name), tail, false, f),
         Some(Value::Array(items)) => {
             let mut visited = false;
@@ -312,6 +317,15 @@ fn visit<'a>(
         }
         _ => f(None, Hit::Missing),
     }
+}
+
+/// Parse JSON values that MongoDB does not store as objects. Pointers are not opaque:
+/// `ptr.objectId` reads through them, as the reference does.
+fn is_opaque(map: &Map<String, Value>) -> bool {
+    matches!(
+        map.get("__type").and_then(Value::as_str),
+        Some("GeoPoint" | "Date" | "File" | "Bytes")
+    )
 }
 
 /// Range operators.

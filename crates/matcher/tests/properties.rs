@@ -51,11 +51,20 @@ fn object() -> impl Strategy<Value = Map<String, Value>> {
     })
 }
 
+/// An item of an `$in`/`$nin` operand: a value, or an array of values (flattened one level
+/// by parse-server's query transform).
+fn set_item() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => scalar(),
+        1 => prop::collection::vec(scalar(), 0..3).prop_map(Value::Array),
+    ]
+}
+
 fn constraint() -> impl Strategy<Value = Value> {
     prop_oneof![
         4 => scalar(),
-        1 => prop::collection::vec(scalar(), 0..3).prop_map(|items| json!({"$in": items})),
-        1 => prop::collection::vec(scalar(), 0..3).prop_map(|items| json!({"$nin": items})),
+        1 => prop::collection::vec(set_item(), 0..3).prop_map(|items| json!({"$in": items})),
+        1 => prop::collection::vec(set_item(), 0..3).prop_map(|items| json!({"$nin": items})),
         1 => scalar().prop_map(|v| json!({"$ne": v})),
         1 => (0i64..4).prop_map(|v| json!({"$gt": v})),
         1 => (0i64..4).prop_map(|v| json!({"$lte": v})),
@@ -254,6 +263,31 @@ proptest! {
         for object in &objects {
             for (set, logical) in &pairs {
                 prop_assert_eq!(set.matches(object), logical.matches(object), "{} vs {} on {:?}", set.canonical(), logical.canonical(), object);
+            }
+        }
+    }
+
+    /// `$in`/`$nin` operands are flattened one level, as parse-server's query transform does:
+    /// `{f: {$in: [[a, b], c]}}` answers like `{f: {$in: [a, b, c]}}`.
+    #[test]
+    fn set_operands_are_flattened_one_level(
+        items in prop::collection::vec(set_item(), 0..5),
+        field in prop_oneof![Just("f"), Just("g"), Just("f.x")],
+        objects in prop::collection::vec(object(), 1..8),
+    ) {
+        let compile = |v: Value| Query::compile(v.as_object().expect("object"), &CompileOptions::default()).expect("compiles");
+        let flat: Vec<Value> = items
+            .iter()
+            .flat_map(|item| match item {
+                Value::Array(inner) => inner.clone(),
+                other => vec![other.clone()],
+            })
+            .collect();
+        for op in ["$in", "$nin"] {
+            let nested = compile(json!({ field: { op: items } }));
+            let flattened = compile(json!({ field: { op: flat } }));
+            for object in &objects {
+                prop_assert_eq!(nested.matches(object), flattened.matches(object), "{} vs {} on {:?}", nested.canonical(), flattened.canonical(), object);
             }
         }
     }

@@ -8,6 +8,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::id::RequestId;
+
 /// Every wire error code used by livequery.
 ///
 /// The numbers are those of parse-server's LiveQuery server (1–4) and of `Parse.Error`
@@ -328,7 +330,22 @@ pub enum ProtocolError {
     /// The JSON violates the request schema; the text is the tv4-style first violation.
     #[error("{0}")]
     Schema(String),
+    /// Valid JSON nested deeper than the parser accepts ([`MAX_FRAME_DEPTH`] levels). The
+    /// reference parses any depth (and answers, or subscribes); livequery answers with an
+    /// error frame instead of silence: code 102 with the `requestId` for a `subscribe` or
+    /// `update` that names one, code 1 otherwise.
+    #[error("frame nested deeper than {MAX_FRAME_DEPTH} levels")]
+    TooDeep {
+        /// The frame's `op`, when its top level could be read.
+        op: Option<String>,
+        /// The frame's `requestId`, when its top level could be read.
+        request_id: Option<RequestId>,
+    },
 }
+
+/// The deepest nesting of arrays and objects a client frame may have (the frame itself is
+/// level 1; serde_json's recursion limit stops at the next level).
+pub const MAX_FRAME_DEPTH: usize = 127;
 
 impl ProtocolError {
     /// The error frame to answer with, or `None` when the reference stays silent.
@@ -338,6 +355,26 @@ impl ProtocolError {
             Self::Schema(message) => {
                 Some(WireError::new(ErrorCode::InvalidRequest, message.clone()))
             }
+            Self::TooDeep { .. } if self.request_id().is_some() => Some(WireError::new(
+                ErrorCode::InvalidQuery,
+                format!("Query nested too deeply: JSON deeper than {MAX_FRAME_DEPTH} levels"),
+            )),
+            Self::TooDeep { .. } => Some(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("Frame nested too deeply: JSON deeper than {MAX_FRAME_DEPTH} levels"),
+            )),
+        }
+    }
+
+    /// The `requestId` the error frame carries: only a too-deep `subscribe` or `update`
+    /// names one (schema errors carry `null`, like the reference's).
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Self::TooDeep {
+                op: Some(op),
+                request_id,
+            } if op == "subscribe" || op == "update" => *request_id,
+            _ => None,
         }
     }
 }

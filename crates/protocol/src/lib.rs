@@ -16,12 +16,16 @@
 //! - [`response`]: server → client frames: [`Envelope`] (rendered once per connection),
 //!   [`EncodedObject`] (an object serialized once, shared by every recipient),
 //!   [`ServerMessage`] (encoding) and [`ServerFrame`] (decoding, for Rust clients).
+//! - [`handshake`]: the subprotocol a WebSocket handshake selects (the first offered, like
+//!   parse-server's `ws` server).
 //! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript), [`ClientId`] and
 //!   [`ClassName`].
 //!
 //! ## Invariants
 //! - Decoding never panics, whatever the input; invalid JSON yields
-//!   [`ProtocolError::InvalidJson`], which the reference answers with silence.
+//!   [`ProtocolError::InvalidJson`], which the reference answers with silence; JSON nested
+//!   deeper than [`error::MAX_FRAME_DEPTH`] yields [`ProtocolError::TooDeep`], answered
+//!   with an error frame (never silence, never unbounded recursion).
 //! - Encoded frames never contain `null` for an absent optional field, never carry
 //!   `clientId` on errors, and always echo the connection's `installationId`.
 //! - An event's object bytes are produced once ([`EncodedObject`]); a recipient's frame
@@ -29,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod handshake;
 pub mod id;
 pub mod request;
 pub mod response;

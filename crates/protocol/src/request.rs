@@ -36,9 +36,23 @@ impl ClientMessage {
     }
 
     /// Decodes a text frame, validating it exactly as the reference does.
+    ///
+    /// Two inputs the reference answers although they are not schema-valid JSON objects:
+    /// an empty frame reaches its validator as a non-JSON event object (`Missing required
+    /// property: op`, like a binary frame), and JSON nested deeper than
+    /// [`MAX_FRAME_DEPTH`](crate::error::MAX_FRAME_DEPTH) levels gets
+    /// [`ProtocolError::TooDeep`] (an error frame, never silence).
     pub fn decode(text: &str) -> Result<Self, ProtocolError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+        if text.is_empty() {
+            return Self::decode_binary(&[]);
+        }
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            if is_recursion_limit(&e) {
+                too_deep(text)
+            } else {
+                ProtocolError::InvalidJson(e.to_string())
+            }
+        })?;
         Self::from_value(value)
     }
 
@@ -119,6 +133,33 @@ impl ClientMessage {
             }
         }
         Value::Object(out).to_string()
+    }
+}
+
+/// Whether serde_json gave up because the input nests deeper than its recursion limit.
+fn is_recursion_limit(error: &serde_json::Error) -> bool {
+    error.is_syntax() && error.to_string().starts_with("recursion limit exceeded")
+}
+
+/// The top level of a frame too deep to parse: `op` and `requestId` when they are plain
+/// values. Every other member is skipped without recursion (serde_json's `IgnoredAny`).
+#[derive(serde::Deserialize)]
+struct Head {
+    op: Option<String>,
+    #[serde(rename = "requestId")]
+    request_id: Option<f64>,
+}
+
+fn too_deep(text: &str) -> ProtocolError {
+    // Invalid JSON stays invalid JSON (silence), however deep it starts.
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return ProtocolError::InvalidJson(e.to_string());
+    }
+    let head: Option<Head> = serde_json::from_str(text).ok();
+    let (op, request_id) = head.map_or((None, None), |h| (h.op, h.request_id));
+    ProtocolError::TooDeep {
+        op,
+        request_id: request_id.map(RequestId::new),
     }
 }
 

@@ -177,11 +177,96 @@ fn rejected_frames_get_the_reference_error() {
 
 #[test]
 fn invalid_json_is_silently_dropped() {
-    for text in [r#"{"op":"connect","#, "", "not json", "{'op':'connect'}"] {
+    let deep_and_broken = format!("{}1", "[".repeat(1000));
+    for text in [
+        r#"{"op":"connect","#,
+        " ",
+        "not json",
+        "{'op':'connect'}",
+        &deep_and_broken,
+    ] {
         let err = ClientMessage::decode(text).unwrap_err();
         assert!(matches!(err, ProtocolError::InvalidJson(_)), "{text}");
         assert_eq!(err.to_wire(), None);
     }
+}
+
+#[test]
+fn an_empty_frame_fails_like_the_reference() {
+    // parse-server's socket wrapper hands the validator the event object when the data is
+    // empty (falsy): it has no `op`.
+    assert_eq!(
+        error_frame("").as_deref(),
+        Some(schema_error("Missing required property: op").as_str())
+    );
+}
+
+/// `depth` levels of `{"$or": [ … ]}` around `{"a": 1}`.
+fn nested_or(depth: usize) -> String {
+    format!(
+        "{}{{\"a\":1}}{}",
+        "{\"$or\":[".repeat(depth),
+        "]}".repeat(depth)
+    )
+}
+
+#[test]
+fn too_deep_frames_get_an_error_frame() {
+    let max = livequery_protocol::error::MAX_FRAME_DEPTH;
+    // A subscribe (or update) whose `where` is 1,000 levels deep: 102 with its requestId.
+    for op in ["subscribe", "update"] {
+        let text = format!(
+            r#"{{"op":"{op}","requestId":7,"query":{{"className":"T","where":{}}}}}"#,
+            nested_or(500)
+        );
+        let err = ClientMessage::decode(&text).unwrap_err();
+        assert!(matches!(err, ProtocolError::TooDeep { .. }), "{err:?}");
+        assert_eq!(err.request_id(), Some(RequestId::new(7.0)));
+        let wire = err.to_wire().unwrap();
+        assert_eq!(wire.code, ErrorCode::InvalidQuery);
+        assert!(!wire.reconnect);
+        assert_eq!(
+            wire.message,
+            format!("Query nested too deeply: JSON deeper than {max} levels")
+        );
+    }
+    // Any other frame (or one whose top level cannot be read): code 1, requestId null.
+    for text in [
+        format!(
+            r#"{{"op":"connect","applicationId":"a","x":{}}}"#,
+            "[".repeat(200) + &"]".repeat(200)
+        ),
+        format!(r#"{{"op":"subscribe","query":{}}}"#, nested_or(100)),
+        format!(r#"{{"op":{},"requestId":1}}"#, nested_or(100)),
+        "[".repeat(10_000) + &"]".repeat(10_000),
+    ] {
+        let err = ClientMessage::decode(&text).unwrap_err();
+        assert!(matches!(err, ProtocolError::TooDeep { .. }), "{err:?}");
+        assert_eq!(err.request_id(), None);
+        assert_eq!(
+            error_frame(&text).as_deref(),
+            Some(
+                schema_error(&format!(
+                    "Frame nested too deeply: JSON deeper than {max} levels"
+                ))
+                .as_str()
+            )
+        );
+    }
+    // Just within the limit (the frame, `query`, `where` and the arrays): parsed as usual.
+    let within = format!(
+        r#"{{"op":"subscribe","requestId":1,"query":{{"className":"T","where":{{"a":{}}}}}}}"#,
+        "[".repeat(max - 3) + &"]".repeat(max - 3)
+    );
+    assert!(ClientMessage::decode(&within).is_ok());
+    let beyond = format!(
+        r#"{{"op":"subscribe","requestId":1,"query":{{"className":"T","where":{{"a":{}}}}}}}"#,
+        "[".repeat(max - 2) + &"]".repeat(max - 2)
+    );
+    assert!(matches!(
+        ClientMessage::decode(&beyond),
+        Err(ProtocolError::TooDeep { .. })
+    ));
 }
 
 #[test]

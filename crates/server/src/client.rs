@@ -145,7 +145,7 @@ impl ClientState {
 
     fn reject(&mut self, err: ProtocolError) {
         match err.to_wire() {
-            Some(wire) => self.error(wire, None),
+            Some(wire) => self.error(wire, err.request_id()),
             None => {
                 self.ctx.metrics.invalid_json.fetch_add(1, Relaxed);
                 tracing::debug!(error = %err, "ignoring a frame that is not JSON");
@@ -318,15 +318,25 @@ impl ClientState {
         Ok(())
     }
 
-    /// Who the subscription reads as: its own session token, else the connection's.
+    /// Who the subscription reads as: its own session token, else the connection's. A
+    /// subscription token that resolves to no user (unknown, expired, or its lookup failed)
+    /// falls back to the connection's token, as the reference's ACL check tries both.
     async fn identity(&self, connected: &Connected, token: Option<&str>) -> Identity {
-        let token = token
-            .filter(|t| !t.is_empty())
-            .or(connected.token.as_deref());
-        let session = match token {
+        let own = token.filter(|t| !t.is_empty());
+        let fallback = connected.token.as_deref();
+        let mut session = match own.or(fallback) {
             Some(token) => Some(self.ctx.identities.identity(token).await),
             None => None,
         };
+        if let (Some(own), Some(fallback)) = (own, fallback)
+            && own != fallback
+            && session
+                .as_ref()
+                .is_some_and(|cell| cell.reader().user_id.is_none())
+        {
+            tracing::debug!("the subscription's session token is invalid; using the connection's");
+            session = Some(self.ctx.identities.identity(fallback).await);
+        }
         Identity {
             master: connected.master,
             session,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use livequery_matcher::date::normalize_object_dates;
 use livequery_matcher::gate::ClassPermissions;
 use livequery_protocol::{ClassName, WireError};
 use tokio::sync::mpsc;
@@ -172,7 +173,19 @@ impl Ingest {
     }
 
     /// Delivers one message; waits while its dispatch worker's queue is full.
-    pub async fn publish(&self, message: Message) -> Result<(), IngestClosed> {
+    ///
+    /// Whatever the source, the objects' dates are first re-encoded as the reference's
+    /// `Parse.Object` round trip writes them (UTC with milliseconds, `updatedAt` defaulting
+    /// to `createdAt`): once per event, before matching and before any recipient's bytes.
+    pub async fn publish(&self, mut message: Message) -> Result<(), IngestClosed> {
+        normalize_object_dates(&mut message.current);
+        // A partly known original lacks the fields that changed (`updatedAt` among them):
+        // nothing may be filled in for it.
+        if message.original_state == crate::event::OriginalState::Exact
+            && let Some(original) = &mut message.original
+        {
+            normalize_object_dates(original);
+        }
         let class_name = ClassName::from(message.class_name());
         let permissions = self.permissions_of(&message);
         let event = ChangeEvent {

@@ -141,8 +141,8 @@ async fn route(
     }
 }
 
-/// Answers a WebSocket handshake (any path, no subprotocol selected) and spawns the
-/// connection task.
+/// Answers a WebSocket handshake (any path; the first offered subprotocol selected) and
+/// spawns the connection task.
 fn upgrade(
     mut request: Request<Incoming>,
     ctx: Arc<ServerState>,
@@ -158,6 +158,32 @@ fn upgrade(
             StatusCode::BAD_REQUEST,
             &json!({"error": "bad WebSocket handshake: need Sec-WebSocket-Key and Sec-WebSocket-Version: 13"}),
         );
+    };
+    // Browsers refuse a handshake that selects none of the subprotocols their page offered:
+    // echo the first one, as parse-server's `ws` server does (several header lines are
+    // one comma-separated list).
+    let offered: Vec<&str> = request
+        .headers()
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        // A value that is not visible ASCII holds no token: refused like a malformed list.
+        .map(|value| value.to_str().unwrap_or("\u{0}"))
+        .collect();
+    let subprotocol = if offered.is_empty() {
+        None
+    } else {
+        match livequery_protocol::handshake::select_subprotocol(&offered.join(", "))
+            .ok()
+            .and_then(|chosen| HeaderValue::from_str(chosen).ok())
+        {
+            Some(value) => Some(value),
+            None => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "Invalid Sec-WebSocket-Protocol header"}),
+                );
+            }
+        }
     };
     let max = ctx.capacity.websockets as i64;
     if ctx.metrics.connections.fetch_add(1, Relaxed) >= max {
@@ -203,6 +229,9 @@ fn upgrade(
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(value) = HeaderValue::from_str(&accept) {
         headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(value) = subprotocol {
+        headers.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, value);
     }
     response
 }

@@ -15,6 +15,7 @@ mod mongo_sdk;
 mod mongo_sim;
 mod observability;
 mod operations;
+mod parity;
 mod protocol;
 mod query;
 mod redis;
