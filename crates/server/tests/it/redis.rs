@@ -85,10 +85,9 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
     let memory = Arc::new(MemoryIdentities::new());
     memory.put_session("r:u", "u", None);
     let components = Components {
-        source: Arc::new(RedisSource::new(
-            format!("redis://127.0.0.1:{port}"),
-            "lqApp",
-        )),
+        source: Arc::new(
+            RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
+        ),
         identities: memory.clone(),
         reader: None,
         embedded: None,
@@ -186,7 +185,8 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
     let _redis = redis_server(port).await;
     let components = Components {
         source: Arc::new(
-            RedisSource::new(format!("redis://127.0.0.1:{port}"), "lqApp")
+            RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp")
+                .expect("valid URL")
                 .with_ping_interval(Duration::from_millis(50)),
         ),
         identities: Arc::new(MemoryIdentities::new()),
