@@ -9,7 +9,7 @@
 //! parse-server's own LiveQuery options (`appId`, `websocketTimeout` in ms, …) are accepted
 //! too, at the top of a file (TOML, or a parse-server JSON configuration: `--config x.json`)
 //! and as `PARSE_LIVE_QUERY_SERVER_*` / `PORT` variables, which form a layer between the
-//! files and the `LIVEQUERY__` variables ([`parse_options`]).
+//! files and the `LIVEQUERY__` variables (`config/parse_options.rs`).
 
 mod parse_options;
 
