@@ -305,7 +305,7 @@ fn set(
 }
 
 /// The log filter for `log.level`: parse-server's levels (any case) — `error`, `warn`,
-/// `info`, `verbose`, `debug`, `silly`, and `none`/`silent` for no logging — or `RUST_LOG`
+/// `info`, `http`, `verbose`, `debug`, `silly`, and `none`/`silent` for no logging — or `RUST_LOG`
 /// directives in which every part names a level (`info,livequery_server::connection=debug`).
 /// Anything else is an error: a bare unknown word would be read by `tracing` as a module
 /// name and silence every other line, errors included.
@@ -315,7 +315,8 @@ pub(crate) fn log_filter(level: &str) -> anyhow::Result<String> {
             "none" | "silent" | "off" => "off",
             "error" => "error",
             "warn" | "warning" => "warn",
-            "info" => "info",
+            // winston's `http` sits between info and verbose; livequery logs nothing there.
+            "info" | "http" => "info",
             "verbose" | "debug" => "debug",
             "silly" | "trace" => "trace",
             _ => return None,
