@@ -149,6 +149,9 @@ struct RawSource {
     redis_tls_ca_file: String,
     redis_tls_cert_file: String,
     redis_tls_key_file: String,
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    redis_sentinels: Vec<String>,
+    redis_sentinel_master: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -196,6 +199,11 @@ pub struct RedisConfig {
     pub tls_cert_file: String,
     /// PEM file of the client certificate's private key.
     pub tls_key_file: String,
+    /// Redis Sentinel addresses (`host:port` or `redis://…`); empty: connect to `url`.
+    #[serde(skip)]
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel (`sentinel monitor <name> …`).
+    pub sentinel_master: String,
 }
 
 /// Settings of the MongoDB source.
@@ -412,6 +420,31 @@ fn redis_config(raw: &RawSource, app_id: &str) -> anyhow::Result<RedisConfig> {
             "source.redis_tls_cert_file and source.redis_tls_key_file go together: set both or neither"
         );
     }
+    let sentinels: Vec<String> = raw
+        .redis_sentinels
+        .iter()
+        .map(|s| {
+            if s.contains("://") {
+                s.clone()
+            } else {
+                format!("redis://{s}")
+            }
+        })
+        .collect();
+    if sentinels.is_empty() != raw.redis_sentinel_master.is_empty() {
+        bail!(
+            "source.redis_sentinels and source.redis_sentinel_master go together: set both or neither"
+        );
+    }
+    for sentinel in &sentinels {
+        sentinel.as_str().into_connection_info().map_err(|err| {
+            let shown = redact_url_credentials(sentinel);
+            anyhow::anyhow!("source.redis_sentinels: {shown:?} is not a Sentinel address: {err}")
+        })?;
+    }
+    if !sentinels.is_empty() && files.iter().any(|(_, path)| !path.is_empty()) {
+        bail!("source.redis_tls_* files are not supported with source.redis_sentinels");
+    }
     for (name, path) in files.iter().take(2).filter(|(_, path)| !path.is_empty()) {
         let certificates = CertificateDer::pem_file_iter(path.as_str())
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -442,6 +475,8 @@ fn redis_config(raw: &RawSource, app_id: &str) -> anyhow::Result<RedisConfig> {
         tls_ca_file: raw.redis_tls_ca_file.clone(),
         tls_cert_file: raw.redis_tls_cert_file.clone(),
         tls_key_file: raw.redis_tls_key_file.clone(),
+        sentinels,
+        sentinel_master: raw.redis_sentinel_master.clone(),
     })
 }
 
@@ -571,6 +606,9 @@ impl Config {
             }
         }
         effective.source.redis_url = redact_url_credentials(&effective.source.redis_url);
+        for sentinel in &mut effective.source.redis_sentinels {
+            *sentinel = redact_url_credentials(sentinel);
+        }
         effective.mongodb.url = redact_url_credentials(&effective.mongodb.url);
         effective.parse.server_url = redact_url_credentials(&effective.parse.server_url);
         let protected_fields = raw
@@ -1077,10 +1115,32 @@ mod tests {
                 ),
                 "redis_tls_cert_file",
             ),
+            ("redis_sentinel_master = \"m\"", "go together"),
+            ("redis_sentinels = \"s1:26379\"", "go together"),
+            (
+                "redis_sentinels = \"s1:26379,s2:x\"\nredis_sentinel_master = \"m\"",
+                "not a Sentinel address",
+            ),
+            (
+                "redis_sentinels = [\"s1:26379\"]\nredis_sentinel_master = \"m\"\nredis_url = \"rediss://h:1\"\nredis_tls_ca_file = \"/nonexistent\"",
+                "not supported with source.redis_sentinels",
+            ),
         ] {
             let err = Config::from_toml_layers(&[&format!("{base}{layer}")]).expect_err(layer);
             assert!(format!("{err:#}").contains(expected), "{layer}: {err:#}");
         }
         std::fs::remove_dir_all(&dir).ok();
+        let sentinel = Config::from_toml_layers(&[&format!(
+            "{base}redis_sentinels = \"s1:26379, redis://:pw@s2:26379\"\nredis_sentinel_master = \"m\""
+        )])
+        .expect("valid");
+        let SourceKind::Redis(redis) = &sentinel.source else {
+            panic!("{:?}", sentinel.source)
+        };
+        assert_eq!(
+            redis.sentinels,
+            ["redis://s1:26379", "redis://:pw@s2:26379"]
+        );
+        assert!(!sentinel.to_redacted_toml().contains("pw"));
     }
 }

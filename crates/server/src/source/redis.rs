@@ -42,10 +42,41 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Subscribes to parse-server's Redis channels.
 #[derive(Debug)]
 pub struct RedisSource {
-    /// Connection settings (credentials and certificates included; its `Debug` redacts them).
-    client: redis::Client,
+    connector: Connector,
     prefix: String,
     ping_interval: Duration,
+}
+
+/// How the Redis to subscribe to is found.
+enum Connector {
+    /// One address (credentials and certificates included; its `Debug` redacts them).
+    Direct(redis::Client),
+    /// The current master of a Sentinel-managed set, asked for on every connection. A tokio
+    /// mutex: the lookup holds it across `.await`, and only the source's task takes it.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(client) => f.debug_tuple("Direct").field(client).finish(),
+            Self::Sentinel(_) => f.write_str("Sentinel"),
+        }
+    }
+}
+
+impl Connector {
+    async fn client(&self) -> anyhow::Result<redis::Client> {
+        match self {
+            Self::Direct(client) => Ok(client.clone()),
+            Self::Sentinel(sentinel) => tokio::time::timeout(IO_TIMEOUT, async {
+                sentinel.lock().await.async_get_client().await
+            })
+            .await
+            .context("asking Redis Sentinel for the master timed out")?
+            .context("asking Redis Sentinel for the master"),
+        }
+    }
 }
 
 impl RedisSource {
@@ -60,6 +91,8 @@ impl RedisSource {
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
         })
     }
 
@@ -73,6 +106,29 @@ impl RedisSource {
             .as_str()
             .into_connection_info()
             .context("invalid source.redis_url")?;
+        if !config.sentinels.is_empty() {
+            let mut settings = redis::RedisConnectionInfo::default();
+            if !config.username.is_empty() {
+                settings = settings.set_username(&config.username);
+            }
+            if !config.password.is_empty() {
+                settings = settings.set_password(&config.password);
+            }
+            let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(settings);
+            let sentinel = redis::sentinel::SentinelClient::build(
+                config.sentinels.iter().map(String::as_str).collect(),
+                config.sentinel_master.as_str(),
+                Some(node),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .context("invalid source.redis_sentinels")?;
+            return Ok(Self {
+                connector: Connector::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                prefix: config.channel_prefix.clone(),
+                ping_interval: PING_INTERVAL,
+            });
+        }
         let mut settings = info.redis_settings().clone();
         if !config.username.is_empty() {
             settings = settings.set_username(&config.username);
@@ -112,7 +168,7 @@ impl RedisSource {
             .context("source.redis_tls_*: the certificates cannot be used")?
         };
         Ok(Self {
-            client,
+            connector: Connector::Direct(client),
             prefix: config.channel_prefix.clone(),
             ping_interval: PING_INTERVAL,
         })
@@ -137,7 +193,8 @@ impl RedisSource {
         shutdown: &CancellationToken,
         connected: &mut bool,
     ) -> anyhow::Result<()> {
-        let pubsub = tokio::time::timeout(IO_TIMEOUT, self.client.get_async_pubsub())
+        let client = self.connector.client().await?;
+        let pubsub = tokio::time::timeout(IO_TIMEOUT, client.get_async_pubsub())
             .await
             .context("connect timed out")??;
         let (mut control, mut messages) = pubsub.split();

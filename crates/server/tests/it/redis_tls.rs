@@ -157,6 +157,8 @@ fn tls_config(certs: &Certificates, tls_port: u16, ca: &str) -> RedisConfig {
         tls_ca_file: certs.path(ca),
         tls_cert_file: certs.path("client.crt"),
         tls_key_file: certs.path("client.key"),
+        sentinels: Vec::new(),
+        sentinel_master: String::new(),
     }
 }
 
