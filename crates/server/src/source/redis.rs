@@ -100,22 +100,19 @@ impl RedisSource {
     /// driver cannot use, unreadable or invalid certificate or key files.
     pub fn from_config(config: &RedisConfig) -> anyhow::Result<Self> {
         use redis::IntoConnectionInfo;
-        // The driver's errors never carry the URL, so they cannot leak its password.
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .context("invalid source.redis_url")?;
-        if !config.sentinels.is_empty() {
-            let mut settings = redis::RedisConnectionInfo::default();
+        // Credentials kept out of the URL (`source.redis_username` / `redis_password`).
+        let credentials = |mut settings: redis::RedisConnectionInfo| {
             if !config.username.is_empty() {
                 settings = settings.set_username(&config.username);
             }
             if !config.password.is_empty() {
                 settings = settings.set_password(&config.password);
             }
+            settings
+        };
+        if !config.sentinels.is_empty() {
             let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-                .set_redis_connection_info(settings);
+                .set_redis_connection_info(credentials(redis::RedisConnectionInfo::default()));
             let sentinel = redis::sentinel::SentinelClient::build(
                 config.sentinels.iter().map(String::as_str).collect(),
                 config.sentinel_master.as_str(),
@@ -129,14 +126,14 @@ impl RedisSource {
                 ping_interval: PING_INTERVAL,
             });
         }
-        let mut settings = info.redis_settings().clone();
-        if !config.username.is_empty() {
-            settings = settings.set_username(&config.username);
-        }
-        if !config.password.is_empty() {
-            settings = settings.set_password(&config.password);
-        }
-        info = info.set_redis_settings(settings);
+        // The driver's errors never carry the URL, so they cannot leak its password.
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .context("invalid source.redis_url")?;
+        let settings = credentials(info.redis_settings().clone());
+        let info = info.set_redis_settings(settings);
         let client = if config.tls_ca_file.is_empty() && config.tls_cert_file.is_empty() {
             if config.url.starts_with("rediss://") {
                 install_crypto_provider();

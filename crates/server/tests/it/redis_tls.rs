@@ -206,6 +206,25 @@ async fn a_tls_redis_with_a_client_certificate_and_an_acl_user_feeds_subscribers
         (Some("create"), Some("m1"))
     );
     server.stop().await;
+
+    // The same user given as source.redis_username / redis_password instead of in the URL.
+    let mut by_fields = tls_config(&certs, tls_port, "ca.crt");
+    by_fields.url = format!("rediss://127.0.0.1:{tls_port}");
+    by_fields.username = USER.to_owned();
+    by_fields.password = PASSWORD.to_owned();
+    let components = Components {
+        source: Arc::new(RedisSource::from_config(&by_fields).expect("valid")),
+        identities: Arc::new(MemoryIdentities::new()),
+        reader: None,
+        embedded: None,
+        subqueries: None,
+        readiness: Default::default(),
+    };
+    // Waits for /health (the subscription) or fails.
+    TestServer::start_components("", components, true)
+        .await
+        .stop()
+        .await;
 }
 
 /// Lines livequery writes to standard output until one satisfies `done` (or it exits, or
