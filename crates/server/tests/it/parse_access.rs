@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use livequery_server::Components;
+use livequery_server::config::Config;
 use livequery_server::identity::IdentityProvider;
 use livequery_server::parse_rest::{KeyKind, ParseRest, READINESS_COMPONENT};
 use livequery_server::readiness::Readiness;
@@ -184,5 +186,22 @@ async fn a_refused_key_is_one_actionable_error_and_a_readiness_problem_until_it_
     assert_eq!(
         parse.keys.lock().expect("not poisoned").as_slice(),
         ["read-only-key"]
+    );
+
+    // Wired from the configuration: the Redis source's identities report to the register
+    // the server's /readyz reads, with the read-only key preferred.
+    let parse = FakeParseServer::start().await;
+    let config = Config::from_toml_layers(&[&format!(
+        "appId = \"app\"\nmasterKey = \"{MASTER_KEY}\"\nreadOnlyMasterKey = \"ro-key\"\nserverURL = \"{}\"\nredisURL = \"redis://127.0.0.1:1\"",
+        parse.url
+    )])
+    .expect("valid");
+    let components = Components::from_config(&config).await.expect("components");
+    assert!(components.identities.resolve_session(TOKEN).await.is_err());
+    let problem = components.readiness.problems()[READINESS_COMPONENT].clone();
+    assert!(problem.contains("readOnlyMasterKeyIps"), "{problem}");
+    assert_eq!(
+        parse.keys.lock().expect("not poisoned").as_slice(),
+        ["ro-key"]
     );
 }
