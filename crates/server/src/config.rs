@@ -5,6 +5,13 @@
 //! environment variables `LIVEQUERY__SECTION__KEY` (e.g. `LIVEQUERY__SERVER__LISTEN`).
 //! Loading is two-stage: the raw serde structs mirror the file and reject unknown keys;
 //! `Config::from_raw` validates them into the typed [`Config`] the server uses.
+//!
+//! parse-server's own LiveQuery options (`appId`, `websocketTimeout` in ms, …) are accepted
+//! too, at the top of a file (TOML, or a parse-server JSON configuration: `--config x.json`)
+//! and as `PARSE_LIVE_QUERY_SERVER_*` / `PORT` variables, which form a layer between the
+//! files and the `LIVEQUERY__` variables (`config/parse_options.rs`).
+
+mod parse_options;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -95,6 +102,7 @@ struct RawServer {
 struct RawParse {
     app_id: String,
     master_key: String,
+    read_only_master_key: String,
     server_url: String,
     check_application_id: bool,
     key_pairs: BTreeMap<String, String>,
@@ -138,6 +146,14 @@ struct RawSource {
     queue: usize,
     redis_url: String,
     channel_prefix: String,
+    redis_username: String,
+    redis_password: String,
+    redis_tls_ca_file: String,
+    redis_tls_cert_file: String,
+    redis_tls_key_file: String,
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    redis_sentinels: Vec<String>,
+    redis_sentinel_master: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,15 +176,36 @@ pub enum SourceKind {
     /// parse-server's pub/sub messages posted to the HTTP ingest endpoint on the same port.
     Embedded,
     /// parse-server's Redis pub/sub channels (`liveQuery.redisURL`).
-    Redis {
-        /// `redis://…` URL.
-        url: String,
-        /// Channel prefix (parse-server uses the app id).
-        channel_prefix: String,
-    },
+    Redis(RedisConfig),
     /// MongoDB change streams on parse-server's database.
     #[serde(rename = "mongodb")]
     Mongo(MongoConfig),
+}
+
+/// Settings of the Redis source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RedisConfig {
+    /// `redis://…` or `rediss://…` (TLS) URL, possibly with `user:password@`.
+    #[serde(serialize_with = "redact_url")]
+    pub url: String,
+    /// Channel prefix (parse-server uses the app id).
+    pub channel_prefix: String,
+    /// ACL user name, when not in the URL (empty: the URL's).
+    pub username: String,
+    /// Password, when not in the URL (empty: the URL's).
+    #[serde(serialize_with = "redact")]
+    pub password: String,
+    /// PEM file of the CA(s) the server's certificate must chain to (empty: the system's).
+    pub tls_ca_file: String,
+    /// PEM file of a client certificate chain (mutual TLS; empty: none).
+    pub tls_cert_file: String,
+    /// PEM file of the client certificate's private key.
+    pub tls_key_file: String,
+    /// Redis Sentinel addresses (`host:port` or `redis://…`); empty: connect to `url`.
+    #[serde(skip)]
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel (`sentinel monitor <name> …`).
+    pub sentinel_master: String,
 }
 
 /// Settings of the MongoDB source.
@@ -223,9 +260,13 @@ pub struct Config {
     pub drain_period: Duration,
     /// The Parse application id (channel prefix for the Redis source).
     pub app_id: String,
-    /// The Parse master key: authenticates the HTTP ingest endpoint and REST lookups.
+    /// The Parse master key: authenticates the HTTP ingest endpoint, and REST lookups unless
+    /// `read_only_master_key` is set.
     #[serde(serialize_with = "redact")]
     pub master_key: String,
+    /// parse-server's read-only master key: used for REST lookups when set (empty: not set).
+    #[serde(serialize_with = "redact")]
+    pub read_only_master_key: String,
     /// parse-server's REST URL, for auth lookups and `query` (empty: not used).
     pub server_url: String,
     /// Compare `connect`'s `applicationId` with `app_id`.
@@ -298,6 +339,24 @@ pub struct Limits {
     pub max_ingest_bytes: usize,
 }
 
+/// One file's layer, parse-server option names rewritten into livequery's keys.
+fn layer(
+    text: &str,
+    json: bool,
+    origin: &str,
+) -> anyhow::Result<config::File<config::FileSourceString, config::FileFormat>> {
+    let mut table: toml::Table = if json {
+        let value: serde_json::Value =
+            serde_json::from_str(text).with_context(|| format!("{origin}: not valid JSON"))?;
+        toml::Table::try_from(value).with_context(|| format!("{origin}: not a JSON object"))?
+    } else {
+        toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?
+    };
+    parse_options::translate_file(&mut table, origin)?;
+    let text = toml::to_string(&table).with_context(|| format!("rendering {origin}"))?;
+    Ok(config::File::from_str(&text, config::FileFormat::Toml))
+}
+
 /// `scheme://user:password@host` → `scheme://<redacted>@host`.
 fn redact_url_credentials(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -308,6 +367,10 @@ fn redact_url_credentials(url: &str) -> String {
         Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
         None => url.to_owned(),
     }
+}
+
+fn redact_url<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url_credentials(value))
 }
 
 fn redact<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -326,29 +389,158 @@ fn redact_map<S: serde::Serializer>(
     map.end()
 }
 
+/// The Redis source's settings; every error that no retry could heal is found here.
+fn redis_config(raw: &RawSource, app_id: &str) -> anyhow::Result<RedisConfig> {
+    use redis::IntoConnectionInfo;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let url = &raw.redis_url;
+    let shown = redact_url_credentials(url);
+    let tls = url.starts_with("rediss://");
+    if !tls
+        && !url.starts_with("redis://")
+        && !url.starts_with("redis+unix://")
+        && !url.starts_with("unix://")
+    {
+        bail!("source.redis_url: {shown:?} is not a redis://, rediss:// or unix:// URL");
+    }
+    // The driver's own parse (host, port, database, credentials); its error is generic, so
+    // it cannot echo a password.
+    url.as_str()
+        .into_connection_info()
+        .map_err(|err| anyhow::anyhow!("source.redis_url: {shown:?} is not valid: {err}"))?;
+    let files = [
+        ("source.redis_tls_ca_file", &raw.redis_tls_ca_file),
+        ("source.redis_tls_cert_file", &raw.redis_tls_cert_file),
+        ("source.redis_tls_key_file", &raw.redis_tls_key_file),
+    ];
+    if let Some((name, _)) = files.iter().find(|(_, path)| !path.is_empty())
+        && !tls
+    {
+        bail!("{name} is set but source.redis_url is not a rediss:// (TLS) URL");
+    }
+    if raw.redis_tls_cert_file.is_empty() != raw.redis_tls_key_file.is_empty() {
+        bail!(
+            "source.redis_tls_cert_file and source.redis_tls_key_file go together: set both or neither"
+        );
+    }
+    let sentinels: Vec<String> = raw
+        .redis_sentinels
+        .iter()
+        .map(|s| {
+            if s.contains("://") {
+                s.clone()
+            } else {
+                format!("redis://{s}")
+            }
+        })
+        .collect();
+    if sentinels.is_empty() != raw.redis_sentinel_master.is_empty() {
+        bail!(
+            "source.redis_sentinels and source.redis_sentinel_master go together: set both or neither"
+        );
+    }
+    for sentinel in &sentinels {
+        sentinel.as_str().into_connection_info().map_err(|err| {
+            let shown = redact_url_credentials(sentinel);
+            anyhow::anyhow!("source.redis_sentinels: {shown:?} is not a Sentinel address: {err}")
+        })?;
+    }
+    if !sentinels.is_empty() && files.iter().any(|(_, path)| !path.is_empty()) {
+        bail!("source.redis_tls_* files are not supported with source.redis_sentinels");
+    }
+    for (name, path) in files.iter().take(2).filter(|(_, path)| !path.is_empty()) {
+        let certificates = CertificateDer::pem_file_iter(path.as_str())
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| {
+                anyhow::anyhow!("{name}: cannot read certificates from {path:?}: {err}")
+            })?;
+        if certificates.is_empty() {
+            bail!("{name}: {path:?} holds no PEM certificate");
+        }
+    }
+    if !raw.redis_tls_key_file.is_empty() {
+        let path = &raw.redis_tls_key_file;
+        PrivateKeyDer::from_pem_file(path.as_str()).map_err(|err| {
+            anyhow::anyhow!(
+                "source.redis_tls_key_file: cannot read a private key from {path:?}: {err}"
+            )
+        })?;
+    }
+    Ok(RedisConfig {
+        url: url.clone(),
+        channel_prefix: if raw.channel_prefix.is_empty() {
+            app_id.to_owned()
+        } else {
+            raw.channel_prefix.clone()
+        },
+        username: raw.redis_username.clone(),
+        password: raw.redis_password.clone(),
+        tls_ca_file: raw.redis_tls_ca_file.clone(),
+        tls_cert_file: raw.redis_tls_cert_file.clone(),
+        tls_key_file: raw.redis_tls_key_file.clone(),
+        sentinels,
+        sentinel_master: raw.redis_sentinel_master.clone(),
+    })
+}
+
 impl Config {
-    /// Loads the layered configuration. `file` is `--config FILE`.
+    /// Loads the layered configuration from the process environment. `file` is
+    /// `--config FILE`.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        // Variables that are not valid UTF-8 cannot be configuration; skip them.
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Loads the layered configuration with `env` as the environment: the defaults,
+    /// `./config/default.toml`, `file` (TOML, or JSON when it ends in `.json`), parse-server's
+    /// variables (`PARSE_LIVE_QUERY_SERVER_*`, `PORT`), then `LIVEQUERY__SECTION__KEY`.
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
-        if Path::new("config/default.toml").exists() {
-            builder = builder.add_source(config::File::new(
-                "config/default.toml",
-                config::FileFormat::Toml,
-            ));
+        let local = Path::new("config/default.toml");
+        let files = local.exists().then_some(local).into_iter().chain(
+            file.map(|file| {
+                if file.exists() {
+                    Ok(file)
+                } else {
+                    Err(anyhow::anyhow!(
+                        "config file {} does not exist",
+                        file.display()
+                    ))
+                }
+            })
+            .transpose()?,
+        );
+        for file in files {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let json = file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            builder = builder.add_source(layer(&text, json, &file.display().to_string())?);
         }
-        if let Some(file) = file {
-            if !file.exists() {
-                bail!("config file {} does not exist", file.display());
-            }
-            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
-        }
+        let parse_env = parse_options::env_layer(env)?;
+        builder = builder.add_source(config::File::from_str(
+            &toml::to_string(&parse_env).context("rendering parse-server's variables")?,
+            config::FileFormat::Toml,
+        ));
+        let ours: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("LIVEQUERY__"))
+            .cloned()
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("LIVEQUERY")
                 .prefix_separator("__")
                 .separator("__")
+                .source(Some(ours))
                 // Values stay strings until a typed key asks for a number or a boolean, so a key
                 // like "00123" is not turned into the number 123.
                 .try_parsing(false),
@@ -361,14 +553,15 @@ impl Config {
         Self::from_raw(raw)
     }
 
-    /// The defaults with `layers` (TOML texts) applied in order; no files, no environment.
+    /// The defaults with `layers` (TOML texts, which may use parse-server's option names)
+    /// applied in order; no files, no environment.
     pub fn from_toml_layers(layers: &[&str]) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
-        for layer in layers {
-            builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
+        for (i, text) in layers.iter().enumerate() {
+            builder = builder.add_source(layer(text, false, &format!("layer {i}"))?);
         }
         let raw: RawConfig = builder
             .build()?
@@ -408,10 +601,19 @@ impl Config {
             .keys()
             .map(|name| (name.clone(), "<redacted>".to_owned()))
             .collect();
-        if !effective.parse.master_key.is_empty() {
-            effective.parse.master_key = "<redacted>".to_owned();
+        for secret in [
+            &mut effective.parse.master_key,
+            &mut effective.parse.read_only_master_key,
+            &mut effective.source.redis_password,
+        ] {
+            if !secret.is_empty() {
+                "<redacted>".clone_into(secret);
+            }
         }
         effective.source.redis_url = redact_url_credentials(&effective.source.redis_url);
+        for sentinel in &mut effective.source.redis_sentinels {
+            *sentinel = redact_url_credentials(sentinel);
+        }
         effective.mongodb.url = redact_url_credentials(&effective.mongodb.url);
         effective.parse.server_url = redact_url_credentials(&effective.parse.server_url);
         let protected_fields = raw
@@ -433,27 +635,7 @@ impl Config {
             .collect();
         let source = match raw.source.kind.as_str() {
             "embedded" => SourceKind::Embedded,
-            "redis" => {
-                if !raw.source.redis_url.starts_with("redis://")
-                    && !raw.source.redis_url.starts_with("rediss://")
-                    && !raw.source.redis_url.starts_with("redis+unix://")
-                    && !raw.source.redis_url.starts_with("unix://")
-                {
-                    bail!(
-                        "source.redis_url: {:?} is not a redis:// URL",
-                        raw.source.redis_url
-                    );
-                }
-                let channel_prefix = if raw.source.channel_prefix.is_empty() {
-                    raw.parse.app_id.clone()
-                } else {
-                    raw.source.channel_prefix.clone()
-                };
-                SourceKind::Redis {
-                    url: raw.source.redis_url.clone(),
-                    channel_prefix,
-                }
-            }
+            "redis" => SourceKind::Redis(redis_config(&raw.source, &raw.parse.app_id)?),
             "mongodb" => {
                 let mongo = &raw.mongodb;
                 if !mongo.url.starts_with("mongodb://") && !mongo.url.starts_with("mongodb+srv://")
@@ -500,6 +682,7 @@ impl Config {
                 raw.parse.server_url
             );
         }
+        let log_level = parse_options::log_filter(&raw.log.level)?;
         let log_format = match raw.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -549,6 +732,31 @@ impl Config {
                 "source.kind = \"embedded\" serves its ingest API on {ingest_address}, which is not a loopback address: set parse.master_key (LIVEQUERY__PARSE__MASTER_KEY) to a secret of your own"
             );
         }
+        // parse-server's application id and a master key are what a feed from parse-server
+        // and lookups on it need: without them nothing matches and no lookup succeeds, while
+        // /health says all is well. The embedded source needs neither.
+        let needs_parse = match &source {
+            SourceKind::Redis(_) => Some("source.kind = \"redis\""),
+            SourceKind::Mongo(_) => Some("source.kind = \"mongodb\""),
+            SourceKind::Embedded => {
+                (!raw.parse.server_url.is_empty()).then_some("parse.server_url")
+            }
+        };
+        if let Some(user) = needs_parse {
+            if raw.parse.app_id.trim().is_empty() {
+                bail!(
+                    "{user} needs parse.app_id (parse-server's appId; PARSE_LIVE_QUERY_SERVER_APP_ID or LIVEQUERY__PARSE__APP_ID)"
+                );
+            }
+            if raw.parse.master_key.is_empty() && raw.parse.read_only_master_key.is_empty() {
+                bail!(
+                    "{user} needs parse-server's master key: parse.master_key or parse.read_only_master_key (masterKey / readOnlyMasterKey; PARSE_LIVE_QUERY_SERVER_MASTER_KEY or LIVEQUERY__PARSE__MASTER_KEY)"
+                );
+            }
+        }
+        if raw.parse.check_application_id && raw.parse.app_id.is_empty() {
+            bail!("parse.check_application_id needs parse.app_id");
+        }
         let workers = if raw.dispatch.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -562,6 +770,7 @@ impl Config {
             drain_period: raw.server.drain_period,
             app_id: raw.parse.app_id,
             master_key: raw.parse.master_key,
+            read_only_master_key: raw.parse.read_only_master_key,
             server_url: raw.parse.server_url,
             check_application_id: raw.parse.check_application_id,
             key_pairs,
@@ -588,7 +797,7 @@ impl Config {
             source,
             source_queue: raw.source.queue,
             dispatch_workers: workers,
-            log_level: raw.log.level,
+            log_level,
             log_format,
             effective,
         })
@@ -655,7 +864,13 @@ mod tests {
         assert!(Config::from_toml_layers(&[public]).is_err());
         assert!(Config::from_toml_layers(&[public, "[parse]\nmaster_key = \"k\""]).is_ok());
         // Other sources have no ingest API; a loopback admin address keeps it private.
-        assert!(Config::from_toml_layers(&[public, "[source]\nkind = \"redis\""]).is_ok());
+        assert!(
+            Config::from_toml_layers(&[
+                public,
+                "[source]\nkind = \"redis\"\n[parse]\napp_id = \"a\"\nread_only_master_key = \"r\""
+            ])
+            .is_ok()
+        );
         assert!(
             Config::from_toml_layers(&[public, "[server]\nadmin_listen = \"127.0.0.1:1338\""])
                 .is_ok()
@@ -678,16 +893,21 @@ mod tests {
             "http://host/path@x"
         );
         let config = Config::from_toml_layers(&[
-            "[source]\nkind = \"redis\"\nredis_url = \"redis://u:pw@h:1\"",
+            "[source]\nkind = \"redis\"\nredis_url = \"redis://u:pw@h:1\"\nredis_password = \"pw2\"",
+            "[parse]\napp_id = \"a\"\nmaster_key = \"mk\"\nread_only_master_key = \"rok\"",
         ])
         .unwrap();
-        assert!(!config.to_redacted_toml().contains("pw"));
+        let printed = config.to_redacted_toml();
+        for secret in ["pw", "pw2", "\"mk\"", "rok"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
     }
 
     #[test]
     fn the_mongodb_source_is_configured_and_its_credentials_redacted() {
         let config = Config::from_toml_layers(&[
             "[source]\nkind = \"mongodb\"\n[mongodb]\nurl = \"mongodb://lq:pw@db:27017/app?replicaSet=rs0\"\nclasses = [\"Message\"]\nfiles_url = \"https://x/parse/\"",
+            "appId = \"a\"\nmasterKey = \"mk\"",
         ])
         .unwrap();
         let SourceKind::Mongo(mongo) = &config.source else {
@@ -719,5 +939,214 @@ mod tests {
         ] {
             assert!(Config::from_toml_layers(&[bad]).is_err(), "{bad}");
         }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn parse_server_variables_configure_the_server_below_livequery_ones() {
+        let env = vars(&[
+            ("PARSE_LIVE_QUERY_SERVER_APP_ID", "app"),
+            ("PARSE_LIVE_QUERY_SERVER_MASTER_KEY", "mk"),
+            ("PARSE_LIVE_QUERY_SERVER_READ_ONLY_MASTER_KEY", "ro"),
+            (
+                "PARSE_LIVE_QUERY_SERVER_SERVER_URL",
+                "http://parse:1337/parse",
+            ),
+            (
+                "PARSE_LIVE_QUERY_SERVER_KEY_PAIRS",
+                r#"{"javascriptKey":"js","masterKey":"mk"}"#,
+            ),
+            ("PARSE_LIVE_QUERY_SERVER_WEBSOCKET_TIMEOUT", "2500"),
+            ("PARSE_LIVE_QUERY_SERVER_CACHE_TIMEOUT", "60000"),
+            ("PARSE_LIVE_QUERY_SERVER_LOG_LEVEL", "VERBOSE"),
+            ("PORT", "8080"),
+            ("PARSE_LIVE_QUERY_SERVER_REDIS_URL", "redis://redis:6379"),
+            (
+                "PARSE_LIVE_QUERY_SERVER_REDIS_OPTIONS",
+                r#"{"username":"lq","password":"pw"}"#,
+            ),
+        ]);
+        let config = Config::load_from(None, &env).expect("valid");
+        assert_eq!(config.app_id, "app");
+        assert_eq!(config.master_key, "mk");
+        assert_eq!(config.read_only_master_key, "ro");
+        assert_eq!(config.server_url, "http://parse:1337/parse");
+        assert_eq!(config.key_pairs["javascriptKey"], "js");
+        assert_eq!(config.key_pairs["masterKey"], "mk");
+        assert_eq!(config.websocket_timeout, Duration::from_millis(2500));
+        assert_eq!(config.cache_timeout, Duration::from_secs(60));
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        let SourceKind::Redis(redis) = &config.source else {
+            panic!("{:?}", config.source)
+        };
+        assert_eq!(redis.url, "redis://redis:6379");
+        assert_eq!(redis.channel_prefix, "app");
+        assert_eq!(
+            (redis.username.as_str(), redis.password.as_str()),
+            ("lq", "pw")
+        );
+
+        // PARSE_LIVE_QUERY_SERVER_PORT beats PORT; LIVEQUERY__ variables beat both.
+        let mut more = env.clone();
+        more.push(("PARSE_LIVE_QUERY_SERVER_PORT".into(), "9090".into()));
+        more.push(("LIVEQUERY__PARSE__APP_ID".into(), "ours".into()));
+        let config = Config::load_from(None, &more).expect("valid");
+        assert_eq!(config.listen.port(), 9090);
+        assert_eq!(config.app_id, "ours");
+
+        let mut unknown = env.clone();
+        unknown.push(("PARSE_LIVE_QUERY_SERVER_MASTERKEY".into(), "x".into()));
+        assert!(Config::load_from(None, &unknown).is_err());
+        let mut loud = env;
+        loud.push(("PARSE_LIVE_QUERY_SERVER_LOG_LEVEL".into(), "LOUD".into()));
+        let err = Config::load_from(None, &loud).expect_err("unknown level");
+        assert!(format!("{err:#}").contains("LOUD"), "{err:#}");
+    }
+
+    #[test]
+    fn a_parse_server_json_configuration_is_a_config_file() {
+        let dir = std::env::temp_dir().join(format!("lq-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("liveQuery.json");
+        std::fs::write(
+            &file,
+            r#"{"appId": "app", "masterKey": "mk", "serverURL": "http://p/parse",
+                "keyPairs": {"clientKey": "ck"}, "websocketTimeout": 30000, "logLevel": "ERROR",
+                "port": 1340, "redisURL": "rediss://default:pw@cache.example:6380"}"#,
+        )
+        .unwrap();
+        let config = Config::load_from(Some(&file), &[]).expect("valid");
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(config.app_id, "app");
+        assert_eq!(config.key_pairs["clientKey"], "ck");
+        assert_eq!(config.websocket_timeout, Duration::from_secs(30));
+        assert_eq!(config.log_level, "error");
+        assert_eq!(config.listen.port(), 1340);
+        assert!(matches!(&config.source, SourceKind::Redis(r) if r.url.starts_with("rediss://")));
+        assert!(!config.to_redacted_toml().contains("pw"));
+    }
+
+    #[test]
+    fn parse_server_option_names_work_in_toml_files() {
+        let config = Config::from_toml_layers(&[
+            "appId = \"app\"\nreadOnlyMasterKey = \"ro\"\ncacheTimeout = 1500\nlogLevel = \"none\"\nredisURL = \"redis://r:1\"\n",
+        ])
+        .expect("valid");
+        assert_eq!(config.app_id, "app");
+        assert_eq!(config.cache_timeout, Duration::from_millis(1500));
+        assert_eq!(config.log_level, "off");
+        assert!(matches!(config.source, SourceKind::Redis(_)));
+        // Both spellings in one layer: refused; in different layers: the later one wins.
+        assert!(Config::from_toml_layers(&["appId = \"a\"\n[parse]\napp_id = \"b\"\n"]).is_err());
+        let later =
+            Config::from_toml_layers(&["appId = \"a\"", "[parse]\napp_id = \"b\""]).expect("valid");
+        assert_eq!(later.app_id, "b");
+        assert!(Config::from_toml_layers(&["pubSubAdapter = \"x\""]).is_err());
+        assert!(Config::from_toml_layers(&["websocketTimeout = \"10s\""]).is_err());
+    }
+
+    #[test]
+    fn feeds_from_parse_server_need_its_app_id_and_a_master_key() {
+        for (layer, missing) in [
+            (
+                "[source]\nkind = \"redis\"\n[parse]\nmaster_key = \"mk\"",
+                "app_id",
+            ),
+            (
+                "[source]\nkind = \"redis\"\n[parse]\napp_id = \"a\"",
+                "master key",
+            ),
+            (
+                "[source]\nkind = \"mongodb\"\n[parse]\nmaster_key = \"mk\"",
+                "app_id",
+            ),
+            (
+                "[source]\nkind = \"mongodb\"\n[parse]\napp_id = \"a\"",
+                "master key",
+            ),
+            (
+                "[parse]\nserver_url = \"http://p/parse\"\nmaster_key = \"mk\"",
+                "app_id",
+            ),
+            (
+                "[parse]\nserver_url = \"http://p/parse\"\napp_id = \"a\"",
+                "master key",
+            ),
+            ("[parse]\ncheck_application_id = true", "app_id"),
+        ] {
+            let err = Config::from_toml_layers(&[layer]).expect_err(layer);
+            assert!(format!("{err:#}").contains(missing), "{layer}: {err:#}");
+        }
+        // The embedded source starts with no configuration at all.
+        assert!(Config::load_from(None, &[]).is_ok());
+    }
+
+    #[test]
+    fn redis_settings_that_can_never_work_are_refused() {
+        let base = "[parse]\napp_id = \"a\"\nmaster_key = \"mk\"\n[source]\nkind = \"redis\"\n";
+        let dir = std::env::temp_dir().join(format!("lq-redis-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let not_pem = not_pem.display().to_string();
+        for (layer, expected) in [
+            ("redis_url = \"http://h:6379\"", "not a redis"),
+            ("redis_url = \"redis://h:notaport\"", "not valid"),
+            (
+                "redis_url = \"redis://h:6379\"\nredis_tls_ca_file = \"/ca.pem\"",
+                "not a rediss://",
+            ),
+            (
+                "redis_url = \"rediss://h:6379\"\nredis_tls_ca_file = \"/nonexistent/ca.pem\"",
+                "cannot read",
+            ),
+            (
+                &format!("redis_url = \"rediss://h:6379\"\nredis_tls_ca_file = \"{not_pem}\""),
+                "no PEM certificate",
+            ),
+            (
+                &format!("redis_url = \"rediss://h:6379\"\nredis_tls_cert_file = \"{not_pem}\""),
+                "go together",
+            ),
+            (
+                &format!(
+                    "redis_url = \"rediss://h:6379\"\nredis_tls_cert_file = \"/nonexistent\"\nredis_tls_key_file = \"{not_pem}\""
+                ),
+                "redis_tls_cert_file",
+            ),
+            ("redis_sentinel_master = \"m\"", "go together"),
+            ("redis_sentinels = \"s1:26379\"", "go together"),
+            (
+                "redis_sentinels = \"s1:26379,s2:x\"\nredis_sentinel_master = \"m\"",
+                "not a Sentinel address",
+            ),
+            (
+                "redis_sentinels = [\"s1:26379\"]\nredis_sentinel_master = \"m\"\nredis_url = \"rediss://h:1\"\nredis_tls_ca_file = \"/nonexistent\"",
+                "not supported with source.redis_sentinels",
+            ),
+        ] {
+            let err = Config::from_toml_layers(&[&format!("{base}{layer}")]).expect_err(layer);
+            assert!(format!("{err:#}").contains(expected), "{layer}: {err:#}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        let sentinel = Config::from_toml_layers(&[&format!(
+            "{base}redis_sentinels = \"s1:26379, redis://:pw@s2:26379\"\nredis_sentinel_master = \"m\""
+        )])
+        .expect("valid");
+        let SourceKind::Redis(redis) = &sentinel.source else {
+            panic!("{:?}", sentinel.source)
+        };
+        assert_eq!(
+            redis.sentinels,
+            ["redis://s1:26379", "redis://:pw@s2:26379"]
+        );
+        assert!(!sentinel.to_redacted_toml().contains("pw"));
     }
 }

@@ -131,22 +131,29 @@ impl std::fmt::Debug for Components {
 impl Components {
     /// The components the configuration asks for.
     pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let readiness = Arc::new(Readiness::default());
         let rest = if config.server_url.is_empty() {
             None
         } else {
-            Some(Arc::new(ParseRest::new(
-                &config.server_url,
-                &config.app_id,
-                &config.master_key,
-                config.lookup_timeout,
-            )?))
+            // The read-only master key is all livequery's lookups need.
+            let (key, kind) = if config.read_only_master_key.is_empty() {
+                (&config.master_key, parse_rest::KeyKind::Master)
+            } else {
+                (&config.read_only_master_key, parse_rest::KeyKind::ReadOnly)
+            };
+            Some(Arc::new(
+                ParseRest::new(
+                    &config.server_url,
+                    &config.app_id,
+                    key,
+                    config.lookup_timeout,
+                )?
+                .with_readiness(readiness.clone(), kind),
+            ))
         };
         let mut components = match &config.source {
             SourceKind::Embedded => Self::embedded(Arc::new(MemoryIdentities::new())),
-            SourceKind::Redis {
-                url,
-                channel_prefix,
-            } => {
+            SourceKind::Redis(redis) => {
                 let identities: Arc<dyn IdentityProvider> = match &rest {
                     Some(rest) => rest.clone(),
                     None => {
@@ -157,12 +164,12 @@ impl Components {
                     }
                 };
                 Self {
-                    source: Arc::new(RedisSource::new(url.clone(), channel_prefix.clone())),
+                    source: Arc::new(RedisSource::from_config(redis)?),
                     identities,
                     reader: None,
                     embedded: None,
                     subqueries: None,
-                    readiness: Arc::new(Readiness::default()),
+                    readiness: readiness.clone(),
                 }
             }
             SourceKind::Mongo(mongo) => {
@@ -174,6 +181,7 @@ impl Components {
         if let Some(rest) = rest {
             components.reader = Some(rest);
         }
+        components.readiness = readiness;
         Ok(components)
     }
 

@@ -13,8 +13,19 @@
 //! - the `query` op → a query on `/classes/<class>`.
 //!
 //! A failed request is an [`LookupError`]; [`crate::identity::IdentityCache`] never turns one into access.
+//!
+//! The key is the master key or, when configured, parse-server's read-only master key (sent
+//! the same way, in `X-Parse-Master-Key`). parse-server 9 accepts the master key only from
+//! the addresses in its `masterKeyIps` (default: 127.0.0.1 and ::1) and answers 403 to any
+//! other: livequery on another host would then resolve every session as anonymous. A 403
+//! is therefore logged as one actionable error (again at most every few minutes while it
+//! lasts) and recorded in the readiness register, which `/readyz` reports, until a request
+//! succeeds again.
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -22,9 +33,26 @@ use serde_json::{Map, Value, json};
 
 use crate::backend::ObjectReader;
 use crate::identity::{IdentityProvider, LookupError, ResolvedUser, SessionRecord, roles};
+use crate::readiness::Readiness;
 
 /// Page size of role queries.
 const ROLE_PAGE: usize = 1000;
+
+/// The component name of parse-server refusals in the readiness register.
+pub const READINESS_COMPONENT: &str = "parse_server";
+
+/// While parse-server keeps refusing the key, the error is logged again this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Which of parse-server's keys [`ParseRest`] sends; it decides which option a refusal
+/// names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `masterKey`, limited by parse-server's `masterKeyIps`.
+    Master,
+    /// `readOnlyMasterKey`, limited by parse-server's `readOnlyMasterKeyIps`.
+    ReadOnly,
+}
 
 /// A client for parse-server's REST API.
 #[derive(Debug, Clone)]
@@ -33,6 +61,18 @@ pub struct ParseRest {
     base: String,
     app_id: String,
     master_key: String,
+    key_kind: KeyKind,
+    /// Where a refusal is reported (`None`: only logged).
+    readiness: Option<Arc<Readiness>>,
+    refusal: Arc<Refusal>,
+}
+
+/// Whether parse-server is refusing the key, and when that was last logged.
+#[derive(Debug, Default)]
+struct Refusal {
+    refused: AtomicBool,
+    /// A mutex held for no `.await`: taken only on a refusal.
+    last_logged: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl ParseRest {
@@ -54,7 +94,78 @@ impl ParseRest {
             base: server_url.trim_end_matches('/').to_owned(),
             app_id: app_id.to_owned(),
             master_key: master_key.to_owned(),
+            key_kind: KeyKind::Master,
+            readiness: None,
+            refusal: Arc::default(),
         })
+    }
+
+    /// Reports refusals of the key (a `kind` key) to `readiness`.
+    #[must_use]
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>, kind: KeyKind) -> Self {
+        self.readiness = Some(readiness);
+        self.key_kind = kind;
+        self
+    }
+
+    /// parse-server answered 403 to a request with the key.
+    fn refused(&self, server: Option<SocketAddr>) {
+        let first = !self.refusal.refused.swap(true, Ordering::Relaxed);
+        let log = {
+            let mut last = self.refusal.last_logged.lock();
+            let due = last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if !first && !log {
+            return;
+        }
+        let message = self.refusal_message(server);
+        if let Some(readiness) = &self.readiness {
+            readiness.set_problem(READINESS_COMPONENT, message.clone());
+        }
+        if log {
+            tracing::error!(parse_server = ?server, "{message}");
+        }
+    }
+
+    /// parse-server accepted a request with the key.
+    fn accepted(&self) {
+        if self.refusal.refused.swap(false, Ordering::Relaxed) {
+            *self.refusal.last_logged.lock() = None;
+            if let Some(readiness) = &self.readiness {
+                readiness.clear_problem(READINESS_COMPONENT);
+            }
+            tracing::info!("parse-server accepts livequery's key again");
+        }
+    }
+
+    fn refusal_message(&self, server: Option<SocketAddr>) -> String {
+        let (key, option, default, instead) = match self.key_kind {
+            KeyKind::Master => (
+                "master key",
+                "masterKeyIps",
+                "127.0.0.1 and ::1 only",
+                " Or give livequery parse-server's readOnlyMasterKey (parse.read_only_master_key), which parse-server accepts from any address unless readOnlyMasterKeyIps says otherwise.",
+            ),
+            KeyKind::ReadOnly => (
+                "read-only master key",
+                "readOnlyMasterKeyIps",
+                "any address",
+                "",
+            ),
+        };
+        let from = match server.and_then(|server| local_address_towards(server.ip())) {
+            Some(ip) => format!(
+                " ({ip} as seen from here; parse-server sees the address after any proxy or NAT)"
+            ),
+            None => String::new(),
+        };
+        format!(
+            "parse-server refused livequery's {key} (HTTP 403): sessions, roles and permissions cannot be read, so every subscriber is treated as anonymous. Add the address livequery connects from{from} to parse-server's {option} option (default: {default}).{instead} If it is listed, check that parse.app_id and the key match parse-server's."
+        )
     }
 
     /// Sends a request; `body` (a query's constraints) goes in the body of a `POST` that
@@ -79,6 +190,11 @@ impl ParseRest {
             .await
             .map_err(|e| LookupError(format!("{path}: {}", e.without_url())))?;
         let status = response.status();
+        if status == StatusCode::FORBIDDEN {
+            self.refused(response.remote_addr());
+        } else if status.is_success() {
+            self.accepted();
+        }
         let body: Value = response
             .json()
             .await
@@ -168,8 +284,21 @@ impl ParseRest {
 fn error_text(body: &Value) -> String {
     match (body.get("code"), body.get("error").and_then(Value::as_str)) {
         (Some(code), Some(error)) => format!("code {code}: {error}"),
+        (None, Some(error)) => error.to_owned(),
         _ => "unexpected response".to_owned(),
     }
+}
+
+/// The local address this host would use to reach `server` (no packet is sent: connecting
+/// a UDP socket only picks a route).
+fn local_address_towards(server: IpAddr) -> Option<IpAddr> {
+    let any: SocketAddr = match server {
+        IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect((server, 9)).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 #[async_trait]

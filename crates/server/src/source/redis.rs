@@ -11,6 +11,12 @@
 //! jittered exponential backoff, pings the connection to notice a dead link, and reports
 //! its state through `/health` and `livequery_source_connected`. (The MongoDB change-stream
 //! source resumes from a stored position instead and loses nothing.)
+//!
+//! The client is built once, when the source is: a URL, a certificate or a key that could
+//! never work stops the server at start-up instead of feeding a retry loop. TLS (`rediss://`)
+//! uses rustls with the process's ring provider, the system's trust store or the configured
+//! CA, and an optional client certificate. Errors that need an operator (a refused
+//! certificate, refused credentials) are logged as errors, with the setting to check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +29,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Source;
+use crate::config::RedisConfig;
 use crate::ingest::{AuthChange, Ingest};
 use crate::pubsub::Message;
 use crate::retry::{Backoff, sleep_unless_shutdown};
@@ -35,20 +42,133 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Subscribes to parse-server's Redis channels.
 #[derive(Debug)]
 pub struct RedisSource {
-    url: String,
+    connector: Connector,
     prefix: String,
     ping_interval: Duration,
 }
 
-impl RedisSource {
-    /// A source for `url`; channels are `<prefix>afterSave`, `<prefix>afterDelete` and
-    /// `<prefix>clearCache` (parse-server uses the app id as prefix).
-    pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            prefix: prefix.into(),
-            ping_interval: PING_INTERVAL,
+/// How the Redis to subscribe to is found.
+enum Connector {
+    /// One address (credentials and certificates included; its `Debug` redacts them).
+    Direct(redis::Client),
+    /// The current master of a Sentinel-managed set, asked for on every connection. A tokio
+    /// mutex: the lookup holds it across `.await`, and only the source's task takes it.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(client) => f.debug_tuple("Direct").field(client).finish(),
+            Self::Sentinel(_) => f.write_str("Sentinel"),
         }
+    }
+}
+
+impl Connector {
+    async fn client(&self) -> anyhow::Result<redis::Client> {
+        match self {
+            Self::Direct(client) => Ok(client.clone()),
+            Self::Sentinel(sentinel) => tokio::time::timeout(IO_TIMEOUT, async {
+                sentinel.lock().await.async_get_client().await
+            })
+            .await
+            .context("asking Redis Sentinel for the master timed out")?
+            .context("asking Redis Sentinel for the master"),
+        }
+    }
+}
+
+impl RedisSource {
+    /// A source for `url` (credentials in the URL); channels are `<prefix>afterSave`,
+    /// `<prefix>afterDelete` and `<prefix>clearCache` (parse-server uses the app id as prefix).
+    pub fn new(url: &str, prefix: impl Into<String>) -> anyhow::Result<Self> {
+        Self::from_config(&RedisConfig {
+            url: url.to_owned(),
+            channel_prefix: prefix.into(),
+            username: String::new(),
+            password: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
+        })
+    }
+
+    /// A source for the configured Redis. Fails on settings no retry could heal: a URL the
+    /// driver cannot use, unreadable or invalid certificate or key files.
+    pub fn from_config(config: &RedisConfig) -> anyhow::Result<Self> {
+        use redis::IntoConnectionInfo;
+        // Credentials kept out of the URL (`source.redis_username` / `redis_password`).
+        let credentials = |mut settings: redis::RedisConnectionInfo| {
+            if !config.username.is_empty() {
+                settings = settings.set_username(&config.username);
+            }
+            if !config.password.is_empty() {
+                settings = settings.set_password(&config.password);
+            }
+            settings
+        };
+        if !config.sentinels.is_empty() {
+            let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(credentials(redis::RedisConnectionInfo::default()));
+            let sentinel = redis::sentinel::SentinelClient::build(
+                config.sentinels.iter().map(String::as_str).collect(),
+                config.sentinel_master.as_str(),
+                Some(node),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .context("invalid source.redis_sentinels")?;
+            return Ok(Self {
+                connector: Connector::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                prefix: config.channel_prefix.clone(),
+                ping_interval: PING_INTERVAL,
+            });
+        }
+        // The driver's errors never carry the URL, so they cannot leak its password.
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .context("invalid source.redis_url")?;
+        let settings = credentials(info.redis_settings().clone());
+        let info = info.set_redis_settings(settings);
+        let client = if config.tls_ca_file.is_empty() && config.tls_cert_file.is_empty() {
+            if config.url.starts_with("rediss://") {
+                install_crypto_provider();
+            }
+            redis::Client::open(info).context("invalid source.redis_url")?
+        } else {
+            install_crypto_provider();
+            let read = |name: &str, path: &str| {
+                std::fs::read(path).with_context(|| format!("{name}: reading {path:?}"))
+            };
+            let root_cert = (!config.tls_ca_file.is_empty())
+                .then(|| read("source.redis_tls_ca_file", &config.tls_ca_file))
+                .transpose()?;
+            let client_tls = if config.tls_cert_file.is_empty() {
+                None
+            } else {
+                Some(redis::ClientTlsConfig {
+                    client_cert: read("source.redis_tls_cert_file", &config.tls_cert_file)?,
+                    client_key: read("source.redis_tls_key_file", &config.tls_key_file)?,
+                })
+            };
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+            .context("source.redis_tls_*: the certificates cannot be used")?
+        };
+        Ok(Self {
+            connector: Connector::Direct(client),
+            prefix: config.channel_prefix.clone(),
+            ping_interval: PING_INTERVAL,
+        })
     }
 
     /// Checks the link every `interval` instead of every 15 s.
@@ -70,7 +190,7 @@ impl RedisSource {
         shutdown: &CancellationToken,
         connected: &mut bool,
     ) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.url.as_str()).context("invalid source.redis_url")?;
+        let client = self.connector.client().await?;
         let pubsub = tokio::time::timeout(IO_TIMEOUT, client.get_async_pubsub())
             .await
             .context("connect timed out")??;
@@ -154,6 +274,37 @@ impl RedisSource {
     }
 }
 
+/// reqwest and the MongoDB driver share this provider: one crypto library in the process.
+fn install_crypto_provider() {
+    // Fails only when a provider is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What an operator must fix, for errors a retry will not heal until they do.
+fn operator_hint(err: &anyhow::Error) -> Option<&'static str> {
+    let refused_credentials = err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<redis::RedisError>())
+        .any(|redis| {
+            redis.kind() == redis::ErrorKind::AuthenticationFailed
+                || redis
+                    .code()
+                    .is_some_and(|code| matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM"))
+        });
+    if refused_credentials {
+        return Some(
+            "Redis refused livequery's credentials: check the user and password in source.redis_url (or source.redis_username / redis_password) and the user's ACL (it needs +subscribe +ping on the channels)",
+        );
+    }
+    let text = format!("{err:#}");
+    if text.contains("certificate") || text.contains("InvalidCertificate") {
+        return Some(
+            "Redis's TLS certificate was not accepted: check source.redis_tls_ca_file (the CA that signed the server's certificate) and that the URL's host name is in the certificate",
+        );
+    }
+    None
+}
+
 #[async_trait]
 impl Source for RedisSource {
     fn name(&self) -> &'static str {
@@ -179,7 +330,13 @@ impl Source for RedisSource {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "Redis source disconnected; messages published meanwhile are lost");
+                    let error = format!("{err:#}");
+                    match operator_hint(&err) {
+                        Some(hint) => tracing::error!(error, retry_in = ?delay, "{hint}"),
+                        None => {
+                            tracing::warn!(error, retry_in = ?delay, "Redis source disconnected; messages published meanwhile are lost")
+                        }
+                    }
                     if !sleep_unless_shutdown(delay, &shutdown).await {
                         return Ok(());
                     }

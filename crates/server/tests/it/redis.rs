@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livequery_server::Components;
+use livequery_server::config::RedisConfig;
 use livequery_server::identity::memory::MemoryIdentities;
 use livequery_server::source::redis::RedisSource;
 use serde_json::json;
@@ -85,10 +86,9 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
     let memory = Arc::new(MemoryIdentities::new());
     memory.put_session("r:u", "u", None);
     let components = Components {
-        source: Arc::new(RedisSource::new(
-            format!("redis://127.0.0.1:{port}"),
-            "lqApp",
-        )),
+        source: Arc::new(
+            RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
+        ),
         identities: memory.clone(),
         reader: None,
         embedded: None,
@@ -186,7 +186,8 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
     let _redis = redis_server(port).await;
     let components = Components {
         source: Arc::new(
-            RedisSource::new(format!("redis://127.0.0.1:{port}"), "lqApp")
+            RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp")
+                .expect("valid URL")
                 .with_ping_interval(Duration::from_millis(50)),
         ),
         identities: Arc::new(MemoryIdentities::new()),
@@ -214,4 +215,90 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
     assert_eq!(client.recv().await["object"]["objectId"], "m1");
     drop(client);
     server.stop().await;
+}
+
+/// Starts a Redis Sentinel on `port` watching the master on `master_port` as `lqmaster`.
+async fn sentinel(port: u16, master_port: u16) -> (Child, std::path::PathBuf) {
+    let dir =
+        std::env::temp_dir().join(format!("livequery-sentinel-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Sentinel rewrites its configuration file: it must be writable.
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor lqmaster 127.0.0.1 {master_port} 1\n",
+            dir.display()
+        ),
+    )
+    .expect("sentinel.conf");
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("redis-server is required: run scripts/stack-install ({err})")
+        });
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, dir);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis sentinel did not start");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn the_master_is_found_through_redis_sentinel() {
+    let (port, sentinel_port) = (free_port(), free_port());
+    let _redis = redis_server(port).await;
+    let (_sentinel, dir) = sentinel(sentinel_port, port).await;
+    let source = RedisSource::from_config(&RedisConfig {
+        // Not used with Sentinel: nothing listens there.
+        url: "redis://127.0.0.1:1".to_owned(),
+        channel_prefix: "lqApp".to_owned(),
+        username: String::new(),
+        password: String::new(),
+        tls_ca_file: String::new(),
+        tls_cert_file: String::new(),
+        tls_key_file: String::new(),
+        sentinels: vec![format!("redis://127.0.0.1:{sentinel_port}")],
+        sentinel_master: "lqmaster".to_owned(),
+    })
+    .expect("valid");
+    let components = Components {
+        source: Arc::new(source),
+        identities: Arc::new(MemoryIdentities::new()),
+        reader: None,
+        embedded: None,
+        subqueries: None,
+        readiness: Default::default(),
+    };
+    let server = TestServer::start_components("", components, true).await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({"room": "r"})).await;
+    let mut message = object("Message", "s1", json!({"room": "r"}));
+    message["__type"] = json!("Object");
+    publish(
+        port,
+        "lqAppafterSave",
+        &json!({"currentParseObject": message}),
+    )
+    .await;
+    let event = client.recv().await;
+    assert_eq!(
+        (event["op"].as_str(), event["object"]["objectId"].as_str()),
+        (Some("create"), Some("s1"))
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

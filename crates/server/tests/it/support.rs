@@ -27,7 +27,7 @@ pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// The test defaults (known master key, one dispatcher worker, short grace) plus `layers`.
 pub(crate) fn test_config(layers: &[&str]) -> Config {
     let base = format!(
-        "[parse]\nmaster_key = \"{MASTER_KEY}\"\n[dispatch]\nworkers = 1\n[server]\nshutdown_grace = \"2s\"\ndrain_period = \"0s\"\n"
+        "[parse]\napp_id = \"lqApp\"\nmaster_key = \"{MASTER_KEY}\"\n[dispatch]\nworkers = 1\n[server]\nshutdown_grace = \"2s\"\ndrain_period = \"0s\"\n"
     );
     let mut all: Vec<&str> = vec![&base];
     all.extend_from_slice(layers);
