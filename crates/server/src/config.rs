@@ -710,6 +710,17 @@ impl Config {
                 bail!("{name} must be greater than 0");
             }
         }
+        // Each `$or`/`$and`/`$nor` level nests the frame's JSON two levels deeper (an array,
+        // then a clause), below the three levels of the frame, `query` and `where`: a deeper
+        // limit could never be reached, frames that deep are refused before they are compiled.
+        let reachable_query_depth = (livequery_protocol::error::MAX_FRAME_DEPTH - 3) / 2 - 2;
+        if l.max_query_depth > reachable_query_depth {
+            bail!(
+                "limits.max_query_depth = {} cannot be reached: a frame nesting JSON deeper than {} levels is refused first, which allows at most {reachable_query_depth} levels of $or/$and/$nor",
+                l.max_query_depth,
+                livequery_protocol::error::MAX_FRAME_DEPTH
+            );
+        }
         for (name, value) in [
             ("server.websocket_timeout", raw.server.websocket_timeout),
             ("limits.connect_timeout", l.connect_timeout),
@@ -856,6 +867,22 @@ mod tests {
             "{printed}"
         );
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_query_depth_no_frame_can_reach_is_refused() {
+        assert!(Config::from_toml_layers(&["[limits]\nmax_query_depth = 60\n"]).is_ok());
+        let err = Config::from_toml_layers(&["[limits]\nmax_query_depth = 61\n"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be reached"), "{err}");
+        // 60 levels of `$or` around an operator fit in a frame the parser accepts.
+        let mut clause = serde_json::json!({"a": {"$in": [1]}});
+        for _ in 0..60 {
+            clause = serde_json::json!({"$or": [clause]});
+        }
+        let frame = serde_json::json!({"op": "subscribe", "requestId": 1, "query": {"className": "C", "where": clause}});
+        assert!(livequery_protocol::ClientMessage::decode(&frame.to_string()).is_ok());
     }
 
     #[test]
