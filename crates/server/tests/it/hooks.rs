@@ -803,3 +803,70 @@ fn hook_configuration_is_validated() {
         "{printed}"
     );
 }
+
+#[tokio::test]
+async fn a_rejected_event_becomes_the_hooks_error_frame() {
+    let (_hooks, server) = after_event_setup(
+        |call| {
+            if call.body["object"]["refuse"] == true {
+                answer(
+                    200,
+                    json!({"error": {"code": 142, "message": "not for you"}}),
+                )
+            } else {
+                webhook_success(Value::Null)
+            }
+        },
+        "",
+    )
+    .await;
+    let mut client = server.connected(None).await;
+    client.subscribe(5, "Message", json!({})).await;
+    server
+        .create(object("Message", "r", json!({"refuse": true})))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"op": "error", "code": 142, "error": "not for you", "reconnect": false, "requestId": 5})
+    );
+    server
+        .create(object("Message", "a", json!({"refuse": false})))
+        .await;
+    assert_eq!(client.recv().await["object"]["objectId"], "a");
+}
+
+#[tokio::test]
+async fn no_event_follows_unsubscribed_while_its_hook_was_pending() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let (hooks, server) = after_event_setup(
+        move |_| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                gate.notified().await;
+                (200, json!({"success": null}))
+            })
+        },
+        "timeout = \"30s\"",
+    )
+    .await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({})).await;
+    client.subscribe(2, "Other", json!({})).await;
+    server.create(object("Message", "late", json!({}))).await;
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    while hooks.calls().is_empty() {
+        assert!(Instant::now() < deadline, "the hook was never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client
+        .send(json!({"op": "unsubscribe", "requestId": 1}))
+        .await;
+    assert_eq!(client.recv().await["op"], "unsubscribed");
+    release.notify_waiters();
+    // Let the hook's answer arrive before the sentinel is published.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.create(object("Other", "sentinel", json!({}))).await;
+    let frame = client.recv().await;
+    assert_eq!(frame["object"]["objectId"], "sentinel", "{frame}");
+}
