@@ -1,0 +1,19 @@
+// Cloud Code of the hooks conformance tests: the example app's Cloud Code
+// (examples/cloud-code/main.js) as it ships, plus what the tests need beyond it.
+require('../../../examples/cloud-code/main.js');
+
+// A deliberate rejection by a plain Error (no Parse.Error code): parse-server turns it into
+// code 141 (SCRIPT_FAILED), for its own trigger as for a Cloud Function.
+const refusePlain = () => {
+  throw new Error('Plain refusal');
+};
+Parse.Cloud.beforeSubscribe('LQHookPlain', refusePlain);
+Parse.Cloud.define('lqTestPlain', refusePlain, { requireMaster: true });
+
+// Answers after 1.5 s, longer than the timeout hooks.toml gives it (livequery only: the
+// failure policies).
+Parse.Cloud.define('lqTestSlow', async () => {
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  return { sendEvent: false };
+}, { requireMaster: true });
+
