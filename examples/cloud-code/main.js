@@ -96,9 +96,14 @@ Parse.Cloud.afterLiveQueryEvent('Message', async (request) => {
 
 const livequeryOnly = { requireMaster: true };
 
-/** `user` of a hook request (Parse JSON of a `_User`, or null) as a Parse.User. */
-function userOf(params) {
-  return params.user ? Parse.Object.fromJSON({ ...params.user, className: '_User' }) : undefined;
+/**
+ * A Parse object of a hook request (`user`, `object`, `original`: Parse JSON, or null) as a
+ * Parse.Object. parse-server has already decoded the pointers and dates inside `request.params`
+ * (into Parse.Object pointers and Dates) but not the objects themselves: encode it back to Parse
+ * JSON, then decode the whole.
+ */
+function objectOf(json) {
+  return json ? Parse.Object.fromJSON(Parse._encode(json)) : undefined;
 }
 
 /** Parse JSON of an object with its included objects in full (not as pointers). */
@@ -113,20 +118,20 @@ function withIncludes(object) {
 }
 
 Parse.Cloud.define('lqBeforeConnect', async (request) => {
-  const user = userOf(request.params);
+  const user = objectOf(request.params.user);
   await refuseBanned(request.params.installationId, user && user.id);
   return null;
 }, livequeryOnly);
 
 Parse.Cloud.define('lqBeforeSubscribe', (request) => {
-  const tenant = tenantRestriction(userOf(request.params));
+  const tenant = tenantRestriction(objectOf(request.params.user));
   const where = { ...(request.params.query && request.params.query.where), tenant };
   return { query: { where } };
 }, livequeryOnly);
 
 Parse.Cloud.define('lqAfterEvent', async (request) => {
-  const object = request.params.object ? Parse.Object.fromJSON(request.params.object) : undefined;
-  const original = request.params.original ? Parse.Object.fromJSON(request.params.original) : undefined;
+  const object = objectOf(request.params.object);
+  const original = objectOf(request.params.original);
   if (!(await presentMessage(object, original))) return { sendEvent: false };
   const answer = {};
   if (object) answer.object = withIncludes(object);

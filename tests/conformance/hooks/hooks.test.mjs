@@ -181,6 +181,75 @@ conformance('afterLiveQueryEvent: a hidden message is not sent (create, then upd
 });
 
 // ------------------------------------------------------------------------------------------
+// The Cloud Functions livequery calls, called here the way livequery does (master key, the
+// hook request as params): their answers have the contract's shape (protocol-spec/hooks.md).
+// They run in parse-server, whichever LiveQuery server is under test.
+
+/** POSTs `params` to the Cloud Function `name` as livequery does; its `result`, or throws a Parse.Error. */
+async function run(name, params, { masterKey = true } = {}) {
+  const response = await fetch(`${env.PARSE_SERVER_URL}/functions/${name}`, {
+    method: 'POST',
+    headers: {
+      'Content-Type': 'application/json',
+      'X-Parse-Application-Id': env.APP_ID,
+      ...(masterKey ? { 'X-Parse-Master-Key': env.MASTER_KEY } : { 'X-Parse-Javascript-Key': env.JS_KEY }),
+    },
+    body: JSON.stringify(params),
+  });
+  const body = await response.json();
+  if (response.status === 200) return body.result;
+  assert.equal(response.status, 400, JSON.stringify(body));
+  throw new Parse.Error(body.code, body.error);
+}
+const userJSON = (account) => ({ ...account.user.toJSON(), __type: 'Object', className: '_User' });
+const base = (triggerName) => ({ triggerName, clients: 1, subscriptions: 1, useMasterKey: false, installationId: null, sessionToken: null, user: null });
+
+conformance('Cloud Functions: lqBeforeConnect answers null, or rejects a banned installation with 119', async () => {
+  const installationId = `inst-${tag()}`;
+  assert.equal(await run('lqBeforeConnect', { ...base('beforeConnect'), installationId }), null);
+  await save('LiveQueryBan', { installationId, reason: 'spam' });
+  await assert.rejects(run('lqBeforeConnect', { ...base('beforeConnect'), installationId }), (error) => error.code === 119 && error.message === 'Banned: spam');
+});
+
+conformance('Cloud Functions: lqBeforeSubscribe answers the rewritten where, or rejects without a user', async () => {
+  const room = tag();
+  const alice = await newUser('f');
+  alice.user.set('tenant', `ta-${room}`);
+  await alice.user.save(null, { useMasterKey: true });
+  const query = { className: 'Message', where: { room, tenant: 'other' }, keys: ['text'] };
+  const answer = await run('lqBeforeSubscribe', { ...base('beforeSubscribe'), className: 'Message', requestId: 1, query, user: userJSON(alice) });
+  assert.deepEqual(answer, { query: { where: { room, tenant: `ta-${room}` } } });
+  await assert.rejects(run('lqBeforeSubscribe', { ...base('beforeSubscribe'), className: 'Message', requestId: 1, query }), (error) => error.code === 119);
+});
+
+conformance('Cloud Functions: lqAfterEvent answers the object with its author included, or sendEvent false', async () => {
+  const alice = await newUser('f');
+  const object = {
+    __type: 'Object', className: 'Message', objectId: 'msg0000001', text: 'hi', author: alice.user.toPointer(),
+    createdAt: { __type: 'Date', iso: '2026-01-01T00:00:00.000Z' }, updatedAt: { __type: 'Date', iso: '2026-01-01T00:00:00.000Z' },
+  };
+  const answer = await run('lqAfterEvent', { ...base('afterLiveQueryEvent'), className: 'Message', event: 'create', object, original: null });
+  assert.deepEqual(Object.keys(answer), ['object']);
+  assert.equal(answer.object.objectId, 'msg0000001');
+  assert.equal(answer.object.className, 'Message');
+  assert.equal(answer.object.text, 'hi');
+  assert.equal(answer.object.author.__type, 'Object');
+  assert.equal(answer.object.author.className, '_User');
+  assert.equal(answer.object.author.objectId, alice.id);
+  assert.equal(answer.object.author.username, alice.name);
+  assert.equal(answer.object.author.email, undefined);
+  const hidden = await run('lqAfterEvent', { ...base('afterLiveQueryEvent'), className: 'Message', event: 'update', object: { ...object, hidden: true }, original: object });
+  assert.deepEqual(hidden, { sendEvent: false });
+});
+
+conformance('Cloud Functions: only the master key may call them', async () => {
+  const params = { ...base('beforeConnect'), installationId: 'x' };
+  for (const name of ['lqBeforeConnect', 'lqBeforeSubscribe', 'lqAfterEvent']) {
+    await assert.rejects(run(name, params, { masterKey: false }), (error) => error.code === Parse.Error.VALIDATION_ERROR, name);
+  }
+});
+
+// ------------------------------------------------------------------------------------------
 // livequery's failure policies (hooks.toml: lqTestSlow answers after 1.5 s, the hooks wait 300 ms).
 
 livequeryOnly('failure policy reject (beforeSubscribe timed out): error frame 141 "beforeSubscribe hook failed: …"', async () => {
