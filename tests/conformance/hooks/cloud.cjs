@@ -17,3 +17,12 @@ Parse.Cloud.define('lqTestSlow', async () => {
   return { sendEvent: false };
 }, { requireMaster: true });
 
+
+// Echoes the recipient's installationId into the object: parse-server's trigger runs once per
+// recipient and knows it; livequery's hook runs once per identity, where it is null.
+Parse.Cloud.afterLiveQueryEvent('LQHookEcho', (request) => {
+  request.object.set('installationIdSeen', request.installationId ?? null);
+});
+Parse.Cloud.define('lqTestEcho', (request) => ({
+  object: { ...request.params.object, installationIdSeen: request.params.installationId ?? null },
+}), { requireMaster: true });

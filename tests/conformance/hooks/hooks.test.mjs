@@ -9,6 +9,9 @@ import {
   assert, client, closeAll, conformance, EVENT_TIMEOUT_MS, env, newUser, Parse, raw, save, setupParse, subscribeWith, tag, TARGET,
 } from '../suite/lib.mjs';
 
+/** protocol-spec/deviations.md: afterLiveQueryEvent hooks see installationId (and sessionToken) null. */
+const HOOK_INSTALLATION_ID = 'H1';
+
 before(setupParse);
 after(closeAll);
 
@@ -179,6 +182,23 @@ conformance('afterLiveQueryEvent: a hidden message is not sent (create, then upd
   assert.equal((await events.next()).object.id, sentinel.id);
   await events.quiet();
 });
+
+conformance('afterLiveQueryEvent: the hook does not see the recipient\'s installationId (called once per identity)', async () => {
+  const installationId = `inst-${tag()}`;
+  const lq = new Parse.LiveQueryClient({ applicationId: env.APP_ID, serverURL: env.LQ_URL, javascriptKey: env.JS_KEY, installationId });
+  lq.open();
+  try {
+    await lq.connectPromise;
+    const k = tag();
+    const subscription = await subscribeWith(lq, new Parse.Query('LQHookEcho').equalTo('k', k));
+    const object = await save('LQHookEcho', { k });
+    const event = await subscription.next();
+    assert.equal(event.object.id, object.id);
+    assert.equal(event.object.get('installationIdSeen'), null);
+  } finally {
+    lq.close();
+  }
+}, { deviation: HOOK_INSTALLATION_ID });
 
 // ------------------------------------------------------------------------------------------
 // The Cloud Functions livequery calls, called here the way livequery does (master key, the
