@@ -54,6 +54,9 @@ pub enum ErrorCode {
     LimitExceeded,
     /// 209 — `Parse.Error.INVALID_SESSION_TOKEN`.
     InvalidSessionToken,
+    /// Any other code, chosen by Cloud Code: a hook that rejects a connection, a
+    /// subscription or an event with a `Parse.Error` of its own (`protocol-spec/hooks.md`).
+    Cloud(u32),
 }
 
 impl ErrorCode {
@@ -74,6 +77,7 @@ impl ErrorCode {
             Self::ScriptFailed => 141,
             Self::LimitExceeded => 155,
             Self::InvalidSessionToken => 209,
+            Self::Cloud(code) => code,
         }
     }
 

@@ -27,6 +27,7 @@ use livequery_protocol::{
 use serde_json::{Map, Value};
 
 use crate::client_keys::{self, KeyCheck};
+use crate::hooks::{self, Caller, Decision, Trigger};
 use crate::hub::{Identity, Subscription, encode_visible};
 use crate::identity::ClassPermissionMap;
 use crate::metrics::DropReason;
@@ -48,6 +49,7 @@ struct Connected {
     envelope: Arc<Envelope>,
     master: bool,
     token: Option<String>,
+    installation_id: Option<String>,
     subscriptions: HashMap<RequestId, Registered>,
     /// Bytes its subscriptions hold (sum of their footprints).
     held: usize,
@@ -155,7 +157,7 @@ impl ClientState {
 
     async fn handle(&mut self, message: ClientMessage, frame_len: usize) {
         match message {
-            ClientMessage::Connect(connect) => self.connect(connect),
+            ClientMessage::Connect(connect) => self.connect(connect).await,
             ClientMessage::Subscribe(subscribe) => {
                 if self.client.is_none() {
                     return self.error(WireError::not_connected(NotConnected::Subscribing), None);
@@ -168,7 +170,7 @@ impl ClientState {
         }
     }
 
-    fn connect(&mut self, request: ConnectRequest) {
+    async fn connect(&mut self, request: ConnectRequest) {
         let config = &self.ctx.config;
         let master = match client_keys::check(&config.key_pairs, &request) {
             KeyCheck::Rejected => {
@@ -178,6 +180,13 @@ impl ClientState {
         };
         if config.check_application_id && request.application_id != config.app_id {
             return self.error(WireError::invalid_application_id(), None);
+        }
+        let token = request.session_token.filter(|t| !t.is_empty());
+        if let Some(error) = self
+            .before_connect(master, request.installation_id.as_deref(), token.as_deref())
+            .await
+        {
+            return self.error(error, None);
         }
         // A second connect replaces the first client: its subscriptions go with it.
         if self.client.is_some() {
@@ -197,10 +206,97 @@ impl ClientState {
             id,
             envelope,
             master,
-            token: request.session_token.filter(|t| !t.is_empty()),
+            token,
+            installation_id: request.installation_id,
             subscriptions: HashMap::new(),
             held: 0,
         });
+    }
+
+    /// The `beforeConnect` hook, when configured: the error frame of its rejection, if any.
+    async fn before_connect(
+        &self,
+        master: bool,
+        installation_id: Option<&str>,
+        token: Option<&str>,
+    ) -> Option<WireError> {
+        let hook = self.ctx.hooks.before_connect()?.clone();
+        let user_id = match token {
+            Some(token) => self
+                .ctx
+                .identities
+                .identity(token)
+                .await
+                .reader()
+                .user_id
+                .clone(),
+            None => None,
+        };
+        let caller = Caller {
+            master,
+            installation_id,
+            session_token: token,
+            user_id: user_id.as_deref(),
+        };
+        let request = hooks::request_base(Trigger::BeforeConnect, &caller, &self.ctx.metrics);
+        match hook.decide(&Value::Object(request)).await {
+            Decision::Proceed(_) => None,
+            Decision::Reject(error) => Some(error),
+            // Refused by the configuration; as a failure under `reject`, never silence.
+            Decision::Drop => Some(WireError::server_failure("beforeConnect hook", "dropped")),
+        }
+    }
+
+    /// The `beforeSubscribe` hook of the class, when configured: the query as the hook
+    /// leaves it, or the error frame of its rejection.
+    async fn before_subscribe(
+        &self,
+        connected: &Connected,
+        identity: &Identity,
+        token: Option<&str>,
+        request_id: RequestId,
+        query: &mut QuerySpec,
+    ) -> Result<(), WireError> {
+        let Some(hook) = self.ctx.hooks.before_subscribe(&query.class_name).cloned() else {
+            return Ok(());
+        };
+        let user_id = identity.session_user_id();
+        let caller = Caller {
+            master: connected.master,
+            installation_id: connected.installation_id.as_deref(),
+            session_token: token
+                .filter(|t| !t.is_empty())
+                .or(connected.token.as_deref()),
+            user_id: user_id.as_deref(),
+        };
+        let mut request = hooks::request_base(Trigger::BeforeSubscribe, &caller, &self.ctx.metrics);
+        let mut spec = Map::new();
+        spec.insert("className".into(), query.class_name.as_str().into());
+        spec.insert("where".into(), Value::Object(query.where_.clone()));
+        if let Some(keys) = &query.keys {
+            spec.insert("keys".into(), keys.clone().into());
+        }
+        if let Some(watch) = &query.watch {
+            spec.insert("watch".into(), watch.clone().into());
+        }
+        request.insert("className".into(), query.class_name.as_str().into());
+        request.insert("requestId".into(), hooks::request_id_json(request_id));
+        request.insert("query".into(), Value::Object(spec));
+        let answer = match hook.decide(&Value::Object(request)).await {
+            Decision::Proceed(answer) => answer,
+            Decision::Reject(error) => return Err(error),
+            Decision::Drop => {
+                return Err(WireError::server_failure("beforeSubscribe hook", "dropped"));
+            }
+        };
+        match hooks::apply_query_rewrite(answer, query) {
+            Ok(()) => Ok(()),
+            Err(reason) => match hook.failure(reason) {
+                Decision::Proceed(_) => Ok(()),
+                Decision::Reject(error) => Err(error),
+                Decision::Drop => Err(WireError::server_failure("beforeSubscribe hook", "dropped")),
+            },
+        }
     }
 
     async fn update(&mut self, request: SubscribeRequest, frame_len: usize) {
@@ -248,13 +344,22 @@ impl ClientState {
         let identity = self
             .identity(connected, request.session_token.as_deref())
             .await;
+        let mut spec = request.query;
+        self.before_subscribe(
+            connected,
+            &identity,
+            request.session_token.as_deref(),
+            request_id,
+            &mut spec,
+        )
+        .await?;
         let reader = identity.reader_snapshot();
         let QuerySpec {
             class_name,
             mut where_,
             keys,
             watch,
-        } = request.query;
+        } = spec;
         gate::restrict_where(
             &class_name,
             identity.session_user_id().as_deref(),

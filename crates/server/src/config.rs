@@ -22,6 +22,8 @@ use anyhow::{Context, bail};
 use livequery_matcher::gate::{ClassPermissions, ProtectedFieldGroups};
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::{HookSpec, OnFailure, Target, Trigger};
+
 /// The defaults, compiled in so the binary runs without any file.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
@@ -45,6 +47,132 @@ struct RawConfig {
     mongodb: RawMongo,
     dispatch: RawDispatch,
     log: RawLog,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHooks {
+    webhook_key: String,
+    #[serde(with = "humantime_serde")]
+    default_timeout: Duration,
+    hook: Vec<RawHook>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    trigger: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_failure: Option<String>,
+}
+
+/// The `[hooks]` section, validated (`protocol-spec/hooks.md`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HooksConfig {
+    /// parse-server's `webhookKey`, sent as `X-Parse-Webhook-Key` to webhook URLs.
+    #[serde(serialize_with = "redact")]
+    pub webhook_key: String,
+    /// The hooks.
+    pub hooks: Vec<HookSpec>,
+}
+
+/// Validates the `[hooks]` section; `server_url` and `has_key` say whether Cloud Functions
+/// can be called.
+fn hooks_config(raw: &RawHooks, server_url: &str, has_key: bool) -> anyhow::Result<HooksConfig> {
+    if raw.default_timeout.is_zero() {
+        bail!("hooks.default_timeout must be greater than 0");
+    }
+    let mut hooks: Vec<HookSpec> = Vec::new();
+    for (i, hook) in raw.hook.iter().enumerate() {
+        let at = format!("hooks.hook[{i}]");
+        let Some(trigger) = Trigger::from_name(&hook.trigger) else {
+            bail!(
+                "{at}.trigger: {:?} is not beforeConnect, beforeSubscribe or afterLiveQueryEvent",
+                hook.trigger
+            );
+        };
+        let class_name = hook.class_name.clone().filter(|c| !c.is_empty());
+        match (trigger, &class_name) {
+            (Trigger::BeforeConnect, Some(_)) => {
+                bail!("{at}: beforeConnect concerns no class; remove class_name")
+            }
+            (Trigger::BeforeSubscribe | Trigger::AfterLiveQueryEvent, None) => {
+                bail!("{at}: {} needs class_name", trigger.name())
+            }
+            _ => {}
+        }
+        let target = match (&hook.function, &hook.url) {
+            (Some(name), None) if !name.is_empty() => {
+                if name.contains(['/', '?', '#']) {
+                    bail!("{at}.function: {name:?} is not a Cloud Function name");
+                }
+                if server_url.is_empty() || !has_key {
+                    bail!(
+                        "{at}.function: calling a Cloud Function needs parse.server_url and parse.master_key (or parse.read_only_master_key)"
+                    );
+                }
+                Target::Function(name.clone())
+            }
+            (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                Target::Url(url.clone())
+            }
+            (None, Some(url)) => bail!(
+                "{at}.url: {:?} is not an http(s) URL",
+                redact_url_credentials(url)
+            ),
+            _ => bail!("{at}: set exactly one of function and url"),
+        };
+        let timeout = hook.timeout.unwrap_or(raw.default_timeout);
+        if timeout.is_zero() {
+            bail!("{at}.timeout must be greater than 0");
+        }
+        let on_failure = match hook.on_failure.as_deref() {
+            None => OnFailure::Reject,
+            Some(name) => OnFailure::from_name(name).with_context(|| {
+                format!("{at}.on_failure: {name:?} is not reject, send_unmodified or drop")
+            })?,
+        };
+        if on_failure == OnFailure::Drop && trigger != Trigger::AfterLiveQueryEvent {
+            bail!("{at}.on_failure: drop applies to afterLiveQueryEvent only");
+        }
+        if hooks
+            .iter()
+            .any(|h| h.trigger == trigger && h.class_name == class_name)
+        {
+            bail!(
+                "{at}: a second {} hook{}",
+                trigger.name(),
+                class_name
+                    .as_deref()
+                    .map_or(String::new(), |c| format!(" for class {c}"))
+            );
+        }
+        hooks.push(HookSpec {
+            trigger,
+            class_name,
+            target,
+            timeout,
+            on_failure,
+        });
+    }
+    Ok(HooksConfig {
+        webhook_key: raw.webhook_key.clone(),
+        hooks,
+    })
 }
 
 /// A list from a file, or a comma-separated string from the environment
@@ -300,6 +428,10 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Cloud Code LiveQuery hooks (not serialized: webhook URLs may hold secrets; the
+    /// effective values are printed redacted).
+    #[serde(skip)]
+    pub hooks: HooksConfig,
     /// The effective layered values in the file's structure, secrets redacted.
     #[serde(skip)]
     effective: RawConfig,
@@ -605,6 +737,7 @@ impl Config {
             &mut effective.parse.master_key,
             &mut effective.parse.read_only_master_key,
             &mut effective.source.redis_password,
+            &mut effective.hooks.webhook_key,
         ] {
             if !secret.is_empty() {
                 "<redacted>".clone_into(secret);
@@ -616,6 +749,16 @@ impl Config {
         }
         effective.mongodb.url = redact_url_credentials(&effective.mongodb.url);
         effective.parse.server_url = redact_url_credentials(&effective.parse.server_url);
+        for hook in &mut effective.hooks.hook {
+            if let Some(url) = &mut hook.url {
+                *url = redact_url_credentials(url);
+            }
+        }
+        let hooks = hooks_config(
+            &raw.hooks,
+            &raw.parse.server_url,
+            !(raw.parse.master_key.is_empty() && raw.parse.read_only_master_key.is_empty()),
+        )?;
         let protected_fields = raw
             .parse
             .protected_fields
@@ -810,6 +953,7 @@ impl Config {
             dispatch_workers: workers,
             log_level,
             log_format,
+            hooks,
             effective,
         })
     }

@@ -21,6 +21,7 @@ use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId,
 use parking_lot::RwLock;
 
 use crate::event::ChangeEvent;
+use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
 use crate::identity::IdentityCell;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
@@ -134,6 +135,8 @@ pub struct Hub {
     /// not starve writers behind a stream of events.
     index: RwLock<SubscriptionIndex<SubRef>>,
     metrics: Arc<Metrics>,
+    /// The classes with an `afterLiveQueryEvent` hook (`None`: no hook at all).
+    after_events: Option<AfterEvents>,
 }
 
 impl Hub {
@@ -142,6 +145,16 @@ impl Hub {
         Self {
             index: RwLock::new(SubscriptionIndex::new()),
             metrics,
+            after_events: None,
+        }
+    }
+
+    /// An empty hub whose events of the classes in `after_events` go through their
+    /// `afterLiveQueryEvent` hook.
+    pub fn with_hooks(metrics: Arc<Metrics>, after_events: AfterEvents) -> Self {
+        Self {
+            after_events: Some(after_events),
+            ..Self::new(metrics)
         }
     }
 
@@ -217,6 +230,15 @@ impl Hub {
             encoded: HashMap::new(),
             metrics: &self.metrics,
             received: event.received,
+            hooked: self
+                .after_events
+                .as_ref()
+                .and_then(|hooks| hooks.class(&event.class_name))
+                .map(|hook| Hooked {
+                    hook,
+                    event,
+                    batch: None,
+                }),
         };
         let change = &fan_out.change;
         scratch.candidates.clear();
@@ -248,6 +270,41 @@ impl Hub {
                 fan_out.deliver(&subscriber.0, query, matched);
             }
         }
+        if let Some(Hooked {
+            hook,
+            batch: Some(batch),
+            ..
+        }) = fan_out.hooked
+        {
+            hook.submit(batch);
+        }
+    }
+}
+
+/// An event of a class with an `afterLiveQueryEvent` hook: its recipients are collected,
+/// then handed to the hook's task.
+struct Hooked<'e> {
+    hook: &'e ClassHook,
+    event: &'e ChangeEvent,
+    /// Created with the first recipient.
+    batch: Option<Batch>,
+}
+
+impl Hooked<'_> {
+    fn add(&mut self, key: GroupKey, recipient: Recipient) {
+        let event = self.event;
+        self.batch
+            .get_or_insert_with(|| Batch {
+                objects: Arc::new(EventObjects {
+                    class_name: event.class_name.as_str().into(),
+                    current: event.current.clone(),
+                    original: event.original.clone(),
+                    permissions: event.permissions.clone(),
+                    received: event.received,
+                }),
+                groups: Vec::new(),
+            })
+            .add(key, recipient);
     }
 }
 
@@ -259,11 +316,13 @@ struct EventFanOut<'e> {
     metrics: &'e Metrics,
     /// When the source handed the event over (for the delivery-latency histogram).
     received: std::time::Instant,
+    /// The class's `afterLiveQueryEvent` hook, if it has one.
+    hooked: Option<Hooked<'e>>,
 }
 
 impl<'e> EventFanOut<'e> {
     /// What the gate decides for one subscriber, queued in its outbox.
-    fn deliver(&mut self, sub: &'e Subscription, query: &'e Query, matched: QueryMatch) {
+    fn deliver(&mut self, sub: &'e Arc<Subscription>, query: &'e Query, matched: QueryMatch) {
         let reader = sub.identity.reader();
         let subscriber = Subscriber {
             reader: &reader,
@@ -294,6 +353,8 @@ impl<'e> EventFanOut<'e> {
                 .or_insert_with_key(encode_visible)
                 .clone()
         };
+        let object_is_original = !object.is_of(self.change.current);
+        let with_original = original.is_some();
         let object_bytes = encode(object);
         let original_bytes = original.map(&mut encode);
         let op = event_op(event);
@@ -305,6 +366,23 @@ impl<'e> EventFanOut<'e> {
             original: original_bytes.as_ref(),
         }
         .encode();
+        if let Some(hooked) = &mut self.hooked {
+            let key = GroupKey {
+                op,
+                master: reader.master,
+                user_id: reader.user_id.clone(),
+                object_is_original,
+                with_original,
+            };
+            hooked.add(
+                key,
+                Recipient {
+                    subscription: sub.clone(),
+                    frame,
+                },
+            );
+            return;
+        }
         let len = frame.len();
         match sub.outbox.push_event(frame, self.received) {
             Push::Queued => self.metrics.delivered(op, len),

@@ -57,6 +57,7 @@ pub mod connection;
 pub mod drain;
 pub mod encoding;
 pub mod event;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod identity;
@@ -340,10 +341,38 @@ impl Server {
             config.clone(),
             metrics.clone(),
         ));
-        let hub = Arc::new(Hub::new(metrics.clone()));
         // Internal token: cancelled once the drain that `shutdown` starts is over, or at
         // once when we stop on our own (a failed source).
         let stop = CancellationToken::new();
+        let hooks = Arc::new(hooks::Hooks::new(
+            &config.hooks.hooks,
+            &Arc::new(hooks::HookClient::new(
+                &config.server_url,
+                &config.app_id,
+                // The master key, as parse-server's own trigger calls; the read-only one only
+                // when no master key is set.
+                if config.master_key.is_empty() {
+                    &config.read_only_master_key
+                } else {
+                    &config.master_key
+                },
+                &config.hooks.webhook_key,
+            )?),
+            &metrics,
+        ));
+        let hub = Arc::new(if hooks.after_event().is_empty() {
+            Hub::new(metrics.clone())
+        } else {
+            Hub::with_hooks(
+                metrics.clone(),
+                hooks::after_event::AfterEvents::start(
+                    &hooks,
+                    identities.clone(),
+                    metrics.clone(),
+                    &stop,
+                ),
+            )
+        });
         let drain = Arc::new(drain::Drain::new(&stop));
         let (shards, workers) = Workers::start(
             hub.clone(),
@@ -359,6 +388,7 @@ impl Server {
             config: config.clone(),
             metrics: metrics.clone(),
             hub: hub.clone(),
+            hooks,
             identities: identities.clone(),
             reader: components.reader,
             embedded: components.embedded,

@@ -144,6 +144,22 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
+    /// Writes the series of one labelled member of a family whose `# HELP`/`# TYPE` lines
+    /// are already written.
+    pub(crate) fn render_labelled(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cumulative}"
+        );
+    }
+
     /// Writes the family: cumulative `_bucket` lines (ending with `+Inf`), `_sum`, `_count`.
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
@@ -227,6 +243,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Times the source lost its history and clients were told to reconnect.
     pub resyncs: AtomicU64,
+    /// Cloud Code hook calls.
+    pub hooks: crate::hooks::HookMetrics,
 }
 
 impl Metrics {
@@ -393,6 +411,7 @@ impl Metrics {
             "livequery_delivery_latency_seconds",
             "Time from an event's receipt from the source to the write of its frame to a client's socket, per delivery.",
         );
+        self.hooks.render(&mut out);
         let _ = writeln!(
             out,
             "# HELP livequery_build_info The running build (value 1).\n# TYPE livequery_build_info gauge\nlivequery_build_info{{version=\"{}\"}} 1",

@@ -10,6 +10,7 @@ use crate::backend::{ObjectReader, SubqueryResolver};
 use crate::capacity::Capacity;
 use crate::config::Config;
 use crate::drain::Drain;
+use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// The subscription registry and fan-out.
     pub hub: Arc<Hub>,
+    /// Cloud Code LiveQuery hooks.
+    pub hooks: Arc<Hooks>,
     /// Identities and class permissions.
     pub identities: Arc<IdentityCache>,
     /// Reads current objects for the `query` op, when the deployment can.

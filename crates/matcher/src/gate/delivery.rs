@@ -382,6 +382,22 @@ pub fn find_result<'e>(
     ))
 }
 
+/// An object a trusted hook (Cloud Code's `afterLiveQueryEvent`) put in place of an event's
+/// object, as `reader` may see it through a subscription with `keys`: the fields hidden from
+/// the reader on it are cut as on any object of the class. Whether the reader gets the event
+/// at all is [`judge`]'s decision on the real objects, made before; nested objects are the
+/// caller's to cut.
+pub fn replaced_view<'e>(
+    class_name: &str,
+    permissions: Option<&'e ClassPermissions>,
+    reader: &Reader,
+    keys: Option<&'e [String]>,
+    object: &'e Map<String, Value>,
+) -> VisibleObject<'e> {
+    let hidden = Hidden::for_object(ClassKind::of(class_name), permissions, reader, object);
+    VisibleObject::new(FieldView::new(hidden, keys), object)
+}
+
 /// A subquery's inner side, as the gate judges membership in it.
 #[derive(Debug, Clone, Copy)]
 pub struct InnerQuery<'a> {

@@ -45,7 +45,7 @@ pub use admission::{
 };
 pub use delivery::{
     Change, EventType, InnerQuery, Original, QueryMatch, Skip, Subscriber, Verdict, find_result,
-    judge, subquery_member,
+    judge, replaced_view, subquery_member,
 };
 pub use hidden::{ClassKind, Hidden, is_identifier};
 pub use permissions::{

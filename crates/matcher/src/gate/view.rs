@@ -60,6 +60,12 @@ impl<'a> VisibleObject<'a> {
         self.object.iter().filter(|(k, _)| self.view.keeps(k))
     }
 
+    /// Whether this is a view of `object` (the very map, not an equal one): which of an
+    /// event's objects a payload shows.
+    pub fn is_of(&self, object: &Map<String, Value>) -> bool {
+        std::ptr::eq(self.object, object)
+    }
+
     /// The view applied.
     pub fn view(&self) -> &FieldView<'a> {
         &self.view
