@@ -556,6 +556,7 @@ impl ClientState {
             watch: prepared.watch.map(Vec::into_boxed_slice),
             identity: prepared.identity,
             op: prepared.op,
+            removed: parking_lot::Mutex::new(false),
         });
         let _ = self.outbox.push(
             ServerMessage::Subscribed {

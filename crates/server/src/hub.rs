@@ -108,6 +108,10 @@ pub struct Subscription {
     pub identity: Identity,
     /// `get` for `{objectId: x}` clauses, `find` otherwise (from the gate's admission).
     pub op: ReadOp,
+    /// Set when the subscription leaves the hub. Frames queued later than the dispatch (by
+    /// an `afterLiveQueryEvent` hook's task) check it under this lock, so none follows the
+    /// `unsubscribed` its connection queues after removing it.
+    pub removed: parking_lot::Mutex<bool>,
 }
 
 /// A subscription handle compared by identity (the index needs `PartialEq`).
@@ -174,6 +178,7 @@ impl Hub {
 
     /// Removes a subscription.
     pub fn remove(&self, id: QueryId, subscription: &Arc<Subscription>) {
+        *subscription.removed.lock() = true;
         let mut index = self.index.write();
         index.remove(id, &SubRef(subscription.clone()));
         self.metrics

@@ -291,7 +291,7 @@ impl Deliverer {
         match decision {
             Decision::Drop => {}
             Decision::Reject(error) => self.reject(&group, &error),
-            Decision::Proceed(Value::Null) => self.unmodified(group),
+            Decision::Proceed(Value::Null) => self.unmodified(group, objects.received),
             Decision::Proceed(Value::Object(answer)) => {
                 if answer.get("sendEvent") == Some(&Value::Bool(false)) {
                     return;
@@ -299,7 +299,7 @@ impl Deliverer {
                 let object = answer.get("object");
                 let original = answer.get("original");
                 if object.is_none() && original.is_none() {
-                    return self.unmodified(group);
+                    return self.unmodified(group, objects.received);
                 }
                 if object.is_some_and(|o| !o.is_object())
                     || original.is_some_and(|o| !o.is_object() && !o.is_null())
@@ -318,6 +318,10 @@ impl Deliverer {
     }
 
     fn push(&self, subscription: &Subscription, frame: Bytes, received: Instant, op: EventOp) {
+        let removed = subscription.removed.lock();
+        if *removed {
+            return;
+        }
         let len = frame.len();
         match subscription.outbox.push_event(frame, received) {
             Push::Queued => self.metrics.delivered(op, len),
@@ -326,12 +330,14 @@ impl Deliverer {
         }
     }
 
-    fn unmodified(&self, group: Group) {
-        // The frames were encoded when the event was judged; `received` there is the
-        // moment they are queued now.
-        let now = Instant::now();
+    fn unmodified(&self, group: Group, received: Instant) {
         for recipient in group.recipients {
-            self.push(&recipient.subscription, recipient.frame, now, group.key.op);
+            self.push(
+                &recipient.subscription,
+                recipient.frame,
+                received,
+                group.key.op,
+            );
         }
     }
 
@@ -342,6 +348,10 @@ impl Deliverer {
                 request_id: Some(recipient.subscription.request_id),
             }
             .encode();
+            let removed = recipient.subscription.removed.lock();
+            if *removed {
+                continue;
+            }
             self.metrics
                 .error_frames
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -363,7 +373,7 @@ impl Deliverer {
             Some(&objects.current)
         };
         let Some(real_object) = real_object else {
-            return self.unmodified(group);
+            return self.unmodified(group, objects.received);
         };
         let object = replacement(object, real_object);
         let original = match (&objects.original, key.with_original) {
@@ -397,7 +407,7 @@ impl Deliverer {
                 original: original_bytes.as_ref(),
             }
             .encode();
-            self.push(subscription, frame, Instant::now(), key.op);
+            self.push(subscription, frame, objects.received, key.op);
         }
     }
 

@@ -7,6 +7,7 @@ mod auth_backend;
 mod cli;
 mod drain;
 mod events;
+mod hooks;
 mod limits;
 mod mongo;
 mod mongo_fixtures;
