@@ -32,6 +32,9 @@
 //!   [`identity::memory`], [`parse_rest`] and [`source::mongo::identity`].
 //! - [`backend`]: the traits for reading current objects (`query` op) and resolving
 //!   subqueries.
+//! - [`hooks`]: Cloud Code LiveQuery hooks called over HTTP — `beforeConnect` and
+//!   `beforeSubscribe` on the connection's task, `afterLiveQueryEvent` on a task per class
+//!   fed by the hub (`protocol-spec/hooks.md`).
 //! - [`state`]: what every task of a running server shares; [`readiness`] and [`drain`]:
 //!   what `/readyz` answers and the graceful drain; [`config`], [`telemetry`], [`metrics`],
 //!   [`process`], [`clock`], [`encoding`]: the rest.
