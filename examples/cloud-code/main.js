@@ -35,7 +35,7 @@ Parse.Cloud.afterLiveQueryEvent('Message', async (request) => {
 const livequeryOnly = { requireMaster: true };
 
 /**
- * A Parse object of a hook request (`user`, `object`, `original`: Parse JSON, or null) as a
+ * A Parse object of a hook request (`object`, `original`: Parse JSON, or null) as a
  * Parse.Object. parse-server has already decoded the pointers and dates inside `request.params`
  * (into Parse.Object pointers and Dates) but not the objects themselves: encode it back to Parse
  * JSON, then decode the whole.
@@ -55,14 +55,23 @@ function withIncludes(object) {
   return json;
 }
 
+/**
+ * The whole `_User` of a hook request, or undefined. livequery sends the user's objectId only
+ * (protocol-spec/hooks.md), where parse-server's trigger gets the whole user: fetch it.
+ */
+async function userOf(params) {
+  if (!params.user) return undefined;
+  return new Parse.Query(Parse.User).get(params.user.objectId, { useMasterKey: true });
+}
+
 Parse.Cloud.define('lqBeforeConnect', async (request) => {
-  const user = objectOf(request.params.user);
-  await refuseBanned(request.params.installationId, user && user.id);
+  // The ban list needs only the user's objectId: no fetch.
+  await refuseBanned(request.params.installationId, request.params.user && request.params.user.objectId);
   return null;
 }, livequeryOnly);
 
-Parse.Cloud.define('lqBeforeSubscribe', (request) => {
-  const tenant = tenantRestriction(objectOf(request.params.user));
+Parse.Cloud.define('lqBeforeSubscribe', async (request) => {
+  const tenant = tenantRestriction(await userOf(request.params));
   const where = { ...(request.params.query && request.params.query.where), tenant };
   return { query: { where } };
 }, livequeryOnly);
