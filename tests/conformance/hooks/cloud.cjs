@@ -26,3 +26,13 @@ Parse.Cloud.afterLiveQueryEvent('LQHookEcho', (request) => {
 Parse.Cloud.define('lqTestEcho', (request) => ({
   object: { ...request.params.object, installationIdSeen: request.params.installationId ?? null },
 }), { requireMaster: true });
+
+// Refuses with the names of the user's fields the hook was given: parse-server's trigger gets
+// the whole user, livequery's hook its objectId only.
+const userFields = (user) => Object.keys(user || {}).filter((key) => key !== '__type' && key !== 'className').sort().join(',');
+Parse.Cloud.beforeSubscribe('LQHookWho', (request) => {
+  throw new Parse.Error(Parse.Error.SCRIPT_FAILED, `user fields: ${userFields(request.user && request.user.toJSON())}`);
+});
+Parse.Cloud.define('lqTestWho', (request) => {
+  throw new Parse.Error(Parse.Error.SCRIPT_FAILED, `user fields: ${userFields(request.params.user)}`);
+}, { requireMaster: true });

@@ -11,6 +11,8 @@ import {
 
 /** protocol-spec/deviations.md: afterLiveQueryEvent hooks see installationId (and sessionToken) null. */
 const HOOK_INSTALLATION_ID = 'H2';
+/** protocol-spec/deviations.md: a hook request's user is the _User's objectId only. */
+const HOOK_USER_ID_ONLY = 'H3';
 
 before(setupParse);
 after(closeAll);
@@ -199,6 +201,17 @@ conformance('afterLiveQueryEvent: the hook does not see the recipient\'s install
     lq.close();
   }
 }, { deviation: HOOK_INSTALLATION_ID });
+
+conformance('beforeSubscribe: the hook is given the user\'s objectId only', async () => {
+  const account = await newUser('w');
+  const lq = await client({ sessionToken: account.token });
+  const subscription = lq.subscribe(new Parse.Query('LQHookWho'), account.token);
+  await assert.rejects(subscription.subscribePromise, (error) => {
+    assert.equal(error.code, 141);
+    assert.equal(error.message, 'user fields: objectId');
+    return true;
+  });
+}, { deviation: HOOK_USER_ID_ONLY });
 
 // ------------------------------------------------------------------------------------------
 // The Cloud Functions livequery calls, called here the way livequery does (master key, the
