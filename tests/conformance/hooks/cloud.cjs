@@ -20,11 +20,17 @@ Parse.Cloud.define('lqTestSlow', async () => {
 
 // Echoes the recipient's installationId into the object: parse-server's trigger runs once per
 // recipient and knows it; livequery's hook runs once per identity, where it is null.
+// Also echoes the user the hook was called for (both servers: the recipient's user).
 Parse.Cloud.afterLiveQueryEvent('LQHookEcho', (request) => {
   request.object.set('installationIdSeen', request.installationId ?? null);
+  request.object.set('userSeen', request.user ? request.user.id : null);
 });
 Parse.Cloud.define('lqTestEcho', (request) => ({
-  object: { ...request.params.object, installationIdSeen: request.params.installationId ?? null },
+  object: {
+    ...request.params.object,
+    installationIdSeen: request.params.installationId ?? null,
+    userSeen: request.params.user ? request.params.user.objectId : null,
+  },
 }), { requireMaster: true });
 
 // Refuses with the names of the user's fields the hook was given: parse-server's trigger gets

@@ -202,6 +202,25 @@ conformance('afterLiveQueryEvent: the hook does not see the recipient\'s install
   }
 }, { deviation: HOOK_INSTALLATION_ID });
 
+conformance('afterLiveQueryEvent: the hook is called for each recipient\'s user (anonymous: no user)', async () => {
+  const k = tag();
+  const alice = await newUser('e');
+  const bob = await newUser('e');
+  const aliceLq = await client({ sessionToken: alice.token });
+  const bobLq = await client({ sessionToken: bob.token });
+  const anonymousLq = await client();
+  const query = new Parse.Query('LQHookEcho').equalTo('k', k);
+  const forAlice = await subscribeWith(aliceLq, query, alice.token);
+  const forBob = await subscribeWith(bobLq, query, bob.token);
+  const forAnonymous = await subscribeWith(anonymousLq, query);
+  const object = await save('LQHookEcho', { k });
+  for (const [recorder, userId] of [[forAlice, alice.id], [forBob, bob.id], [forAnonymous, null]]) {
+    const event = await recorder.next();
+    assert.equal(event.object.id, object.id);
+    assert.equal(event.object.get('userSeen'), userId);
+  }
+});
+
 conformance('beforeSubscribe: the hook is given the user\'s objectId only', async () => {
   const account = await newUser('w');
   const lq = await client({ sessionToken: account.token });
