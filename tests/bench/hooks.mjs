@@ -192,7 +192,7 @@ function payload(run, seq, sentAt, authorId) {
  */
 async function phase(stack, redis, subscribers, { run, firstSeq, events, rate, authorId, latencies }) {
   const counters = subscribers.counters;
-  Object.assign(counters, { firstSeq, endSeq: firstSeq + events, received: 0, duplicate: 0, unenriched: 0, other: 0, late: 0, lastReceipt: 0, latencies: latencies ? [] : null });
+  Object.assign(counters, { errorSamples: [], firstSeq, endSeq: firstSeq + events, received: 0, duplicate: 0, unenriched: 0, other: 0, late: 0, lastReceipt: 0, latencies: latencies ? [] : null });
   const channel = `${stack.env.APP_ID}afterSave`;
   const expected = events * subscribers.length;
   const start = nowMs();
@@ -312,7 +312,9 @@ async function benchTarget(target) {
         const latencyEvents = Math.max(4, Math.round(rate * LATENCY_SECONDS));
         const steady = await phase(stack, redis, subscribers, { run, firstSeq: events, events: latencyEvents, rate, authorId: author.id, latencies: true });
         log(`${target} ${label}: at ${rate} ev/s p50 ${steady.latency_ms.p50} ms, p99 ${steady.latency_ms.p99} ms, missing ${steady.missing}`);
-        results.push({ target, subscribers: count, users, label, setup_seconds: setupSeconds, burst, steady, server_cpu_seconds: cpuSeconds(stack.lqPid) });
+        const calls = await hookCalls(stack);
+        if (calls !== null) log(`${target} ${label}: afterLiveQueryEvent hook calls so far ${calls}`);
+        results.push({ target, subscribers: count, users, label, setup_seconds: setupSeconds, burst, steady, hook_calls_so_far: calls, server_cpu_seconds: cpuSeconds(stack.lqPid) });
         counters.closing = true;
         for (const sub of subscribers) sub.ws.terminate();
         await sleep(1000);
@@ -326,6 +328,17 @@ async function benchTarget(target) {
     fs.rmSync(dir, { recursive: true, force: true });
   }
   return results;
+}
+
+/** livequery's afterLiveQueryEvent hook calls so far (its /metrics), or null (the reference). */
+async function hookCalls(stack) {
+  if (stack.env.TARGET !== 'livequery') return null;
+  const text = await (await fetch(`${stack.env.LQ_HTTP}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('livequery_hook_calls_total{') && line.includes('trigger="afterLiveQueryEvent"')) total += Number(line.split(' ').pop());
+  }
+  return total;
 }
 
 function cpuSeconds(pid) {
