@@ -81,13 +81,22 @@ struct RawHook {
 }
 
 /// The `[hooks]` section, validated (`protocol-spec/hooks.md`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct HooksConfig {
     /// parse-server's `webhookKey`, sent as `X-Parse-Webhook-Key` to webhook URLs.
     #[serde(serialize_with = "redact")]
     pub webhook_key: String,
     /// The hooks.
     pub hooks: Vec<HookSpec>,
+}
+
+impl std::fmt::Debug for HooksConfig {
+    // The webhook key and the URLs (which may hold secrets) stay out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HooksConfig")
+            .field("hooks", &self.hooks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Validates the `[hooks]` section; `server_url` and `has_key` say whether Cloud Functions

@@ -870,3 +870,59 @@ async fn no_event_follows_unsubscribed_while_its_hook_was_pending() {
     let frame = client.recv().await;
     assert_eq!(frame["object"]["objectId"], "sentinel", "{frame}");
 }
+
+#[tokio::test]
+async fn a_full_hook_queue_applies_the_failure_policy_without_blocking_the_dispatcher() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let (_hooks, server) = after_event_setup(
+        move |_| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                gate.notified().await;
+                (200, json!({"success": null}))
+            })
+        },
+        "timeout = \"30s\"\non_failure = \"send_unmodified\"",
+    )
+    .await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({})).await;
+    client.subscribe(2, "Other", json!({})).await;
+    // 16 events in flight and 1,024 queued fill the class's hook; the rest overflow.
+    let total = 1100;
+    let messages: Vec<Value> = (0..total)
+        .map(
+            |n| json!({"currentParseObject": object("Message", &format!("m{n}"), json!({"n": n}))}),
+        )
+        .collect();
+    server.publish("afterSave", Value::Array(messages)).await;
+    server.create(object("Other", "sentinel", json!({}))).await;
+    // The overflowing events arrive unmodified while the hook is still blocked, and the
+    // dispatcher went on to the next event.
+    let mut overflowed = 0;
+    loop {
+        let frame = client.recv().await;
+        if frame["object"]["objectId"] == "sentinel" {
+            break;
+        }
+        assert_eq!(frame["op"], "create", "{frame}");
+        assert!(
+            frame["object"]["n"].as_u64().is_some_and(|n| n >= 1000),
+            "{frame}"
+        );
+        overflowed += 1;
+    }
+    let full = server.metric("livequery_hook_queue_full_total").await;
+    assert_eq!(f64::from(overflowed), full);
+    assert!(overflowed >= 50, "{overflowed}");
+    assert_eq!(
+        server
+            .metric(
+                "livequery_hook_calls_total{trigger=\"afterLiveQueryEvent\",outcome=\"failed\"}"
+            )
+            .await,
+        full
+    );
+    release.notify_waiters();
+}

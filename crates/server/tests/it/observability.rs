@@ -147,43 +147,62 @@ fn parse_strict(text: &str) -> BTreeMap<String, Family> {
         }
     }
     for (name, family) in families.iter().filter(|(_, f)| f.kind == "histogram") {
-        let buckets: Vec<&Sample> = family
-            .samples
-            .iter()
-            .filter(|s| s.name.ends_with("_bucket"))
-            .collect();
-        let bounds: Vec<f64> = buckets
-            .iter()
-            .map(|s| s.labels["le"].parse::<f64>().expect("le is a number"))
-            .collect();
-        assert!(bounds.len() >= 2, "{name}: buckets");
-        assert!(
-            bounds.windows(2).all(|w| w[0] < w[1]),
-            "{name}: bounds {bounds:?}"
-        );
-        assert_eq!(buckets.last().unwrap().labels["le"], "+Inf", "{name}");
-        assert!(
-            buckets.windows(2).all(|w| w[0].value <= w[1].value),
-            "{name}: buckets are not cumulative"
-        );
-        let count = family
-            .samples
-            .iter()
-            .find(|s| s.name.ends_with("_count"))
-            .expect("_count")
-            .value;
-        let sum = family
-            .samples
-            .iter()
-            .find(|s| s.name.ends_with("_sum"))
-            .expect("_sum")
-            .value;
-        assert_eq!(
-            buckets.last().unwrap().value,
-            count,
-            "{name}: +Inf = _count"
-        );
-        assert!(sum >= 0.0, "{name}: sum");
+        // Each label set (`le` aside) is one histogram of the family.
+        let mut label_sets: Vec<BTreeMap<String, String>> = Vec::new();
+        for sample in &family.samples {
+            let mut labels = sample.labels.clone();
+            labels.remove("le");
+            if !label_sets.contains(&labels) {
+                label_sets.push(labels);
+            }
+        }
+        for set in &label_sets {
+            let of_set = |sample: &&Sample| {
+                let mut labels = sample.labels.clone();
+                labels.remove("le");
+                &labels == set
+            };
+            let buckets: Vec<&Sample> = family
+                .samples
+                .iter()
+                .filter(of_set)
+                .filter(|s| s.name.ends_with("_bucket"))
+                .collect();
+            let bounds: Vec<f64> = buckets
+                .iter()
+                .map(|s| s.labels["le"].parse::<f64>().expect("le is a number"))
+                .collect();
+            assert!(bounds.len() >= 2, "{name} {set:?}: buckets");
+            assert!(
+                bounds.windows(2).all(|w| w[0] < w[1]),
+                "{name} {set:?}: bounds {bounds:?}"
+            );
+            assert_eq!(buckets.last().unwrap().labels["le"], "+Inf", "{name}");
+            assert!(
+                buckets.windows(2).all(|w| w[0].value <= w[1].value),
+                "{name} {set:?}: buckets are not cumulative"
+            );
+            let count = family
+                .samples
+                .iter()
+                .filter(of_set)
+                .find(|s| s.name.ends_with("_count"))
+                .expect("_count")
+                .value;
+            let sum = family
+                .samples
+                .iter()
+                .filter(of_set)
+                .find(|s| s.name.ends_with("_sum"))
+                .expect("_sum")
+                .value;
+            assert_eq!(
+                buckets.last().unwrap().value,
+                count,
+                "{name} {set:?}: +Inf = _count"
+            );
+            assert!(sum >= 0.0, "{name}: sum");
+        }
     }
     families
 }
