@@ -72,8 +72,12 @@ function asPostgres(command, args) {
  * to livequery; `lqLogLevel` sets its log level; `redisArgs` are extra redis-server arguments.
  * `livequeryNodes` starts that many livequery processes on the same Redis (tests/conformance/deploy);
  * the first is the one `env.LQ_URL` names, all are in the returned `nodes`.
+ * Options for Cloud Code hooks (tests/conformance/hooks, tests/bench/hooks.mjs): `cloudCode` is
+ * a Cloud Code file (absolute path) loaded by parse-server and by the reference LiveQuery
+ * process (whose triggers run there); `liveClasses` are classes published in addition to
+ * LIVE_CLASSES; `lqArgs` are extra command-line arguments of livequery (e.g. `--config FILE`).
  */
-export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000, lqCpus, otherCpus, lqEnv = {}, lqLogLevel = 'info', redisArgs = [], livequeryNodes = 1 } = {}) {
+export async function startStack({ target = 'livequery', livequeryBin, cacheTimeoutMs = 1000, lqCpus, otherCpus, lqEnv = {}, lqLogLevel = 'info', redisArgs = [], livequeryNodes = 1, cloudCode, liveClasses = [], lqArgs = [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'livequery-stack-'));
   fs.chmodSync(dir, 0o755);
   const children = [];
@@ -140,10 +144,10 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
     psql('parse', 'CREATE EXTENSION IF NOT EXISTS postgis');
     const databaseURI = `postgres://postgres@127.0.0.1:${pgPort}/parse`;
 
-    const common = { ...process.env, APP_ID: appId, MASTER_KEY: masterKey, JS_KEY: jsKey, DATABASE_URI: databaseURI, REDIS_URL: redisURL, LOGS_DIR: path.join(dir, 'parse-logs'), PARSE_SERVER_LOGS_FOLDER: path.join(dir, 'parse-logs') };
+    const common = { ...process.env, APP_ID: appId, MASTER_KEY: masterKey, JS_KEY: jsKey, DATABASE_URI: databaseURI, REDIS_URL: redisURL, LOGS_DIR: path.join(dir, 'parse-logs'), PARSE_SERVER_LOGS_FOLDER: path.join(dir, 'parse-logs'), ...(cloudCode ? { CLOUD_CODE: cloudCode } : {}) };
     const parse = spawnChild('parse-server', process.execPath, [path.join(here, 'stack/parse-server.mjs')], {
       cwd: dir,
-      env: { ...common, PARSE_PORT: String(parsePort), LIVE_CLASSES: LIVE_CLASSES.join(',') },
+      env: { ...common, PARSE_PORT: String(parsePort), LIVE_CLASSES: [...LIVE_CLASSES, ...liveClasses].join(',') },
     });
     await waitForLine(parse, (line) => line === 'ready', 'parse-server');
     const parseServerURL = `http://127.0.0.1:${parsePort}/parse`;
@@ -182,7 +186,7 @@ export async function startStack({ target = 'livequery', livequeryBin, cacheTime
           child: null,
           /** Starts (or starts again, on the same port) this node and waits for its source. */
           async start() {
-            const lq = spawnChild(name, livequeryBin, [], { env: lqEnvFor(port) });
+            const lq = spawnChild(name, livequeryBin, lqArgs, { env: lqEnvFor(port) });
             lq.stdout.pipe(fs.createWriteStream(path.join(dir, `${name}.out.log`), { flags: 'a' }));
             node.child = lq;
             await waitFor(`${name} (source connected)`, async () => (await fetch(`${node.http}/health`)).ok);

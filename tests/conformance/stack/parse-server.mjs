@@ -20,6 +20,9 @@ const server = new ParseServer({
   logLevel: 'error',
   logsFolder: env.LOGS_DIR,
   silent: true,
+  // Cloud Code (tests/conformance/hooks, tests/bench/hooks.mjs): LiveQuery triggers run in the
+  // process of the LiveQuery server, the Cloud Functions livequery calls in parse-server's.
+  ...(env.CLOUD_CODE ? { cloud: env.CLOUD_CODE } : {}),
 });
 await server.start();
 const app = express();
