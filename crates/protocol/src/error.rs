@@ -257,6 +257,22 @@ impl WireError {
         Self::new(ErrorCode::ScriptFailed, format!("{what} failed: {detail}"))
     }
 
+    /// Code 141: a Cloud Code hook call failed (timeout, connection error, HTTP 5xx, an
+    /// answer that is not parse-server's format) and its failure policy is `reject`.
+    pub fn hook_failed(trigger: &str, reason: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::ScriptFailed,
+            format!("{trigger} hook failed: {reason}"),
+        )
+    }
+
+    /// A Cloud Code hook's deliberate rejection, as parse-server's LiveQuery server forwards
+    /// it: the hook's own code (141 when it gave none) and message, `reconnect: false`.
+    pub fn hook_rejection(code: u32, message: impl Into<Cow<'static, str>>) -> Self {
+        let code = ErrorCode::from_code(code).unwrap_or(ErrorCode::Cloud(code));
+        Self::new(code, message).with_reconnect(false)
+    }
+
     /// Code 124: a `query` took longer than allowed.
     pub fn query_timed_out() -> Self {
         Self::new(ErrorCode::Timeout, "query timed out")

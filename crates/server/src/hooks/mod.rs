@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use livequery_protocol::{ErrorCode, WireError};
+use livequery_protocol::WireError;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -261,7 +261,7 @@ impl Hook {
             }
             Outcome::Rejected { code, message } => {
                 hooks.count(trigger, CallOutcome::Rejected);
-                Decision::Reject(rejection(code, message))
+                Decision::Reject(WireError::hook_rejection(code, message))
             }
             Outcome::Failed { reason, timed_out } => {
                 let outcome = if timed_out {
@@ -279,23 +279,13 @@ impl Hook {
     /// The failure policy applied to a call that failed for `reason`.
     pub fn failure(&self, reason: &str) -> Decision {
         match self.spec.on_failure {
-            OnFailure::Reject => Decision::Reject(WireError::new(
-                ErrorCode::ScriptFailed,
-                format!("{} hook failed: {reason}", self.spec.trigger.name()),
-            )),
+            OnFailure::Reject => {
+                Decision::Reject(WireError::hook_failed(self.spec.trigger.name(), reason))
+            }
             OnFailure::SendUnmodified => Decision::Proceed(Value::Null),
             OnFailure::Drop => Decision::Drop,
         }
     }
-}
-
-/// parse-server's error frame for a rejection: the hook's code (141 when it gave none) and
-/// message, never `reconnect`.
-fn rejection(code: u32, message: String) -> WireError {
-    let code = ErrorCode::from_code(code).unwrap_or(ErrorCode::Cloud(code));
-    let mut error = WireError::new(code, message);
-    error.reconnect = false;
-    error
 }
 
 /// Every configured hook, by trigger and class.
