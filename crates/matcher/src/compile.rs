@@ -75,6 +75,7 @@ impl Query {
             options,
             fields: Vec::new(),
             conditions: 0,
+            regex_bytes: 0,
         };
         let root = compiler.clause(where_, depth)?;
         let mut fields = compiler.fields;
@@ -101,6 +102,10 @@ struct Compiler<'o> {
     options: &'o CompileOptions,
     fields: Vec<String>,
     conditions: usize,
+    /// Bytes of `$regex` patterns compiled so far in this clause: compiling costs time
+    /// in the pattern's size (tens of milliseconds for a few kilobytes with `i`), so one
+    /// clause gets the budget of one maximal pattern, however many conditions hold one.
+    regex_bytes: usize,
 }
 
 fn is_field_name(key: &str) -> bool {
@@ -504,7 +509,11 @@ impl Compiler<'_> {
         Ok(Some(inner))
     }
 
-    fn regex(&self, pattern: &Value, options: Option<&Value>) -> Result<regex::Regex, QueryError> {
+    fn regex(
+        &mut self,
+        pattern: &Value,
+        options: Option<&Value>,
+    ) -> Result<regex::Regex, QueryError> {
         if !self.options.allow_regex {
             return Err(QueryError::RegexNotAllowed);
         }
@@ -513,6 +522,12 @@ impl Compiler<'_> {
                 "Invalid regular expression: $regex must be a string or RegExp".to_owned(),
             ));
         };
+        self.regex_bytes = self.regex_bytes.saturating_add(pattern.len());
+        if self.regex_bytes > js_regex::MAX_PATTERN_LEN {
+            return Err(QueryError::RegexBudget {
+                max: js_regex::MAX_PATTERN_LEN,
+            });
+        }
         let flags = match options {
             None | Some(Value::Null) => "",
             Some(Value::String(flags)) => flags,

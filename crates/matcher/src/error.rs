@@ -28,6 +28,12 @@ pub enum QueryError {
         /// The JSON type found (`null`, `a number`, …).
         found: &'static str,
     },
+    /// The `$regex` patterns of one clause are longer than one maximal pattern together.
+    #[error("bad $regex: the patterns of one query may total at most {max} bytes")]
+    RegexBudget {
+        /// The budget, in bytes.
+        max: usize,
+    },
     /// `$or`/`$and`/`$nor` nested deeper than allowed.
     #[error("Query condition nesting depth exceeds maximum allowed depth of {max}")]
     TooDeep {

@@ -16,7 +16,7 @@
 use regex::{Regex, RegexBuilder};
 
 /// Longest pattern accepted, in bytes.
-const MAX_PATTERN_LEN: usize = 16 * 1024;
+pub(crate) const MAX_PATTERN_LEN: usize = 16 * 1024;
 /// Bound on the compiled program and lazy DFA of one pattern.
 const SIZE_LIMIT: usize = 1 << 20;
 

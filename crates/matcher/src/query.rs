@@ -655,6 +655,24 @@ mod tests {
         v.as_object().cloned().expect("object")
     }
 
+    /// One clause's `$regex` patterns share the budget of one maximal pattern: compiling
+    /// costs time in their size, so many conditions cannot multiply it.
+    #[test]
+    fn regex_patterns_of_one_clause_share_one_budget() {
+        let half = "a".repeat(8 * 1024);
+        let two = json!({"$or": [{"f": {"$regex": half}}, {"g": {"$regex": half}}]});
+        assert!(Query::compile(two.as_object().unwrap(), &CompileOptions::default()).is_ok());
+        let three = json!({"$or": [
+            {"f": {"$regex": half}}, {"g": {"$regex": half}}, {"h": {"$regex": "b"}}
+        ]});
+        let err = Query::compile(three.as_object().unwrap(), &CompileOptions::default())
+            .expect_err("over the budget");
+        assert_eq!(
+            err.to_string(),
+            "bad $regex: the patterns of one query may total at most 16384 bytes"
+        );
+    }
+
     /// Large operands are hashed and still answer by value (numbers, key order, pointers).
     #[test]
     fn large_set_operands() {
