@@ -168,12 +168,8 @@ impl Components {
                     }
                 };
                 Self {
-                    source: Arc::new(RedisSource::from_config(redis)?),
-                    identities,
-                    reader: None,
-                    embedded: None,
-                    subqueries: None,
                     readiness: readiness.clone(),
+                    ..Self::redis(RedisSource::from_config(redis)?, identities)
                 }
             }
             SourceKind::Mongo(mongo) => {
@@ -236,6 +232,19 @@ impl Components {
             embedded: None,
             subqueries: Some(subqueries),
             readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    /// parse-server's Redis feed, with identities from `identities` (and nothing that reads
+    /// current objects or resolves subqueries unless the caller adds it).
+    pub fn redis(source: RedisSource, identities: Arc<dyn IdentityProvider>) -> Self {
+        Self {
+            source: Arc::new(source),
+            identities,
+            reader: None,
+            embedded: None,
+            subqueries: None,
+            readiness: Arc::default(),
         }
     }
 

@@ -113,6 +113,15 @@ impl FakeHooks {
             .filter(|c| c.path == path)
             .collect()
     }
+
+    /// Waits (at most `FRAME_TIMEOUT`) until the hook has been called at least once.
+    async fn wait_for_a_call(&self) {
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        while self.calls().is_empty() {
+            assert!(Instant::now() < deadline, "the hook was never called");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 fn answer(status: u16, body: Value) -> Answer {
@@ -437,6 +446,27 @@ async fn after_event_setup(
     (hooks, server)
 }
 
+/// An `afterLiveQueryEvent` webhook on `Message` whose every call waits until `release` is
+/// notified (one call per notification), with the hook settings in `extra`.
+async fn hanging_after_event_setup(
+    extra: &str,
+) -> (Arc<tokio::sync::Notify>, FakeHooks, TestServer) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let (hooks, server) = after_event_setup(
+        move |_| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                gate.notified().await;
+                (200, json!({"success": null}))
+            })
+        },
+        extra,
+    )
+    .await;
+    (release, hooks, server)
+}
+
 #[tokio::test]
 async fn after_event_enriches_the_object_and_the_gate_still_cuts_it() {
     let (hooks, server) = after_event_setup(
@@ -598,29 +628,13 @@ async fn events_keep_their_order_under_a_slow_hook() {
 
 #[tokio::test]
 async fn a_hanging_hook_on_one_class_does_not_delay_another() {
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
-    let (hooks, server) = after_event_setup(
-        move |_| {
-            let gate = gate.clone();
-            Box::pin(async move {
-                gate.notified().await;
-                (200, json!({"success": null}))
-            })
-        },
-        "timeout = \"30s\"",
-    )
-    .await;
+    let (release, hooks, server) = hanging_after_event_setup("timeout = \"30s\"").await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({})).await;
     client.subscribe(2, "Other", json!({})).await;
     server.create(object("Message", "slow", json!({}))).await;
     // The hook has the Message event before Other's is published.
-    let deadline = Instant::now() + FRAME_TIMEOUT;
-    while hooks.calls().is_empty() {
-        assert!(Instant::now() < deadline, "the hook was never called");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    hooks.wait_for_a_call().await;
     let published = Instant::now();
     server.create(object("Other", "fast", json!({}))).await;
     let event = client.recv().await;
@@ -837,28 +851,12 @@ async fn a_rejected_event_becomes_the_hooks_error_frame() {
 
 #[tokio::test]
 async fn no_event_follows_unsubscribed_while_its_hook_was_pending() {
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
-    let (hooks, server) = after_event_setup(
-        move |_| {
-            let gate = gate.clone();
-            Box::pin(async move {
-                gate.notified().await;
-                (200, json!({"success": null}))
-            })
-        },
-        "timeout = \"30s\"",
-    )
-    .await;
+    let (release, hooks, server) = hanging_after_event_setup("timeout = \"30s\"").await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({})).await;
     client.subscribe(2, "Other", json!({})).await;
     server.create(object("Message", "late", json!({}))).await;
-    let deadline = Instant::now() + FRAME_TIMEOUT;
-    while hooks.calls().is_empty() {
-        assert!(Instant::now() < deadline, "the hook was never called");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    hooks.wait_for_a_call().await;
     client
         .send(json!({"op": "unsubscribe", "requestId": 1}))
         .await;
@@ -873,19 +871,8 @@ async fn no_event_follows_unsubscribed_while_its_hook_was_pending() {
 
 #[tokio::test]
 async fn a_full_hook_queue_applies_the_failure_policy_without_blocking_the_dispatcher() {
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
-    let (_hooks, server) = after_event_setup(
-        move |_| {
-            let gate = gate.clone();
-            Box::pin(async move {
-                gate.notified().await;
-                (200, json!({"success": null}))
-            })
-        },
-        "timeout = \"30s\"\non_failure = \"send_unmodified\"",
-    )
-    .await;
+    let (release, _hooks, server) =
+        hanging_after_event_setup("timeout = \"30s\"\non_failure = \"send_unmodified\"").await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({})).await;
     client.subscribe(2, "Other", json!({})).await;

@@ -85,16 +85,10 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
     let mut redis = redis_server(port).await;
     let memory = Arc::new(MemoryIdentities::new());
     memory.put_session("r:u", "u", None);
-    let components = Components {
-        source: Arc::new(
-            RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
-        ),
-        identities: memory.clone(),
-        reader: None,
-        embedded: None,
-        subqueries: None,
-        readiness: Default::default(),
-    };
+    let components = Components::redis(
+        RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
+        memory.clone(),
+    );
     let server = TestServer::start_components("", components, true).await;
     assert_eq!(health(&server).await, 200);
     let mut client = server.connected(Some("r:u")).await;
@@ -184,18 +178,12 @@ async fn parse_server_messages_from_redis_reach_subscribers_and_redis_outages_ar
 async fn link_checks_while_subscribed_do_not_reconnect() {
     let port = free_port();
     let _redis = redis_server(port).await;
-    let components = Components {
-        source: Arc::new(
-            RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp")
-                .expect("valid URL")
-                .with_ping_interval(Duration::from_millis(50)),
-        ),
-        identities: Arc::new(MemoryIdentities::new()),
-        reader: None,
-        embedded: None,
-        subqueries: None,
-        readiness: Default::default(),
-    };
+    let components = Components::redis(
+        RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp")
+            .expect("valid URL")
+            .with_ping_interval(Duration::from_millis(50)),
+        Arc::new(MemoryIdentities::new()),
+    );
     let server = TestServer::start_components("", components, true).await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({"room": "r"})).await;
@@ -275,14 +263,7 @@ async fn the_master_is_found_through_redis_sentinel() {
         sentinel_master: "lqmaster".to_owned(),
     })
     .expect("valid");
-    let components = Components {
-        source: Arc::new(source),
-        identities: Arc::new(MemoryIdentities::new()),
-        reader: None,
-        embedded: None,
-        subqueries: None,
-        readiness: Default::default(),
-    };
+    let components = Components::redis(source, Arc::new(MemoryIdentities::new()));
     let server = TestServer::start_components("", components, true).await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({"room": "r"})).await;

@@ -172,14 +172,7 @@ async fn a_tls_redis_with_a_client_certificate_and_an_acl_user_feeds_subscribers
     let (port, tls_port) = (free_port(), free_port());
     let _redis = tls_redis(&certs, port, tls_port).await;
     let source = RedisSource::from_config(&tls_config(&certs, tls_port, "ca.crt")).expect("valid");
-    let components = Components {
-        source: Arc::new(source),
-        identities: Arc::new(MemoryIdentities::new()),
-        reader: None,
-        embedded: None,
-        subqueries: None,
-        readiness: Default::default(),
-    };
+    let components = Components::redis(source, Arc::new(MemoryIdentities::new()));
     // Waits for /health: the source is subscribed over TLS.
     let server = TestServer::start_components("", components, true).await;
     let mut client = server.connected(None).await;
@@ -212,14 +205,10 @@ async fn a_tls_redis_with_a_client_certificate_and_an_acl_user_feeds_subscribers
     by_fields.url = format!("rediss://127.0.0.1:{tls_port}");
     by_fields.username = USER.to_owned();
     by_fields.password = PASSWORD.to_owned();
-    let components = Components {
-        source: Arc::new(RedisSource::from_config(&by_fields).expect("valid")),
-        identities: Arc::new(MemoryIdentities::new()),
-        reader: None,
-        embedded: None,
-        subqueries: None,
-        readiness: Default::default(),
-    };
+    let components = Components::redis(
+        RedisSource::from_config(&by_fields).expect("valid"),
+        Arc::new(MemoryIdentities::new()),
+    );
     // Waits for /health (the subscription) or fails.
     TestServer::start_components("", components, true)
         .await
