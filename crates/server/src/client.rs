@@ -13,7 +13,6 @@
 //! hold (compiled queries, index postings, kept `where` text) is bounded by
 //! `limits.max_subscription_bytes`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -50,7 +49,7 @@ struct Connected {
     master: bool,
     token: Option<String>,
     installation_id: Option<String>,
-    subscriptions: HashMap<RequestId, Registered>,
+    subscriptions: Subscriptions,
     /// Bytes its subscriptions hold (sum of their footprints).
     held: usize,
 }
@@ -63,6 +62,50 @@ struct Registered {
     where_text: Option<Box<str>>,
     /// Bytes charged to the connection's budget.
     footprint: usize,
+}
+
+/// A connection's subscriptions by `requestId`: a plain list, searched linearly. Most
+/// connections hold one or a few (a hash map's table and hasher state would cost several
+/// times what they hold), and `limits.max_subscriptions_per_connection` bounds the search.
+#[derive(Debug, Default)]
+struct Subscriptions(Vec<(RequestId, Registered)>);
+
+impl Subscriptions {
+    fn position(&self, request_id: RequestId) -> Option<usize> {
+        self.0.iter().position(|(id, _)| *id == request_id)
+    }
+
+    fn get(&self, request_id: &RequestId) -> Option<&Registered> {
+        self.position(*request_id).map(|at| &self.0[at].1)
+    }
+
+    fn contains_key(&self, request_id: &RequestId) -> bool {
+        self.position(*request_id).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn remove(&mut self, request_id: &RequestId) -> Option<Registered> {
+        let at = self.position(*request_id)?;
+        let (_, registered) = self.0.swap_remove(at);
+        if self.0.is_empty() {
+            // A connection that unsubscribed everything keeps no list.
+            self.0 = Vec::new();
+        }
+        Some(registered)
+    }
+
+    /// Adds a subscription whose id is not in the list (callers remove its predecessor).
+    fn insert(&mut self, request_id: RequestId, registered: Registered) {
+        debug_assert!(!self.contains_key(&request_id));
+        if self.0.capacity() == 0 {
+            // Exactly one: the common case of one subscription per connection.
+            self.0.reserve_exact(1);
+        }
+        self.0.push((request_id, registered));
+    }
 }
 
 /// A subscription checked and compiled, ready to be registered.
@@ -208,7 +251,7 @@ impl ClientState {
             master,
             token,
             installation_id: request.installation_id,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             held: 0,
         });
     }
@@ -677,7 +720,7 @@ impl ClientState {
     /// Removes the client and all its subscriptions (socket closed, or a second `connect`).
     pub fn disconnect(&mut self) {
         if let Some(client) = self.client.take() {
-            for (_, registered) in client.subscriptions {
+            for (_, registered) in client.subscriptions.0 {
                 self.ctx
                     .hub
                     .remove(registered.query_id, &registered.subscription);
