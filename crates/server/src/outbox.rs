@@ -115,8 +115,8 @@ impl Outbox {
     /// into `received`.
     pub fn drain_into(
         &self,
-        out: &mut Vec<Bytes>,
-        received: &mut Vec<Instant>,
+        out: &mut impl Extend<Bytes>,
+        received: &mut impl Extend<Instant>,
         max: usize,
     ) -> Drain {
         let mut inner = self.inner.lock();
@@ -124,12 +124,13 @@ impl Outbox {
         let mut drained = 0;
         for (frame, stamp) in inner.queue.drain(..n) {
             drained += frame.len();
-            out.push(frame);
+            out.extend(Some(frame));
             received.extend(stamp);
         }
         inner.bytes -= drained;
-        if inner.queue.is_empty() && inner.queue.capacity() > 64 {
-            // Give a burst's memory back once the client has caught up.
+        if inner.queue.is_empty() && inner.queue.capacity() > 0 {
+            // Give the memory back once the client has caught up: an idle connection keeps
+            // no queue (one small allocation per batch written).
             inner.queue = VecDeque::new();
         }
         inner.state.clone()
@@ -185,7 +186,7 @@ mod tests {
         assert_eq!(outbox.push(Bytes::from_static(b"a")), Push::Closed);
         let mut out = Vec::new();
         assert_eq!(
-            outbox.drain_into(&mut out, &mut Vec::new(), 10),
+            outbox.drain_into(&mut out, &mut Vec::<Instant>::new(), 10),
             Drain::Overflowed
         );
         assert!(out.is_empty(), "an overflowed queue releases its frames");
