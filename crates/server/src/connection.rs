@@ -6,6 +6,12 @@
 //! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
 //! dead or too slow. Writes are batched (every queued frame, one flush) and bounded by
 //! `write_timeout`.
+//!
+//! An idle connection's memory is mostly this task's future, so its layout is kept tight:
+//! the socket is taken back out of hyper's boxed upgrade, the WebSocket is built inside the
+//! one future that serves it (a socket passed as an argument into a nested future would be
+//! held twice), and what only a write or a frame's handling needs lives in short-lived
+//! boxes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,24 +19,45 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use livequery_protocol::{ServerMessage, WireError};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::ClientState;
+use crate::config::Limits;
 use crate::metrics::DropReason;
 use crate::outbox::{Drain, Outbox};
 use crate::state::ServerState;
 
 /// Frames written per flush.
 const WRITE_BATCH: usize = 256;
+
+/// Frames (and receipt times) a write batch holds without a heap allocation of its own.
+const INLINE_BATCH: usize = 8;
+
+/// The WebSocket settings: small read buffers (idle connections are cheap; a larger frame
+/// grows its connection's buffer as needed) and the configured size limits.
+fn websocket_config(limits: &Limits) -> WebSocketConfig {
+    let max = limits.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(256)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -58,23 +85,43 @@ impl End {
     }
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn serve<S>(ws: WebSocketStream<S>, ctx: Arc<ServerState>, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Serves one upgraded WebSocket (the handshake answered) until it closes.
+pub fn serve(
+    upgraded: Upgraded,
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> {
     ctx.metrics.connections_accepted.fetch_add(1, Relaxed);
     // At info: the connection's lines (connected, closed and why) carry who it was.
     let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
-    run(ws, ctx.clone(), span.clone()).instrument(span).await;
-    ctx.metrics.connections.fetch_sub(1, Relaxed);
+    // The client port serves plain TCP: read and write the socket itself rather than
+    // hyper's boxed stream with its rewind buffer, starting with the bytes hyper read past
+    // the handshake (a client may send its `connect` right behind the upgrade request).
+    // Copied: they are a slice of hyper's read buffer, which must not stay alive.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let already_read = parts.read_buf.to_vec();
+            Either::Left(run(parts.io.into_inner(), already_read, ctx).instrument(span))
+        }
+        Err(upgraded) => {
+            Either::Right(run(TokioIo::new(upgraded), Vec::new(), ctx).instrument(span))
+        }
+    }
 }
 
-async fn run<S>(mut ws: WebSocketStream<S>, ctx: Arc<ServerState>, span: tracing::Span)
+/// The connection's future: everything in it is held for the connection's whole life.
+async fn run<S>(stream: S, already_read: Vec<u8>, ctx: Arc<ServerState>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let opened = Instant::now();
+    let mut ws = WebSocketStream::from_partially_read(
+        stream,
+        already_read,
+        Role::Server,
+        Some(websocket_config(&ctx.config.limits)),
+    )
+    .await;
     // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
     let closing = ctx.drain.join();
     let limits = &ctx.config.limits;
@@ -89,7 +136,6 @@ where
     let mut awaiting_pong = false;
     // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
     let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
-    let mut batch: Vec<Bytes> = Vec::new();
 
     let end = loop {
         tokio::select! {
@@ -98,7 +144,7 @@ where
             () = outbox.notified() => {
                 // Boxed: a write in progress needs a few hundred bytes that an idle
                 // connection should not carry (one allocation per batch written).
-                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
+                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx)).await {
                     break end;
                 }
             }
@@ -140,40 +186,17 @@ where
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) => {
                     // tungstenite queued the close reply; flush it and finish.
-                    let _ = tokio::time::timeout(ctx.config.limits.write_timeout, ws.flush()).await;
+                    let _ = Box::pin(tokio::time::timeout(ctx.config.limits.write_timeout, ws.flush())).await;
                     break End::Peer;
                 }
                 Some(Ok(Message::Binary(payload))) => client.handle_binary(&payload),
                 Some(Ok(Message::Text(text))) => {
-                    let was_connected = client.is_connected();
-                    let end = {
-                        // Boxed: a frame's handling (auth lookups included) can need a large
-                        // future; kept inline it would enlarge every idle connection's task.
-                        let mut handled = Box::pin(client.handle_text(text.as_str()));
-                        // Keep the socket serviced while the frame's handling waits.
-                        loop {
-                            tokio::select! {
-                                biased;
-                                () = &mut handled => break None,
-                                () = closing.cancelled() => break Some(End::Close(CloseCode::Away, "server shutting down", None)),
-                                () = outbox.notified() => {
-                                    if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
-                                        break Some(end);
-                                    }
-                                }
-                            }
-                        }
-                    };
-                    if let Some(end) = end {
-                        break end;
-                    }
-                    if !was_connected && let Some(id) = client.client_id() {
-                        span.record("client_id", tracing::field::display(id));
-                        tracing::info!("client connected");
-                        connect_deadline = None;
-                    }
-                    if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &mut batch, &ctx)).await {
-                        break end;
+                    // Boxed: a frame's handling (auth lookups included) can need a large
+                    // future; kept inline it would enlarge every idle connection's task.
+                    match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx)).await {
+                        Ok(Handled::Connected) => connect_deadline = None,
+                        Ok(Handled::Done) => {}
+                        Err(end) => break end,
                     }
                 }
             },
@@ -187,18 +210,66 @@ where
         duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
         "connection closed"
     );
+    Box::pin(finish(&mut ws, end, &ctx)).await;
+    ctx.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+/// What a text frame's handling did.
+enum Handled {
+    /// The frame was a successful first `connect`.
+    Connected,
+    /// Anything else (replies, if any, written).
+    Done,
+}
+
+/// Handles one text frame, keeping the socket serviced while its handling waits, then
+/// writes its replies.
+async fn handle_text<S>(
+    ws: &mut WebSocketStream<S>,
+    client: &mut ClientState,
+    outbox: &Outbox,
+    closing: &CancellationToken,
+    text: Utf8Bytes,
+    ctx: &ServerState,
+) -> Result<Handled, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let was_connected = client.is_connected();
+    {
+        let handled = client.handle_text(text.as_str());
+        tokio::pin!(handled);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut handled => break,
+                () = closing.cancelled() => return Err(End::Close(CloseCode::Away, "server shutting down", None)),
+                () = outbox.notified() => flush_outbox(ws, outbox, ctx).await?,
+            }
+        }
+    }
+    let mut handled = Handled::Done;
+    if !was_connected && let Some(id) = client.client_id() {
+        // This future runs inside the connection's span.
+        tracing::Span::current().record("client_id", tracing::field::display(id));
+        tracing::info!("client connected");
+        handled = Handled::Connected;
+    }
+    flush_outbox(ws, outbox, ctx).await?;
+    Ok(handled)
+}
+
+/// Ends the connection as `end` says (boxed by the caller: an idle connection carries none
+/// of the close handshake's state).
+async fn finish<S>(ws: &mut WebSocketStream<S>, end: End, ctx: &ServerState)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match end {
         End::Peer | End::Terminate => {}
         End::Abort(frame) => {
             let grace = ctx.config.limits.write_timeout;
-            Box::pin(close(
-                &mut ws,
-                CloseCode::Restart,
-                "events lost",
-                Some(frame),
-                grace,
-            ))
-            .await;
+            close(ws, CloseCode::Restart, "events lost", Some(frame), grace).await;
         }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
@@ -215,7 +286,7 @@ where
                 }
                 .encode()
             });
-            Box::pin(close(&mut ws, code, reason, frame, grace)).await;
+            close(ws, code, reason, frame, grace).await;
         }
     }
 }
@@ -224,19 +295,20 @@ where
 async fn flush_outbox<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &Outbox,
-    batch: &mut Vec<Bytes>,
     ctx: &ServerState,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Receipt times of the batch's events: allocated only for batches that carry events,
-    // and freed after, so an idle connection keeps nothing.
-    let mut received = Vec::new();
+    // The batch's frames and the receipt times of its events live in this (boxed, short-
+    // lived) future: a small batch costs no allocation of its own, and an idle connection
+    // keeps nothing.
+    let mut batch: SmallVec<[Bytes; INLINE_BATCH]> = SmallVec::new();
+    let mut received: SmallVec<[std::time::Instant; INLINE_BATCH]> = SmallVec::new();
     loop {
         batch.clear();
         received.clear();
-        match outbox.drain_into(batch, &mut received, WRITE_BATCH) {
+        match outbox.drain_into(&mut batch, &mut received, WRITE_BATCH) {
             Drain::Open => {}
             Drain::Closed => return Err(End::Terminate),
             Drain::Overflowed => {
@@ -287,8 +359,7 @@ where
                 () = outbox.notified() => {
                     if outbox.is_ending() {
                         // Overflow or abort while a write is blocked: stop waiting.
-                        let mut rest = Vec::new();
-                        return Err(match outbox.drain_into(&mut rest, &mut Vec::new(), 0) {
+                        return Err(match outbox.drain_into(&mut Vec::<Bytes>::new(), &mut Vec::<std::time::Instant>::new(), 0) {
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
                                 tracing::info!("client too slow: outbound queue overflow; disconnecting");

@@ -32,24 +32,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::http::{self, HttpResponse, Port, json_response};
 use crate::metrics::DropReason;
 use crate::state::ServerState;
-
-/// The WebSocket settings: small read buffers (idle connections are cheap; a larger frame
-/// grows its connection's buffer as needed) and the configured size limits.
-fn websocket_config(ctx: &ServerState) -> WebSocketConfig {
-    let max = ctx.config.limits.max_message_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(64 * 1024)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-}
 
 /// Accepts connections on `port` until shutdown, at most `connections` at a time.
 pub async fn accept_loop(
@@ -195,7 +182,6 @@ fn upgrade(
         );
     }
     let accept = derive_accept_key(key.as_bytes());
-    let config = websocket_config(&ctx);
     let ctx2 = ctx.clone();
     // Only the upgrade future goes into the task: the request's header values are slices of
     // hyper's read buffer (8 KiB and more), which the task would otherwise keep alive for
@@ -205,16 +191,9 @@ fn upgrade(
     ctx.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                // Boxed: the task then holds only the connection's own state, not also the
-                // space of the upgrade and handshake futures (half of an idle connection's
-                // memory otherwise).
-                Box::pin(crate::connection::serve(ws, ctx2, peer)).await;
+                // Boxed: the task then holds the upgrade's small future and this box, not
+                // also the space of the upgrade beside the connection's own state.
+                Box::pin(crate::connection::serve(upgraded, ctx2, peer)).await;
             }
             Err(err) => {
                 ctx2.metrics.connections.fetch_sub(1, Relaxed);

@@ -235,3 +235,43 @@ async fn query_nesting_is_limited() {
         json!({"op": "error", "error": "Query condition nesting depth exceeds maximum allowed depth of 2", "code": 102, "reconnect": false, "requestId": 2})
     );
 }
+
+/// A client's first frame can arrive in the same segment as its upgrade request: the bytes
+/// the HTTP parser read past the handshake are the start of the WebSocket stream.
+#[tokio::test]
+async fn a_frame_sent_right_behind_the_upgrade_request_is_read() {
+    let server = TestServer::start("").await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut bytes = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    // One masked text frame (FIN, opcode 1; a payload under 126 bytes).
+    let payload = br#"{"op":"connect","applicationId":"test"}"#;
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    bytes.extend([0x81, 0x80 | u8::try_from(payload.len()).unwrap()]);
+    bytes.extend(mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&bytes).await.unwrap();
+    // The response head, byte by byte so that nothing after it is consumed here.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        stream,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let mut client = Client { ws };
+    assert_eq!(client.recv().await["op"], "connected");
+}
