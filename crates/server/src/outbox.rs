@@ -102,6 +102,13 @@ impl Outbox {
             return Push::Overflowed;
         }
         inner.bytes += frame.len();
+        if inner.queue.capacity() == 0 {
+            // One slot to start with: a connection that only ever has one frame queued at a
+            // time (replies, then events one by one) keeps one slot, not the four a first
+            // push would reserve. The buffer is kept between batches: freeing it when drained
+            // would cost an allocation per delivery.
+            inner.queue.reserve_exact(1);
+        }
         let was_empty = inner.queue.is_empty();
         inner.queue.push_back((frame, received));
         drop(inner);
@@ -128,9 +135,8 @@ impl Outbox {
             received.extend(stamp);
         }
         inner.bytes -= drained;
-        if inner.queue.is_empty() && inner.queue.capacity() > 0 {
-            // Give the memory back once the client has caught up: an idle connection keeps
-            // no queue (one small allocation per batch written).
+        if inner.queue.is_empty() && inner.queue.capacity() > 64 {
+            // Give a burst's memory back once the client has caught up.
             inner.queue = VecDeque::new();
         }
         inner.state.clone()
