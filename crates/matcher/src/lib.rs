@@ -46,6 +46,7 @@ mod geo;
 mod index;
 mod js_regex;
 mod query;
+mod range;
 mod set;
 mod value;
 
