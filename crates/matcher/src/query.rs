@@ -134,7 +134,8 @@ pub(crate) enum Node {
     /// All predicates on one field path.
     Field(Path, Box<[Pred]>),
     /// `$relatedTo`: the object is in another object's relation.
-    RelatedTo(Subquery),
+    /// (Boxed, as subqueries are rare and large: every node is the size of the largest.)
+    RelatedTo(Box<Subquery>),
     /// A constant (e.g. `$lt: null`, which MongoDB never matches).
     Const(bool),
 }
@@ -388,7 +389,9 @@ pub(crate) enum Pred {
     /// `$inQuery`/`$select` (or negated: `$notInQuery`/`$dontSelect`).
     Subquery {
         negated: bool,
-        sub: Subquery,
+        /// Boxed, as subqueries are rare and large: every predicate is the size of the
+        /// largest.
+        sub: Box<Subquery>,
     },
 }
 
