@@ -13,9 +13,10 @@
 //! independent of the number of queries that cannot match. Candidates are then evaluated
 //! exactly; the index never decides a match on its own.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::{DefaultHashBuilder, Equivalent, HashMap, HashTable};
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
 
@@ -194,8 +195,9 @@ enum Bracket {
     Date,
 }
 
-/// The terms an indexed query is posted under.
-type PostedTerms = Box<[(Box<str>, Posting)]>;
+/// The terms an indexed query is posted under (the field names are shared with the
+/// index's maps).
+type PostedTerms = Box<[(Arc<str>, Posting)]>;
 
 fn field_terms<'q>(path: &'q Path, preds: &'q [Pred]) -> Option<Terms<'q>> {
     if !path.is_top_level() {
@@ -364,9 +366,10 @@ impl<'a> Spans<'a> {
 /// One distinct query and its subscribers.
 #[derive(Debug)]
 pub struct Entry<S> {
-    class_name: Box<str>,
+    class_name: Arc<str>,
     query: Query,
-    subscribers: Vec<S>,
+    /// Most distinct queries have one subscriber: it is held inline.
+    subscribers: SmallVec<[S; 1]>,
     /// Terms the query is posted under; `None` when it is on the scan list.
     terms: Option<PostedTerms>,
     scan_position: usize,
@@ -396,12 +399,15 @@ impl<S> Entry<S> {
 
 #[derive(Debug, Default)]
 struct ClassIndex {
-    by_canonical: HashMap<Box<str>, QueryId>,
+    /// The queries by canonical text (hashed with `hasher`; the text itself is read from
+    /// the entry, not copied).
+    by_canonical: HashTable<QueryId>,
+    hasher: DefaultHashBuilder,
     /// Field → value → the queries posted under it. Most values are posted by one or two
     /// queries: their lists live inline, without an allocation each.
-    postings: HashMap<Box<str>, HashMap<IndexKey, SmallVec<[QueryId; 2]>>>,
+    postings: HashMap<Arc<str>, HashMap<IndexKey, SmallVec<[QueryId; 2]>>>,
     /// Field → the queries posted under an interval of it.
-    ranges: HashMap<Box<str>, RangeField>,
+    ranges: HashMap<Arc<str>, RangeField>,
     scan: Vec<QueryId>,
 }
 
@@ -414,25 +420,33 @@ impl ClassIndex {
     }
 
     /// Posts `id` under `term`.
-    fn post(&mut self, term: Term<'_>, id: QueryId) -> (Box<str>, Posting) {
+    fn post(&mut self, term: Term<'_>, id: QueryId) -> (Arc<str>, Posting) {
         match term {
             Term::Eq(field, key) => {
                 if !self.postings.contains_key(field) {
                     self.postings.insert(field.into(), HashMap::new());
                 }
-                let by_key = self.postings.get_mut(field).expect("inserted above");
+                let (field, by_key) = self
+                    .postings
+                    .get_key_value_mut(field)
+                    .expect("inserted above");
+                let field = Arc::clone(field);
                 let key = key.to_owned();
                 let list = by_key.entry(key.clone()).or_default();
                 if !list.contains(&id) {
                     list.push(id);
                 }
-                (field.into(), Posting::Eq(key))
+                (field, Posting::Eq(key))
             }
             Term::Range(field, interval) => {
                 if !self.ranges.contains_key(field) {
                     self.ranges.insert(field.into(), RangeField::default());
                 }
-                let trees = self.ranges.get_mut(field).expect("inserted above");
+                let (field, trees) = self
+                    .ranges
+                    .get_key_value_mut(field)
+                    .expect("inserted above");
+                let field = Arc::clone(field);
                 let posting = match interval {
                     Interval::Num(lower, upper) => {
                         Posting::Range(Bracket::Num, trees.num.insert(lower, upper, id))
@@ -452,7 +466,7 @@ impl ClassIndex {
                         Posting::Range(Bracket::Date, trees.date.insert(lower, upper, id))
                     }
                 };
-                (field.into(), posting)
+                (field, posting)
             }
         }
     }
@@ -524,7 +538,7 @@ impl Scratch {
 pub struct SubscriptionIndex<S> {
     entries: Vec<Option<Entry<S>>>,
     free: Vec<u32>,
-    classes: HashMap<Box<str>, ClassIndex>,
+    classes: HashMap<Arc<str>, ClassIndex>,
     subscriptions: usize,
 }
 
@@ -578,20 +592,34 @@ impl<S: PartialEq> SubscriptionIndex<S> {
             self.classes
                 .insert(class_name.into(), ClassIndex::default());
         }
-        let class = self.classes.get_mut(class_name).expect("inserted above");
-        if let Some(&id) = class.by_canonical.get(query.canonical()) {
-            let entry = self.entries[id.index()]
+        let (class_name, class) = self
+            .classes
+            .get_key_value_mut(class_name)
+            .expect("inserted above");
+        let hash = class.hasher.hash_one(query.canonical());
+        let entries = &mut self.entries;
+        let canonical_of = |id: QueryId| {
+            entries[id.index()]
+                .as_ref()
+                .expect("the canonical table holds live entries")
+                .query
+                .canonical()
+        };
+        if let Some(&id) = class
+            .by_canonical
+            .find(hash, |&id| canonical_of(id) == query.canonical())
+        {
+            let entry = entries[id.index()]
                 .as_mut()
-                .expect("canonical map points to live entries");
+                .expect("the canonical table holds live entries");
             entry.subscribers.push(subscriber);
             return id;
         }
         let id = match self.free.pop() {
             Some(slot) => QueryId(slot),
             None => {
-                let slot =
-                    u32::try_from(self.entries.len()).expect("fewer than 2^32 distinct queries");
-                self.entries.push(None);
+                let slot = u32::try_from(entries.len()).expect("fewer than 2^32 distinct queries");
+                entries.push(None);
                 QueryId(slot)
             }
         };
@@ -605,13 +633,22 @@ impl<S: PartialEq> SubscriptionIndex<S> {
                 None
             }
         };
-        class.by_canonical.insert(query.canonical().into(), id);
-        self.entries[id.index()] = Some(Entry {
-            class_name: class_name.into(),
+        entries[id.index()] = Some(Entry {
+            class_name: Arc::clone(class_name),
             query,
-            subscribers: vec![subscriber],
+            subscribers: smallvec::smallvec![subscriber],
             terms,
             scan_position,
+        });
+        let hasher = &class.hasher;
+        class.by_canonical.insert_unique(hash, id, |&id| {
+            hasher.hash_one(
+                entries[id.index()]
+                    .as_ref()
+                    .expect("the canonical table holds live entries")
+                    .query
+                    .canonical(),
+            )
         });
         id
     }
@@ -638,7 +675,10 @@ impl<S: PartialEq> SubscriptionIndex<S> {
             .classes
             .get_mut(&*entry.class_name)
             .expect("live entries have a class");
-        class.by_canonical.remove(entry.query.canonical());
+        let hash = class.hasher.hash_one(entry.query.canonical());
+        if let Ok(found) = class.by_canonical.find_entry(hash, |&q| q == id) {
+            found.remove();
+        }
         match &entry.terms {
             Some(terms) => {
                 for (field, posting) in terms.iter() {
