@@ -2,16 +2,31 @@
 //! at the queries that cannot.
 //!
 //! Identical queries (same class, same canonical text) are stored once with the list of
-//! their subscribers. Each distinct query gets a *plan*: the smallest set of
-//! `(field, value)` terms such that an object can only match the query if one of its
-//! top-level fields holds one of those values — an equality or `$in` on a top-level field
-//! gives such terms, an `$or` whose branches all have terms gives their union. The index
-//! keeps a posting list per `(class, field, value)`. For an incoming object it probes, for
-//! each field that some query of the class is indexed on, the object's value(s) of that
-//! field, and returns the posting lists hit plus the queries without a plan (the scan
-//! list). The cost of a lookup is therefore O(indexed fields of the class + candidates),
-//! independent of the number of queries that cannot match. Candidates are then evaluated
-//! exactly; the index never decides a match on its own.
+//! their subscribers. Each distinct query gets a *plan*: a set of terms on top-level fields
+//! such that an object can only match the query if it meets one of them.
+//! - An equality or `$in` on a top-level field gives `(field, value)` terms. The index keeps
+//!   a posting list per `(class, field, value)` and probes, for each field some query of
+//!   the class is indexed on, the object's value(s) of that field.
+//! - A field with only range predicates (`$gt`/`$gte`/`$lt`/`$lte` on a number, string or
+//!   date, alone or together as an interval) gives a range term: the query is posted as
+//!   one interval in the field's interval tree for that type bracket (`range`). The
+//!   object's values of the field in that bracket (one value, or the elements of an array)
+//!   span `[min, max]`, and the tree returns the intervals that overlap it. Comparisons are
+//!   the evaluator's (numbers as doubles with `-0 = 0` and NaN comparing with nothing,
+//!   strings by bytes, dates by milliseconds; `createdAt`/`updatedAt` ISO strings as
+//!   dates); an interval is tested against the span, not one value, because in an array
+//!   each bound may be met by a different element. Ranges on booleans, on nested paths or
+//!   across brackets are not indexed.
+//! - An `$and` takes the best plan of its children (an equality plan before a range plan,
+//!   then the shortest worst posting list), an `$or` whose branches all have plans the
+//!   union of theirs; a clause that can never match needs no terms. A query without a plan
+//!   (`$nor`, `$ne` or `$regex` alone, …) goes on the class's scan list.
+//!
+//! A lookup returns the posting lists and intervals hit plus the scan list. Its cost is
+//! O(indexed fields of the class + log(range-indexed queries) + candidates), independent of
+//! the number of queries that cannot match. Candidates are then evaluated exactly; the
+//! index never decides a match on its own. Inserting and removing a query cost O(terms)
+//! hash operations plus O(log n) per range term.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
