@@ -5,7 +5,10 @@
 //! - the canonical form does not depend on key order, and equal canonical forms evaluate
 //!   equally;
 //! - the index never misses a match (candidates ⊇ brute force), across removals, and
-//!   `matching` returns only matches.
+//!   `matching` returns only matches — range queries included: bounds are drawn from the
+//!   values objects hold (numbers with signed zeros and huge integers, strings whose byte
+//!   and UTF-16 orders differ, dates as Parse dates and ISO strings), alone, as intervals
+//!   and in arrays.
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
@@ -26,7 +29,7 @@ const FIELDS: &[&str] = &[
 ];
 
 fn scalar(u: &mut Unstructured<'_>) -> Result<Value> {
-    Ok(match u.int_in_range(0..=10)? {
+    Ok(match u.int_in_range(0..=12)? {
         0 => Value::Null,
         1 => Value::Bool(u.arbitrary()?),
         2 => json!(u.int_in_range(0..=20)?),
@@ -43,6 +46,16 @@ fn scalar(u: &mut Unstructured<'_>) -> Result<Value> {
             json!({"__type": "GeoPoint", "latitude": u.int_in_range(-2..=2)?, "longitude": u.int_in_range(-2..=2)?})
         }
         9 => json!(-0.0),
+        10 => [
+            json!(9_007_199_254_740_993u64),
+            json!(9_007_199_254_740_992.0),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1e300),
+            json!(-1e300),
+        ][u.choose_index(6)?]
+            .clone(),
+        11 => json!(["\u{ffff}", "\u{10000}", "\u{e000}", "é", "ab"][u.choose_index(5)?]),
         _ => json!(u.int_in_range(1000..=1030)?),
     })
 }
@@ -68,7 +81,7 @@ fn items(u: &mut Unstructured<'_>) -> Result<Vec<Value>> {
 }
 
 fn constraint(u: &mut Unstructured<'_>) -> Result<Value> {
-    Ok(match u.int_in_range(0..=14)? {
+    Ok(match u.int_in_range(0..=16)? {
         0 => json!({"$in": items(u)?}),
         1 => json!({"$nin": items(u)?}),
         2 => json!({"$all": items(u)?}),
@@ -87,6 +100,15 @@ fn constraint(u: &mut Unstructured<'_>) -> Result<Value> {
             {"__type": "GeoPoint", "latitude": -1, "longitude": u.int_in_range(-2..=0)?},
             {"__type": "GeoPoint", "latitude": 1, "longitude": u.int_in_range(0..=2)?}]}}),
         10 => json!({"$gt": scalar(u)?, "$lt": scalar(u)?}),
+        11 => {
+            let low = ["$gt", "$gte"][u.choose_index(2)?];
+            let high = ["$lt", "$lte"][u.choose_index(2)?];
+            json!({ low: scalar(u)?, high: scalar(u)? })
+        }
+        12 => {
+            let op = ["$gt", "$gte", "$lt", "$lte"][u.choose_index(4)?];
+            json!({ op: scalar(u)?, "$exists": u.arbitrary::<bool>()? })
+        }
         _ => value(u, 2)?,
     })
 }

@@ -140,33 +140,76 @@ fn index_lookup(c: &mut Criterion) {
             );
         }
     }
-    // For contrast: queries the index cannot serve (range only) are scanned.
+    // Range-only queries: `score > 1000 + i` (the event's score, 42.5, meets none of them,
+    // or 1 % of them with a score of 1000 + n / 100), and disjoint one-second `createdAt`
+    // windows none of which holds the event's date.
     for n in [1_000usize, 10_000] {
-        let mut index = SubscriptionIndex::new();
-        for i in 0..n {
-            let where_ = json!({"score": {"$gt": 1000 + i}});
-            index.insert(
-                "Msg",
-                Query::compile(
-                    where_.as_object().expect("object"),
-                    &CompileOptions::default(),
-                )
-                .expect("compiles"),
-                i as u32,
-            );
+        for (name, percent) in [("range_sel0pct", 0), ("range_sel1pct", 1)] {
+            let index = build_range(n, |i| json!({"score": {"$gt": 1000 + i}}));
+            let mut event = object();
+            if percent == 1 {
+                event.insert("score".into(), json!(1000 + n / 100));
+            }
+            bench_matching(&mut group, name, n, &index, &event, n * percent / 100);
         }
-        let event = object();
-        let mut scratch = Scratch::default();
-        let mut out = Vec::new();
-        group.bench_with_input(BenchmarkId::new("scan_range_sel0pct", n), &n, |b, _| {
-            b.iter(|| {
-                out.clear();
-                index.matching("Msg", black_box(&event), &mut scratch, &mut out);
-                out.len()
-            });
+        let index = build_range(n, |i| {
+            let second = |s: usize| {
+                format!(
+                    "2025-01-01T{:02}:{:02}:{:02}.000Z",
+                    s / 3600,
+                    s / 60 % 60,
+                    s % 60
+                )
+            };
+            json!({"createdAt": {"$gte": second(i), "$lt": second(i + 1)}})
         });
+        bench_matching(
+            &mut group,
+            "range_interval_sel0pct",
+            n,
+            &index,
+            &object(),
+            0,
+        );
     }
     group.finish();
+}
+
+/// N distinct range-only subscriptions, the i-th built by `clause(i)`.
+fn build_range(n: usize, clause: impl Fn(usize) -> Value) -> SubscriptionIndex<u32> {
+    let mut index = SubscriptionIndex::new();
+    for i in 0..n {
+        let query = Query::compile(
+            clause(i).as_object().expect("object"),
+            &CompileOptions::default(),
+        )
+        .expect("compiles");
+        index.insert("Msg", query, i as u32);
+    }
+    index
+}
+
+/// Measures the whole matching cost of `event`, after checking that it matches `expected`
+/// queries.
+fn bench_matching(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    n: usize,
+    index: &SubscriptionIndex<u32>,
+    event: &Map<String, Value>,
+    expected: usize,
+) {
+    let mut scratch = Scratch::default();
+    let mut out = Vec::with_capacity(n);
+    index.matching("Msg", event, &mut scratch, &mut out);
+    assert_eq!(out.len(), expected, "selectivity check for {name}/{n}");
+    group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter(|| {
+            out.clear();
+            index.matching("Msg", black_box(event), &mut scratch, &mut out);
+            out.len()
+        });
+    });
 }
 
 fn set_operands(c: &mut Criterion) {

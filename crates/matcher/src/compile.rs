@@ -227,7 +227,7 @@ impl Compiler<'_> {
             Some(id),
             None,
         )?;
-        Ok(Node::RelatedTo(sub))
+        Ok(Node::RelatedTo(Box::new(sub)))
     }
 
     fn subquery(
@@ -421,7 +421,7 @@ impl Compiler<'_> {
                     let inner = self.inner(op, &where_, depth)?;
                     preds.push(Pred::Subquery {
                         negated: op == "$notInQuery",
-                        sub: self.subquery(kind, &class, where_, None, None, inner)?,
+                        sub: Box::new(self.subquery(kind, &class, where_, None, None, inner)?),
                     });
                 }
                 "$select" | "$dontSelect" => {
@@ -442,7 +442,14 @@ impl Compiler<'_> {
                     let inner = self.inner(op, &where_, depth)?;
                     preds.push(Pred::Subquery {
                         negated: op == "$dontSelect",
-                        sub: self.subquery(kind, &class, where_, Some(key), None, inner)?,
+                        sub: Box::new(self.subquery(
+                            kind,
+                            &class,
+                            where_,
+                            Some(key),
+                            None,
+                            inner,
+                        )?),
                     });
                 }
                 "$text" | "$elemMatch" | "$not" | "$size" | "$type" | "$mod" | "$where"

@@ -2,24 +2,41 @@
 //! at the queries that cannot.
 //!
 //! Identical queries (same class, same canonical text) are stored once with the list of
-//! their subscribers. Each distinct query gets a *plan*: the smallest set of
-//! `(field, value)` terms such that an object can only match the query if one of its
-//! top-level fields holds one of those values — an equality or `$in` on a top-level field
-//! gives such terms, an `$or` whose branches all have terms gives their union. The index
-//! keeps a posting list per `(class, field, value)`. For an incoming object it probes, for
-//! each field that some query of the class is indexed on, the object's value(s) of that
-//! field, and returns the posting lists hit plus the queries without a plan (the scan
-//! list). The cost of a lookup is therefore O(indexed fields of the class + candidates),
-//! independent of the number of queries that cannot match. Candidates are then evaluated
-//! exactly; the index never decides a match on its own.
+//! their subscribers. Each distinct query gets a *plan*: a set of terms on top-level fields
+//! such that an object can only match the query if it meets one of them.
+//! - An equality or `$in` on a top-level field gives `(field, value)` terms. The index keeps
+//!   a posting list per `(class, field, value)` and probes, for each field some query of
+//!   the class is indexed on, the object's value(s) of that field.
+//! - A field with only range predicates (`$gt`/`$gte`/`$lt`/`$lte` on a number, string or
+//!   date, alone or together as an interval) gives a range term: the query is posted as
+//!   one interval in the field's interval tree for that type bracket (`range`). The
+//!   object's values of the field in that bracket (one value, or the elements of an array)
+//!   span `[min, max]`, and the tree returns the intervals that overlap it. Comparisons are
+//!   the evaluator's (numbers as doubles with `-0 = 0` and NaN comparing with nothing,
+//!   strings by bytes, dates by milliseconds; `createdAt`/`updatedAt` ISO strings as
+//!   dates); an interval is tested against the span, not one value, because in an array
+//!   each bound may be met by a different element. Ranges on booleans, on nested paths or
+//!   across brackets are not indexed.
+//! - An `$and` takes the best plan of its children (an equality plan before a range plan,
+//!   then the shortest worst posting list), an `$or` whose branches all have plans the
+//!   union of theirs; a clause that can never match needs no terms. A query without a plan
+//!   (`$nor`, `$ne` or `$regex` alone, …) goes on the class's scan list.
+//!
+//! A lookup returns the posting lists and intervals hit plus the scan list. Its cost is
+//! O(indexed fields of the class + log(range-indexed queries) + candidates), independent of
+//! the number of queries that cannot match. Candidates are then evaluated exactly; the
+//! index never decides a match on its own. Inserting and removing a query cost O(terms)
+//! hash operations plus O(log n) per range term.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::{DefaultHashBuilder, Equivalent, HashMap, HashTable};
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
 
-use crate::query::{Node, Path, Pred, Query};
+use crate::query::{Cmp, Node, Path, Pred, Query};
+use crate::range::{IntervalTree, Lower, NumKey, Upper};
 use crate::value::{Operand, Val};
 
 /// Identifies one distinct query in a [`SubscriptionIndex`].
@@ -27,6 +44,11 @@ use crate::value::{Operand, Val};
 pub struct QueryId(u32);
 
 impl QueryId {
+    #[cfg(test)]
+    pub(crate) fn new(slot: u32) -> Self {
+        Self(slot)
+    }
+
     /// The slot number (dense, reused after removal).
     pub fn index(self) -> usize {
         self.0 as usize
@@ -151,29 +173,123 @@ fn value_keys<'a>(value: Option<&'a Value>, date_strings: bool, f: &mut impl FnM
     }
 }
 
-/// A plan: the `(field, key)` terms of a query; `None` = must be scanned.
-type Terms<'q> = Vec<(&'q str, KeyRef<'q>)>;
+/// One term of a plan: an object can only match a query if, for one of its terms, the
+/// object's top-level `field` holds `key` (equality) or a value inside the interval
+/// (range).
+#[derive(Debug)]
+enum Term<'q> {
+    Eq(&'q str, KeyRef<'q>),
+    Range(&'q str, Interval<'q>),
+}
 
-/// The terms an indexed query is posted under.
-type PostedTerms = Box<[(Box<str>, IndexKey)]>;
+/// The bounds of the range predicates of one field, within one type bracket.
+#[derive(Debug)]
+enum Interval<'q> {
+    Num(Lower<NumKey>, Upper<NumKey>),
+    Str(Lower<&'q str>, Upper<&'q str>),
+    Date(Lower<i64>, Upper<i64>),
+}
+
+/// A plan: the terms of a query; `None` = must be scanned.
+type Terms<'q> = Vec<Term<'q>>;
+
+/// How an indexed query is posted under one field.
+#[derive(Debug)]
+enum Posting {
+    /// In the posting list of this value.
+    Eq(IndexKey),
+    /// In the interval tree of this bracket, under this handle.
+    Range(Bracket, u32),
+}
+
+/// The type brackets a range can be indexed in (MongoDB compares only within one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bracket {
+    Num,
+    Str,
+    Date,
+}
+
+/// The terms an indexed query is posted under (the field names are shared with the
+/// index's maps).
+type PostedTerms = Box<[(Arc<str>, Posting)]>;
 
 fn field_terms<'q>(path: &'q Path, preds: &'q [Pred]) -> Option<Terms<'q>> {
     if !path.is_top_level() {
         return None;
     }
     let field = path.head();
-    preds.iter().find_map(|pred| match pred {
-        Pred::Eq(op) => operand_key(op).map(|k| vec![(field, k)]),
-        Pred::In(ops) => ops
-            .items()
-            .iter()
-            .map(|op| operand_key(op).map(|k| (field, k)))
-            .collect(),
-        _ => None,
-    })
+    preds
+        .iter()
+        .find_map(|pred| match pred {
+            Pred::Eq(op) => operand_key(op).map(|k| vec![Term::Eq(field, k)]),
+            Pred::In(ops) => ops
+                .items()
+                .iter()
+                .map(|op| operand_key(op).map(|k| Term::Eq(field, k)))
+                .collect(),
+            _ => None,
+        })
+        .or_else(|| range_term(field, preds).map(|term| vec![term]))
 }
 
-/// Picks the plan whose worst posting list is currently shortest (ties: fewest terms).
+/// The interval of the range predicates (`$gt`/`$gte`/`$lt`/`$lte`) of one field, in the
+/// bracket of the first one that can be indexed: every predicate must hold, so any of
+/// their bounds is a necessary condition, and the tightest of each side is kept. Bounds in
+/// other brackets, and booleans, are left to the exact evaluation.
+fn range_term<'q>(field: &'q str, preds: &'q [Pred]) -> Option<Term<'q>> {
+    let bracket = preds.iter().find_map(|pred| match pred {
+        Pred::Cmp(_, Operand::Num(n)) if !n.is_nan() => Some(Bracket::Num),
+        Pred::Cmp(_, Operand::Str(_)) => Some(Bracket::Str),
+        Pred::Cmp(_, Operand::Date(_)) => Some(Bracket::Date),
+        _ => None,
+    })?;
+    let interval = match bracket {
+        Bracket::Num => {
+            let (lower, upper) = bounds(preds, |op| match op {
+                Operand::Num(n) => NumKey::new(*n),
+                _ => None,
+            });
+            Interval::Num(lower, upper)
+        }
+        Bracket::Str => {
+            let (lower, upper) = bounds(preds, |op| match op {
+                Operand::Str(s) => Some(&**s),
+                _ => None,
+            });
+            Interval::Str(lower, upper)
+        }
+        Bracket::Date => {
+            let (lower, upper) = bounds(preds, |op| match op {
+                Operand::Date(d) => Some(*d),
+                _ => None,
+            });
+            Interval::Date(lower, upper)
+        }
+    };
+    Some(Term::Range(field, interval))
+}
+
+fn bounds<'q, K: Ord>(
+    preds: &'q [Pred],
+    key: impl Fn(&'q Operand) -> Option<K>,
+) -> (Lower<K>, Upper<K>) {
+    let mut lower = Lower::Unbounded;
+    let mut upper = Upper::Unbounded;
+    for pred in preds {
+        let Pred::Cmp(cmp, op) = pred else { continue };
+        let Some(k) = key(op) else { continue };
+        match cmp {
+            Cmp::Gt | Cmp::Gte => lower = lower.max(Lower::At(k)),
+            Cmp::Lt | Cmp::Lte => upper = upper.min(Upper::At(k)),
+        }
+    }
+    (lower, upper)
+}
+
+/// Picks among alternatives an equality plan over a range plan (a range term may post a
+/// query under many values), then the plan whose worst posting list is currently shortest
+/// (ties: fewest terms).
 fn plan<'q>(node: &'q Node, cost: &impl Fn(&str, KeyRef<'_>) -> usize) -> Option<Terms<'q>> {
     match node {
         Node::Field(path, preds) => field_terms(path, preds),
@@ -181,10 +297,16 @@ fn plan<'q>(node: &'q Node, cost: &impl Fn(&str, KeyRef<'_>) -> usize) -> Option
             .iter()
             .filter_map(|child| plan(child, cost))
             .min_by_key(|terms| {
-                (
-                    terms.iter().map(|(f, k)| cost(f, *k)).max().unwrap_or(0),
-                    terms.len(),
-                )
+                let worst = terms
+                    .iter()
+                    .map(|term| match term {
+                        Term::Eq(f, k) => cost(f, *k),
+                        Term::Range(..) => 0,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let ranged = terms.iter().any(|term| matches!(term, Term::Range(..)));
+                (ranged, worst, terms.len())
             }),
         Node::Or(children) => {
             let mut all = Vec::new();
@@ -199,12 +321,70 @@ fn plan<'q>(node: &'q Node, cost: &impl Fn(&str, KeyRef<'_>) -> usize) -> Option
     }
 }
 
+/// The range-indexed queries of one field: one interval tree per bracket.
+#[derive(Debug, Default)]
+struct RangeField {
+    num: IntervalTree<NumKey>,
+    str: IntervalTree<Box<str>>,
+    date: IntervalTree<i64>,
+}
+
+impl RangeField {
+    fn is_empty(&self) -> bool {
+        self.num.len() == 0 && self.str.len() == 0 && self.date.len() == 0
+    }
+}
+
+/// What an object offers the range predicates of one field, per bracket: the lowest and
+/// highest value the evaluator would compare (the field's value, and each element of an
+/// array; NaN compares with nothing).
+#[derive(Debug, Default)]
+struct Spans<'a> {
+    num: Option<(NumKey, NumKey)>,
+    str: Option<(&'a str, &'a str)>,
+    date: Option<(i64, i64)>,
+}
+
+fn widen<T: Ord + Copy>(span: &mut Option<(T, T)>, v: T) {
+    *span = Some(match *span {
+        None => (v, v),
+        Some((min, max)) => (min.min(v), max.max(v)),
+    });
+}
+
+impl<'a> Spans<'a> {
+    fn of(value: &'a Value, date_strings: bool) -> Self {
+        let mut spans = Self::default();
+        spans.note(Val::of(value, date_strings));
+        if let Value::Array(items) = value {
+            for item in items {
+                spans.note(Val::of(item, false));
+            }
+        }
+        spans
+    }
+
+    fn note(&mut self, value: Val<'a>) {
+        match value {
+            Val::Num(n) => {
+                if let Some(k) = NumKey::new(n) {
+                    widen(&mut self.num, k);
+                }
+            }
+            Val::Str(s) => widen(&mut self.str, s),
+            Val::Date(d) => widen(&mut self.date, d),
+            _ => {}
+        }
+    }
+}
+
 /// One distinct query and its subscribers.
 #[derive(Debug)]
 pub struct Entry<S> {
-    class_name: Box<str>,
+    class_name: Arc<str>,
     query: Query,
-    subscribers: Vec<S>,
+    /// Most distinct queries have one subscriber: it is held inline.
+    subscribers: SmallVec<[S; 1]>,
     /// Terms the query is posted under; `None` when it is on the scan list.
     terms: Option<PostedTerms>,
     scan_position: usize,
@@ -234,10 +414,15 @@ impl<S> Entry<S> {
 
 #[derive(Debug, Default)]
 struct ClassIndex {
-    by_canonical: HashMap<Box<str>, QueryId>,
+    /// The queries by canonical text (hashed with `hasher`; the text itself is read from
+    /// the entry, not copied).
+    by_canonical: HashTable<QueryId>,
+    hasher: DefaultHashBuilder,
     /// Field → value → the queries posted under it. Most values are posted by one or two
     /// queries: their lists live inline, without an allocation each.
-    postings: HashMap<Box<str>, HashMap<IndexKey, SmallVec<[QueryId; 2]>>>,
+    postings: HashMap<Arc<str>, HashMap<IndexKey, SmallVec<[QueryId; 2]>>>,
+    /// Field → the queries posted under an interval of it.
+    ranges: HashMap<Arc<str>, RangeField>,
     scan: Vec<QueryId>,
 }
 
@@ -247,6 +432,91 @@ impl ClassIndex {
             .get(field)
             .and_then(|p| p.get(&key))
             .map_or(0, |list| list.len())
+    }
+
+    /// Posts `id` under `term`.
+    fn post(&mut self, term: Term<'_>, id: QueryId) -> (Arc<str>, Posting) {
+        match term {
+            Term::Eq(field, key) => {
+                if !self.postings.contains_key(field) {
+                    self.postings.insert(field.into(), HashMap::new());
+                }
+                let (field, by_key) = self
+                    .postings
+                    .get_key_value_mut(field)
+                    .expect("inserted above");
+                let field = Arc::clone(field);
+                let key = key.to_owned();
+                let list = by_key.entry(key.clone()).or_default();
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+                (field, Posting::Eq(key))
+            }
+            Term::Range(field, interval) => {
+                if !self.ranges.contains_key(field) {
+                    self.ranges.insert(field.into(), RangeField::default());
+                }
+                let (field, trees) = self
+                    .ranges
+                    .get_key_value_mut(field)
+                    .expect("inserted above");
+                let field = Arc::clone(field);
+                let posting = match interval {
+                    Interval::Num(lower, upper) => {
+                        Posting::Range(Bracket::Num, trees.num.insert(lower, upper, id))
+                    }
+                    Interval::Str(lower, upper) => {
+                        let lower = match lower {
+                            Lower::Unbounded => Lower::Unbounded,
+                            Lower::At(s) => Lower::At(Box::from(s)),
+                        };
+                        let upper = match upper {
+                            Upper::Unbounded => Upper::Unbounded,
+                            Upper::At(s) => Upper::At(Box::from(s)),
+                        };
+                        Posting::Range(Bracket::Str, trees.str.insert(lower, upper, id))
+                    }
+                    Interval::Date(lower, upper) => {
+                        Posting::Range(Bracket::Date, trees.date.insert(lower, upper, id))
+                    }
+                };
+                (field, posting)
+            }
+        }
+    }
+
+    /// Withdraws `id` from one of the postings [`ClassIndex::post`] made.
+    fn unpost(&mut self, field: &str, posting: &Posting, id: QueryId) {
+        match posting {
+            Posting::Eq(key) => {
+                let Some(by_key) = self.postings.get_mut(field) else {
+                    return;
+                };
+                if let Some(list) = by_key.get_mut(key) {
+                    list.retain(|q| *q != id);
+                    if list.is_empty() {
+                        by_key.remove(key);
+                    }
+                }
+                if by_key.is_empty() {
+                    self.postings.remove(field);
+                }
+            }
+            Posting::Range(bracket, handle) => {
+                let Some(trees) = self.ranges.get_mut(field) else {
+                    return;
+                };
+                match bracket {
+                    Bracket::Num => trees.num.remove(*handle),
+                    Bracket::Str => trees.str.remove(*handle),
+                    Bracket::Date => trees.date.remove(*handle),
+                }
+                if trees.is_empty() {
+                    self.ranges.remove(field);
+                }
+            }
+        }
     }
 }
 
@@ -283,7 +553,7 @@ impl Scratch {
 pub struct SubscriptionIndex<S> {
     entries: Vec<Option<Entry<S>>>,
     free: Vec<u32>,
-    classes: HashMap<Box<str>, ClassIndex>,
+    classes: HashMap<Arc<str>, ClassIndex>,
     subscriptions: usize,
 }
 
@@ -337,56 +607,63 @@ impl<S: PartialEq> SubscriptionIndex<S> {
             self.classes
                 .insert(class_name.into(), ClassIndex::default());
         }
-        let class = self.classes.get_mut(class_name).expect("inserted above");
-        if let Some(&id) = class.by_canonical.get(query.canonical()) {
-            let entry = self.entries[id.index()]
+        let (class_name, class) = self
+            .classes
+            .get_key_value_mut(class_name)
+            .expect("inserted above");
+        let hash = class.hasher.hash_one(query.canonical());
+        let entries = &mut self.entries;
+        let canonical_of = |id: QueryId| {
+            entries[id.index()]
+                .as_ref()
+                .expect("the canonical table holds live entries")
+                .query
+                .canonical()
+        };
+        if let Some(&id) = class
+            .by_canonical
+            .find(hash, |&id| canonical_of(id) == query.canonical())
+        {
+            let entry = entries[id.index()]
                 .as_mut()
-                .expect("canonical map points to live entries");
+                .expect("the canonical table holds live entries");
             entry.subscribers.push(subscriber);
             return id;
         }
         let id = match self.free.pop() {
             Some(slot) => QueryId(slot),
             None => {
-                let slot =
-                    u32::try_from(self.entries.len()).expect("fewer than 2^32 distinct queries");
-                self.entries.push(None);
+                let slot = u32::try_from(entries.len()).expect("fewer than 2^32 distinct queries");
+                entries.push(None);
                 QueryId(slot)
             }
         };
-        let terms: Option<PostedTerms> =
-            plan(&query.root, &|field, key| class.posting_len(field, key)).map(|terms| {
-                terms
-                    .into_iter()
-                    .map(|(f, k)| (Box::from(f), k.to_owned()))
-                    .collect()
-            });
+        let plan = plan(&query.root, &|field, key| class.posting_len(field, key));
         let mut scan_position = 0;
-        match &terms {
-            Some(terms) => {
-                for (field, key) in terms.iter() {
-                    if !class.postings.contains_key(&**field) {
-                        class.postings.insert(field.clone(), HashMap::new());
-                    }
-                    let by_key = class.postings.get_mut(&**field).expect("inserted above");
-                    let list = by_key.entry(key.clone()).or_default();
-                    if !list.contains(&id) {
-                        list.push(id);
-                    }
-                }
-            }
+        let terms: Option<PostedTerms> = match plan {
+            Some(terms) => Some(terms.into_iter().map(|term| class.post(term, id)).collect()),
             None => {
                 scan_position = class.scan.len();
                 class.scan.push(id);
+                None
             }
-        }
-        class.by_canonical.insert(query.canonical().into(), id);
-        self.entries[id.index()] = Some(Entry {
-            class_name: class_name.into(),
+        };
+        entries[id.index()] = Some(Entry {
+            class_name: Arc::clone(class_name),
             query,
-            subscribers: vec![subscriber],
+            subscribers: smallvec::smallvec![subscriber],
             terms,
             scan_position,
+        });
+        let hasher = &class.hasher;
+        class.by_canonical.insert_unique(hash, id, |&id| {
+            hasher.hash_one(
+                entries[id.index()]
+                    .as_ref()
+                    .expect("the canonical table holds live entries")
+                    .query
+                    .canonical(),
+            )
         });
         id
     }
@@ -413,22 +690,14 @@ impl<S: PartialEq> SubscriptionIndex<S> {
             .classes
             .get_mut(&*entry.class_name)
             .expect("live entries have a class");
-        class.by_canonical.remove(entry.query.canonical());
+        let hash = class.hasher.hash_one(entry.query.canonical());
+        if let Ok(found) = class.by_canonical.find_entry(hash, |&q| q == id) {
+            found.remove();
+        }
         match &entry.terms {
             Some(terms) => {
-                for (field, key) in terms.iter() {
-                    let Some(by_key) = class.postings.get_mut(&**field) else {
-                        continue;
-                    };
-                    if let Some(list) = by_key.get_mut(key) {
-                        list.retain(|q| *q != id);
-                        if list.is_empty() {
-                            by_key.remove(key);
-                        }
-                    }
-                    if by_key.is_empty() {
-                        class.postings.remove(&**field);
-                    }
+                for (field, posting) in terms.iter() {
+                    class.unpost(field, posting, id);
                 }
             }
             None => {
@@ -479,6 +748,30 @@ impl<S: PartialEq> SubscriptionIndex<S> {
                 });
             }
         }
+        let mut found = |id| {
+            if scratch.first_visit(id) {
+                out.push(id);
+            }
+        };
+        for (field, trees) in &class.ranges {
+            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
+            for object in objects {
+                // A missing field satisfies no range predicate.
+                let Some(value) = object.get(&**field) else {
+                    continue;
+                };
+                let spans = Spans::of(value, date_strings);
+                if let Some((min, max)) = spans.num {
+                    trees.num.overlapping(&min, &max, &mut found);
+                }
+                if let Some((min, max)) = spans.str {
+                    trees.str.overlapping(min, max, &mut found);
+                }
+                if let Some((min, max)) = spans.date {
+                    trees.date.overlapping(&min, &max, &mut found);
+                }
+            }
+        }
     }
 
     /// Appends to `out` every query of `class_name` that matches `object`.
@@ -500,5 +793,115 @@ impl<S: PartialEq> SubscriptionIndex<S> {
             }
         }
         out.truncate(kept);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CompileOptions;
+    use serde_json::json;
+
+    fn query(where_: Value) -> Query {
+        Query::compile(
+            where_.as_object().expect("object"),
+            &CompileOptions::default(),
+        )
+        .expect("compiles")
+    }
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    fn candidates(index: &SubscriptionIndex<u32>, object: &Map<String, Value>) -> Vec<u32> {
+        let mut out = Vec::new();
+        index.candidates("C", &[object], &mut Scratch::default(), &mut out);
+        let mut subscribers: Vec<u32> = out
+            .iter()
+            .flat_map(|id| index.get(*id).expect("live").subscribers().to_vec())
+            .collect();
+        subscribers.sort_unstable();
+        subscribers
+    }
+
+    /// Range-only queries are served by the range index: an object is offered only the
+    /// queries whose interval its value (or one of its array elements) can fall into.
+    #[test]
+    fn range_only_queries_are_indexed_by_interval() {
+        let mut index = SubscriptionIndex::new();
+        let clauses = [
+            json!({"score": {"$gt": 10}}),
+            json!({"score": {"$gte": 0, "$lt": 5}}),
+            json!({"name": {"$lte": "m"}}),
+            json!({"createdAt": {"$gte": "2026-01-01T00:00:00Z", "$lt": "2026-02-01T00:00:00Z"}}),
+            json!({"$or": [{"score": {"$lt": -100}}, {"name": "zed"}]}),
+        ];
+        let mut ids = Vec::new();
+        for (i, clause) in clauses.into_iter().enumerate() {
+            let id = index.insert("C", query(clause), i as u32);
+            assert!(!index.get(id).expect("live").is_scanned(), "query {i}");
+            ids.push(id);
+        }
+        assert_eq!(index.scanned_count("C"), 0);
+        assert_eq!(candidates(&index, &object(json!({"score": 20}))), [0]);
+        assert_eq!(candidates(&index, &object(json!({"score": 5}))), [1]);
+        assert_eq!(
+            candidates(&index, &object(json!({"score": 7}))),
+            Vec::<u32>::new()
+        );
+        // Each bound of an interval may be met by a different element (20 ≥ 0, -200 < 5):
+        // query 1 matches that array.
+        assert_eq!(
+            candidates(&index, &object(json!({"score": [-200, 20]}))),
+            [0, 1, 4]
+        );
+        assert!(
+            query(json!({"score": {"$gte": 0, "$lt": 5}}))
+                .matches(&object(json!({"score": [-200, 20]})))
+        );
+        assert_eq!(
+            candidates(&index, &object(json!({"score": "20"}))),
+            Vec::<u32>::new()
+        );
+        assert_eq!(candidates(&index, &object(json!({"name": "abc"}))), [2]);
+        assert_eq!(candidates(&index, &object(json!({"name": "zed"}))), [4]);
+        assert_eq!(
+            candidates(
+                &index,
+                &object(json!({"createdAt": "2026-01-15T00:00:00.000Z"}))
+            ),
+            [3]
+        );
+        assert_eq!(
+            candidates(
+                &index,
+                &object(json!({"createdAt": "2026-03-15T00:00:00.000Z"}))
+            ),
+            Vec::<u32>::new()
+        );
+        // Removal withdraws the intervals; the index empties completely.
+        for (i, id) in ids.into_iter().enumerate() {
+            assert!(index.remove(id, &(i as u32)));
+        }
+        assert_eq!(index.query_count(), 0);
+        assert!(index.classes.is_empty());
+    }
+
+    /// An equality plan beats a range plan; ranges on booleans only, or below the top
+    /// level, stay on the scan list.
+    #[test]
+    fn equality_plans_win_and_unindexable_ranges_are_scanned() {
+        let mut index = SubscriptionIndex::new();
+        let both = index.insert("C", query(json!({"score": {"$gt": 1}, "room": "r"})), 0);
+        assert!(!index.get(both).expect("live").is_scanned());
+        assert_eq!(
+            candidates(&index, &object(json!({"score": 5}))),
+            Vec::<u32>::new()
+        );
+        assert_eq!(candidates(&index, &object(json!({"room": "r"}))), [0]);
+        index.insert("C", query(json!({"flag": {"$gt": false}})), 1);
+        index.insert("C", query(json!({"a.b": {"$gt": 1}})), 2);
+        assert_eq!(index.scanned_count("C"), 2);
     }
 }

@@ -20,8 +20,8 @@
 //!   ask about (admission at subscribe time, judgement per event, `query` results,
 //!   subquery membership, the field view of payloads).
 //! - `set`: the operands of `$in`/`$nin`/`$all`/`$containedBy`, hashed when large.
-//! - [`SubscriptionIndex`]: distinct queries per class and the equality index that finds
-//!   the few queries an object can concern.
+//! - [`SubscriptionIndex`]: distinct queries per class and the equality and range index
+//!   that finds the few queries an object can concern; `range` is its interval tree.
 //!
 //! ## Invariants
 //! - Compilation rejects every clause it cannot evaluate faithfully (code 102), instead of
@@ -46,6 +46,7 @@ mod geo;
 mod index;
 mod js_regex;
 mod query;
+mod range;
 mod set;
 mod value;
 

@@ -134,7 +134,8 @@ pub(crate) enum Node {
     /// All predicates on one field path.
     Field(Path, Box<[Pred]>),
     /// `$relatedTo`: the object is in another object's relation.
-    RelatedTo(Subquery),
+    /// (Boxed, as subqueries are rare and large: every node is the size of the largest.)
+    RelatedTo(Box<Subquery>),
     /// A constant (e.g. `$lt: null`, which MongoDB never matches).
     Const(bool),
 }
@@ -342,6 +343,10 @@ pub(crate) enum Cmp {
 /// (calibrated on the resident memory of 10,000-item `$in` subscriptions, BENCHMARKS.md).
 pub(crate) const POSTING_FOOTPRINT: usize = 192;
 
+/// Bytes charged for one range predicate in the subscription index: an interval-tree node
+/// (about 64 bytes with its arena slot) and the posted term that removes it.
+pub(crate) const RANGE_POSTING_FOOTPRINT: usize = 96;
+
 /// Heap bytes charged for one compiled regex: its program and its share of the lazy DFA
 /// caches (bounded by the compiler's size limits), which the regex crate does not report.
 pub(crate) const REGEX_FOOTPRINT: usize = 32 * 1024;
@@ -388,7 +393,9 @@ pub(crate) enum Pred {
     /// `$inQuery`/`$select` (or negated: `$notInQuery`/`$dontSelect`).
     Subquery {
         negated: bool,
-        sub: Subquery,
+        /// Boxed, as subqueries are rare and large: every predicate is the size of the
+        /// largest.
+        sub: Box<Subquery>,
     },
 }
 
@@ -396,7 +403,8 @@ impl Pred {
     fn footprint(&self) -> usize {
         match self {
             Self::Eq(op) => op.footprint() + POSTING_FOOTPRINT,
-            Self::Ne(op) | Self::Cmp(_, op) => op.footprint(),
+            Self::Ne(op) => op.footprint(),
+            Self::Cmp(_, op) => op.footprint() + RANGE_POSTING_FOOTPRINT,
             Self::In(set) => set.footprint() + set.len() * POSTING_FOOTPRINT,
             Self::Nin(set) | Self::ContainedBy(set) => set.footprint(),
             Self::All { values, regexes } => values.footprint() + regexes.len() * REGEX_FOOTPRINT,

@@ -24,7 +24,8 @@ const SCAN_LIMIT: usize = 8;
 #[derive(Debug, Clone)]
 pub(crate) struct OperandSet {
     items: Box<[Operand]>,
-    index: Option<SetIndex>,
+    /// Boxed: most sets are small and go without, and a set lives in every predicate.
+    index: Option<Box<SetIndex>>,
 }
 
 #[derive(Clone)]
@@ -77,7 +78,7 @@ impl OperandSet {
         }
         Self {
             items: items.into_boxed_slice(),
-            index: Some(SetIndex { hasher, table }),
+            index: Some(Box::new(SetIndex { hasher, table })),
         }
     }
 

@@ -105,6 +105,170 @@ fn clause(depth: u32) -> BoxedStrategy<Map<String, Value>> {
         .boxed()
 }
 
+fn index_agrees_with_brute_force(
+    clauses: &[Map<String, Value>],
+    objects: &[Map<String, Value>],
+    removals: &[prop::sample::Index],
+) -> Result<(), TestCaseError> {
+    let mut index = SubscriptionIndex::new();
+    let mut live = Vec::new();
+    for (i, clause) in clauses.iter().enumerate() {
+        let Ok(query) = Query::compile(clause, &CompileOptions::default()) else {
+            continue;
+        };
+        let id = index.insert("C", query, i);
+        live.push((id, i));
+    }
+    for removal in removals {
+        if live.is_empty() {
+            break;
+        }
+        let (id, sub) = live.swap_remove(removal.index(live.len()));
+        prop_assert!(index.remove(id, &sub));
+    }
+    prop_assert_eq!(index.subscription_count(), live.len());
+    let mut scratch = Scratch::default();
+    for object in objects {
+        let mut candidates = Vec::new();
+        index.candidates("C", &[object], &mut scratch, &mut candidates);
+        let mut sorted = candidates.clone();
+        sorted.sort();
+        sorted.dedup();
+        prop_assert_eq!(sorted.len(), candidates.len(), "candidates are unique");
+        for (id, _) in &live {
+            let entry = index.get(*id).expect("live query");
+            if entry.query().matches(object) {
+                prop_assert!(
+                    candidates.contains(id),
+                    "missed {} for {:?}",
+                    entry.query().canonical(),
+                    object
+                );
+            }
+        }
+        let mut matched = Vec::new();
+        index.matching("C", object, &mut scratch, &mut matched);
+        for id in &matched {
+            prop_assert!(index.get(*id).expect("live").query().matches(object));
+        }
+    }
+    // Candidates for another class are never returned.
+    let mut other = Vec::new();
+    index.candidates("D", &[&objects[0]], &mut scratch, &mut other);
+    prop_assert!(other.is_empty());
+    Ok(())
+}
+
+/// Values around range bounds: numbers (signed zeros, huge integers that round as
+/// doubles, fractions), strings whose byte order and UTF-16 order differ, dates as Parse
+/// dates and as ISO strings, and values of other brackets.
+fn range_scalar() -> BoxedStrategy<Value> {
+    prop_oneof![
+        3 => (-3i64..4).prop_map(Value::from),
+        1 => prop_oneof![
+            Just(json!(-0.0)),
+            Just(json!(0.0)),
+            Just(json!(1.5)),
+            Just(json!(-2.5)),
+            Just(json!(1e300)),
+            Just(json!(-1e300)),
+            Just(json!(9_007_199_254_740_993u64)),
+            Just(json!(9_007_199_254_740_992.0)),
+            Just(json!(u64::MAX)),
+            Just(json!(i64::MIN)),
+        ],
+        3 => prop_oneof![
+            Just(""), Just("a"), Just("ab"), Just("b"), Just("B"), Just("é"),
+            Just("\u{ffff}"), Just("\u{10000}"), Just("\u{e000}"),
+        ]
+        .prop_map(Value::from),
+        2 => prop_oneof![
+            Just("2020-01-01T00:00:00.000Z"),
+            Just("2020-01-01T00:00:00.001Z"),
+            Just("2026-11-22T08:49:51.247Z"),
+            Just("1969-12-31T23:59:59.999Z"),
+        ]
+        .prop_flat_map(|iso| prop_oneof![
+            Just(json!({"__type": "Date", "iso": iso})),
+            Just(json!(iso)),
+        ]),
+        1 => prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            Just(json!({"__type": "Pointer", "className": "U", "objectId": "a"})),
+            Just(json!({"x": 1})),
+        ],
+    ]
+    .boxed()
+}
+
+fn range_field() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("n"), Just("s"), Just("createdAt"), Just("updatedAt")]
+}
+
+fn range_constraint() -> BoxedStrategy<Value> {
+    let op = || prop_oneof![Just("$gt"), Just("$gte"), Just("$lt"), Just("$lte")];
+    prop_oneof![
+        4 => (op(), range_scalar()).prop_map(|(op, v)| json!({ op: v })),
+        4 => (op(), range_scalar(), op(), range_scalar()).prop_map(|(a, x, b, y)| {
+            let mut map = Map::new();
+            map.insert(a.into(), x);
+            map.insert(b.into(), y);
+            Value::Object(map)
+        }),
+        1 => (op(), range_scalar(), any::<bool>())
+            .prop_map(|(op, v, e)| json!({ op: v, "$exists": e })),
+        1 => (op(), range_scalar(), range_scalar())
+            .prop_map(|(op, v, ne)| json!({ op: v, "$ne": ne })),
+        1 => range_scalar(),
+    ]
+    .boxed()
+}
+
+fn range_clause() -> impl Strategy<Value = Map<String, Value>> {
+    let leaf = || {
+        prop::collection::vec((range_field(), range_constraint()), 1..3).prop_map(|entries| {
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<Map<String, Value>>()
+        })
+    };
+    prop_oneof![
+        4 => leaf(),
+        1 => prop::collection::vec(leaf(), 1..3).prop_map(|branches| {
+            let mut map = Map::new();
+            map.insert(
+                "$or".into(),
+                Value::Array(branches.into_iter().map(Value::Object).collect()),
+            );
+            map
+        }),
+        1 => (leaf(), prop::collection::vec(leaf(), 1..3)).prop_map(|(mut map, branches)| {
+            map.insert(
+                "$and".into(),
+                Value::Array(branches.into_iter().map(Value::Object).collect()),
+            );
+            map
+        }),
+    ]
+}
+
+fn range_object() -> impl Strategy<Value = Map<String, Value>> {
+    let value = prop_oneof![
+        4 => range_scalar(),
+        1 => prop::collection::vec(range_scalar(), 0..4).prop_map(Value::Array),
+    ];
+    prop::collection::vec((range_field(), value), 0..4).prop_map(|entries| {
+        let mut map: Map<String, Value> = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        map.insert("className".into(), "C".into());
+        map
+    })
+}
+
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -160,43 +324,19 @@ proptest! {
         objects in prop::collection::vec(object(), 1..6),
         removals in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
-        let mut index = SubscriptionIndex::new();
-        let mut live = Vec::new();
-        for (i, clause) in clauses.iter().enumerate() {
-            let Ok(query) = Query::compile(clause, &CompileOptions::default()) else { continue };
-            let id = index.insert("C", query, i);
-            live.push((id, i));
-        }
-        for removal in removals {
-            if live.is_empty() { break; }
-            let (id, sub) = live.swap_remove(removal.index(live.len()));
-            prop_assert!(index.remove(id, &sub));
-        }
-        prop_assert_eq!(index.subscription_count(), live.len());
-        let mut scratch = Scratch::default();
-        for object in &objects {
-            let mut candidates = Vec::new();
-            index.candidates("C", &[object], &mut scratch, &mut candidates);
-            let mut sorted = candidates.clone();
-            sorted.sort();
-            sorted.dedup();
-            prop_assert_eq!(sorted.len(), candidates.len(), "candidates are unique");
-            for (id, _) in &live {
-                let entry = index.get(*id).expect("live query");
-                if entry.query().matches(object) {
-                    prop_assert!(candidates.contains(id), "missed {} for {:?}", entry.query().canonical(), object);
-                }
-            }
-            let mut matched = Vec::new();
-            index.matching("C", object, &mut scratch, &mut matched);
-            for id in &matched {
-                prop_assert!(index.get(*id).expect("live").query().matches(object));
-            }
-        }
-        // Candidates for another class are never returned.
-        let mut other = Vec::new();
-        index.candidates("D", &[&objects[0]], &mut scratch, &mut other);
-        prop_assert!(other.is_empty());
+        index_agrees_with_brute_force(&clauses, &objects, &removals)?;
+    }
+
+    /// The same with range predicates (alone, as intervals, next to other predicates and
+    /// under `$or`) over numbers, strings and dates, objects whose values sit on the
+    /// bounds, in other type brackets, or in arrays.
+    #[test]
+    fn range_index_never_misses_a_match(
+        clauses in prop::collection::vec(range_clause(), 1..16),
+        objects in prop::collection::vec(range_object(), 1..8),
+        removals in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        index_agrees_with_brute_force(&clauses, &objects, &removals)?;
     }
 
     /// Clauses with the same canonical text behave identically.
