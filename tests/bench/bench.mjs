@@ -201,7 +201,21 @@ async function sweep(run, { workload, family, params, start, factor, maxSteps, s
   let best;
   let failed;
   let rate = start;
-  for (let n = 0; n < maxSteps; n++) {
+  // A first step that fails: halve the rate (at most three times) until one is sustained.
+  for (let n = 0; n < 3 && !smoke; n++) {
+    const r = await step(rate, 'step');
+    if (r.sweep.verdict === 'sustained') {
+      best = r;
+      failed = undefined;
+      rate = Math.round(rate * factor);
+      break;
+    }
+    failed = r;
+    if (r.sweep.verdict === 'generator-limited') return { best, failed };
+    rate = Math.max(1, Math.round(rate / 2));
+  }
+  if (!best && !smoke) return { best, failed };
+  for (let n = best ? 1 : 0; n < maxSteps; n++) {
     const r = await step(rate, 'step');
     if (r.sweep.verdict !== 'sustained') {
       failed = r;
@@ -249,7 +263,7 @@ function matchFamilies() {
 async function matchSweeps(target, run) {
   const out = [];
   for (const { family, params } of matchFamilies()) {
-    const start = smoke ? 200 : target === 'reference' ? 200 : 25000;
+    const start = smoke ? 200 : target === 'reference' ? 200 : 10000;
     out.push(await sweep(run, { workload: 'match', family, params, start, factor: smoke ? 2 : target === 'reference' ? 2 : 1.5, maxSteps: smoke ? 2 : 10, seconds: smoke ? 1 : 3 }));
   }
   return out;
@@ -551,7 +565,8 @@ function renderMarkdown(all, info, commands) {
       // The generator's CPU share during setup tells whose time the set-up time is.
       lines.push('', 'Connection set-up (connect + subscribe, all connections; CPU of the server / of the generator during it, as % of the set-up time): ' + sorted.map((r) => {
         const pct = (cpu) => (cpu === null || cpu === undefined || r.setup_seconds <= 0 ? '—' : `${Math.round((100 * cpu) / r.setup_seconds)} %`);
-        return `${sutName(r.target)} ${r.connections} ${r.query === 'broadcast' ? 'shared' : 'distinct'}: ${r.setup_seconds.toFixed(2)} s (${pct(r.setup_server_cpu_seconds)} / ${pct(r.setup_generator_cpu_seconds)})`;
+        const refused = r.connect_failures > 0 ? `, **${r.connect_failures} connections failed**` : '';
+        return `${sutName(r.target)} ${r.connections} ${r.query === 'broadcast' ? 'shared' : 'distinct'}: ${r.setup_seconds.toFixed(2)} s (${pct(r.setup_server_cpu_seconds)} / ${pct(r.setup_generator_cpu_seconds)}${refused})`;
       }).join('; ') + '.');
     }
     if (workload === 'W7') {
