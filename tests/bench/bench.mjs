@@ -191,7 +191,36 @@ function judge(r) {
   return 'sustained';
 }
 
-async function sweep(run, { workload, family, params, start, factor, maxSteps, seconds }) {
+// CPU seconds of a process so far (utime + stime of /proc/PID/stat, 100 ticks a second).
+function cpuSeconds(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+// Waits until the server has worked off the backlog of a failed step (its CPU quiet for
+// half a second), so that the next step's fresh subscriptions do not receive the old step's
+// events; false when it is still busy after `limitMs`.
+async function waitQuiet(pid, limitMs = 120_000) {
+  const until = Date.now() + limitMs;
+  let previous = cpuSeconds(pid);
+  while (Date.now() < until) {
+    await sleep(500);
+    const now = cpuSeconds(pid);
+    if (now - previous <= 0.02) return true;
+    previous = now;
+  }
+  return false;
+}
+
+async function sweep(run, { workload, family, params, start, factor, maxSteps, seconds, serverPid }) {
+  // After a failed step the server may still be busy with its backlog.
+  const settle = async (r) => {
+    if (r.sweep.verdict === 'sustained') return true;
+    const quiet = await waitQuiet(serverPid);
+    if (!quiet) log(`${family}: the server is still busy 120 s after a failed step; the sweep ends`);
+    return quiet;
+  };
   const step = async (rate, kind) => {
     const label = `${family}, ${kind} ${fmt(rate)} ev/s`;
     const r = await run({ workload, label, params: { ...params, rate, events: Math.max(20, Math.round(rate * seconds)) } });
@@ -201,7 +230,8 @@ async function sweep(run, { workload, family, params, start, factor, maxSteps, s
   let best;
   let failed;
   let rate = start;
-  // A first step that fails: halve the rate (at most three times) until one is sustained.
+  // A first step that fails: divide the rate by 4 (at most three times) until one is
+  // sustained, then rise again.
   for (let n = 0; n < 3 && !smoke; n++) {
     const r = await step(rate, 'step');
     if (r.sweep.verdict === 'sustained') {
@@ -211,8 +241,8 @@ async function sweep(run, { workload, family, params, start, factor, maxSteps, s
       break;
     }
     failed = r;
-    if (r.sweep.verdict === 'generator-limited') return { best, failed };
-    rate = Math.max(1, Math.round(rate / 2));
+    if (r.sweep.verdict === 'generator-limited' || !(await settle(r))) return { best, failed };
+    rate = Math.max(1, Math.round(rate / 4));
   }
   if (!best && !smoke) return { best, failed };
   for (let n = best ? 1 : 0; n < maxSteps; n++) {
@@ -224,7 +254,7 @@ async function sweep(run, { workload, family, params, start, factor, maxSteps, s
     best = r;
     rate = Math.round(rate * factor);
   }
-  if (!smoke && best && failed && failed.sweep.verdict !== 'generator-limited') {
+  if (!smoke && best && failed && failed.sweep.verdict !== 'generator-limited' && (await settle(failed))) {
     const r = await step(Math.round(Math.sqrt(best.sweep.rate * failed.sweep.rate)), 'refine');
     if (r.sweep.verdict === 'sustained') best = r;
   }
@@ -233,13 +263,13 @@ async function sweep(run, { workload, family, params, start, factor, maxSteps, s
 
 // Broadcast: 1,000 clients on `{}`, 256-byte objects; then latency at half the highest
 // sustained rate, a row of its own.
-async function broadcastSweep(target, run) {
+async function broadcastSweep(target, run, serverPid) {
   const connections = smoke ? 50 : 1000;
   const start = smoke ? 20 : target === 'reference' ? 10 : 50;
   const family = `${connections} conns on {}, 256 B`;
   const params = { connections, query: 'broadcast', rooms: 1, 'object-bytes': 256, 'settle-seconds': 1, 'max-drain': smoke ? 10 : 30 };
-  const { best, failed } = await sweep(run, { workload: 'sweep', family, params, start, factor: 1.5, maxSteps: smoke ? 2 : 14, seconds: smoke ? 1 : 4 });
-  if (best) {
+  const { best, failed } = await sweep(run, { workload: 'sweep', family, params, start, factor: 1.5, maxSteps: smoke ? 2 : 14, seconds: smoke ? 1 : 4, serverPid });
+  if (best && (!failed || (await waitQuiet(serverPid)))) {
     const half = Math.max(1, Math.round(best.sweep.rate / 2));
     const r = await run({ workload: 'sweep', label: `${family}, half of max ${fmt(half)} ev/s`, params: { ...params, rate: half, events: Math.round(half * (smoke ? 1 : 6)) } });
     r.sweep = { family, kind: 'half', rate: half, verdict: judge(r) };
@@ -260,11 +290,13 @@ function matchFamilies() {
   return [family('distinct', subs[0]), family('distinct', subs[1]), family('range', subs[0])];
 }
 
-async function matchSweeps(target, run) {
+async function matchSweeps(target, run, serverPid) {
   const out = [];
   for (const { family, params } of matchFamilies()) {
     const start = smoke ? 200 : target === 'reference' ? 200 : 10000;
-    out.push(await sweep(run, { workload: 'match', family, params, start, factor: smoke ? 2 : target === 'reference' ? 2 : 1.5, maxSteps: smoke ? 2 : 10, seconds: smoke ? 1 : 3 }));
+    // The previous family's last step may have left a backlog.
+    await waitQuiet(serverPid);
+    out.push(await sweep(run, { workload: 'match', family, params, serverPid, start, factor: smoke ? 2 : target === 'reference' ? 2 : 1.5, maxSteps: smoke ? 2 : 10, seconds: smoke ? 1 : 3 }));
   }
   return out;
 }
@@ -369,8 +401,8 @@ async function benchTarget(target) {
       }
     }
     if (workloads.includes('w7')) for (const plan of planW7(target, broadcastMax)) await run(plan);
-    if (workloads.includes('sweep')) await broadcastSweep(target, run);
-    if (workloads.includes('match')) await matchSweeps(target, run);
+    if (workloads.includes('sweep')) await broadcastSweep(target, run, stack.lqPid);
+    if (workloads.includes('match')) await matchSweeps(target, run, stack.lqPid);
   } finally {
     await stack.stop();
   }
@@ -397,7 +429,7 @@ async function benchCeiling() {
       return result;
     };
     if (workloads.includes('broadcast')) for (const plan of planBroadcast('livequery')) await run(plan);
-    if (workloads.includes('sweep')) await broadcastSweep('ceiling', run);
+    if (workloads.includes('sweep')) await broadcastSweep('ceiling', run, stack.lqPid);
   } finally {
     await stack.stop();
   }
