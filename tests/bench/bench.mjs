@@ -2,12 +2,15 @@
 // other, on the same machine, each pinned to the same core, fed byte-identical messages
 // through Redis by the load generator (crates/loadgen). See tests/bench/README.md.
 //
-//   node tests/bench/bench.mjs [--smoke] [--targets livequery,reference] [--workloads w0,w2,broadcast,w3,w7]
+//   node tests/bench/bench.mjs [--smoke] [--targets livequery,reference,ceiling]
+//                              [--workloads w0,w2,broadcast,w3,w7,sweep,match]
 //                              [--write BENCHMARKS.md] [--json FILE]
 //
 // --smoke: tiny bounded workloads that prove the tools work (every run must pass the oracle);
 // the figures are not performance figures. Everything runs on 127.0.0.1 and is stopped
-// afterwards; every run has bounded counts and durations.
+// afterwards; every run has bounded counts and durations. The `ceiling` target is the
+// loopback ceiling writer (`lq-loadgen ceiling`, on Redis alone): it runs the broadcast
+// workloads only (sweep, broadcast).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -25,9 +28,13 @@ const option = (name, fallback) => {
   return i >= 0 ? args[i + 1] : fallback;
 };
 const smoke = flag('--smoke');
-const targets = option('--targets', 'livequery,reference').split(',');
-const workloads = option('--workloads', 'w0,w2,broadcast,w3,w7').split(',');
+const targets = option('--targets', 'livequery,reference,ceiling').split(',');
+const workloads = option('--workloads', 'w0,w2,broadcast,w3,w7,sweep,match').split(',');
 const writeTo = option('--write', undefined);
+// --priority N: renice the server under test (or the ceiling writer), its Redis and the
+// generator to N (e.g. -10; needs root) so that other work on a shared machine disturbs the
+// figures less. Off by default; the tables say when it was used.
+const priority = option('--priority', undefined);
 const jsonOut = option('--json', path.join(root, 'target', 'bench', smoke ? 'smoke.json' : 'results.json'));
 const profile = smoke ? 'debug' : 'release';
 const livequeryBin = process.env.LIVEQUERY_BIN ?? path.join(root, 'target', profile, 'livequery');
@@ -43,14 +50,39 @@ function log(...parts) {
   console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...parts);
 }
 
+// Linux nice values are per thread: every thread of the process is reniced.
+function renice(pid) {
+  if (priority === undefined || !pid) return;
+  try {
+    const threads = fs.readdirSync(`/proc/${pid}/task`);
+    execFileSync('renice', ['-n', priority, '-p', ...threads], { stdio: 'ignore' });
+  } catch (error) {
+    log(`renice ${priority} of ${pid} failed: ${error.message}`);
+  }
+}
+
+// Processes started here get the priority from their start (their threads inherit it).
+const niced = (command, argv) => (priority === undefined ? [command, argv] : ['nice', ['-n', priority, command, ...argv]]);
+
+// The Redis of a stack, found by its port (for --priority).
+function reniceRedis(redisUrl) {
+  if (priority === undefined) return;
+  const port = new URL(redisUrl).port;
+  try {
+    for (const pid of execFileSync('pgrep', ['-f', `redis-server 127.0.0.1:${port}`], { encoding: 'utf8' }).split('\n').filter(Boolean)) renice(pid);
+  } catch {
+    log(`no redis-server found on port ${port} to renice`);
+  }
+}
+
 function runLoadgen(stack, params) {
   const argv = ['run', '--url', `${stack.env.LQ_URL}/`, '--redis', stack.env.REDIS_URL,
-    '--app-id', stack.env.APP_ID, '--js-key', stack.env.JS_KEY, '--class', CLASS,
-    '--server-pid', String(stack.lqPid)];
+    '--app-id', stack.env.APP_ID, '--class', CLASS, '--server-pid', String(stack.lqPid)];
+  if (stack.env.JS_KEY) argv.push('--js-key', stack.env.JS_KEY);
   for (const [key, value] of Object.entries(params)) argv.push(`--${key}`, String(value));
   log(`lq-loadgen ${argv.slice(1).join(' ')}`);
   return new Promise((resolve, reject) => {
-    const child = spawn('taskset', ['-c', OTHER_CPU, loadgenBin, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(...niced('taskset', ['-c', OTHER_CPU, loadgenBin, ...argv]), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => { out += d; });
@@ -92,9 +124,15 @@ function rssKb(pid) {
 // so it gets fewer events (its figures are rates, not totals).
 const ref = (target) => target === 'reference';
 
+// Distinct equality queries at every point, and the shared query (everyone on `{}`) at the
+// largest one: RSS per connection for both, and the set-up time of connect + subscribe.
 function planW0(target) {
   const points = smoke ? [100] : [1000, 5000, 10000, 19900];
-  return points.map((c) => ({ workload: 'W0', label: `idle ${c}`, params: { connections: c, query: 'distinct', rooms: 1000000, 'idle-seconds': smoke ? 1 : 10, 'settle-seconds': smoke ? 1 : 5 } }));
+  const idle = { 'idle-seconds': smoke ? 1 : 10, 'settle-seconds': smoke ? 1 : 5 };
+  const plans = points.map((c) => ({ workload: 'W0', label: `idle ${c}, distinct`, params: { connections: c, query: 'distinct', rooms: 1000000, ...idle } }));
+  const largest = points[points.length - 1];
+  plans.push({ workload: 'W0', label: `idle ${largest}, shared`, params: { connections: largest, query: 'broadcast', rooms: 1, ...idle } });
+  return plans;
 }
 
 function planW2(target) {
@@ -135,8 +173,183 @@ function planW7(target, broadcastMax) {
   return [{ workload: 'W7', label: `1 % stalled, ${connections} conns, 1 KB at ${rate} ev/s`, params: { connections, query: 'broadcast', rooms: 1, events: rate * seconds, rate, 'object-bytes': 1024, 'stall-fraction': 0.01 } }];
 }
 
+// ---- sweeps ----------------------------------------------------------------------------------
+// An open-loop sweep publishes at a steady rate for a few seconds per step, the rate rising
+// geometrically while the step is sustained: p99 < 100 ms, oracle clean, and the generator
+// kept the rate (it published at ≥ 90 % of the rate and used < 90 % of its core; otherwise the
+// step is generator-limited and says nothing about the server). One step between the last
+// sustained rate and the first failed one refines the figure.
+const SWEEP_P99_MS = 100;
+
+function judge(r) {
+  const rate = r.rate_requested;
+  const busy = r.publish_seconds + r.drain_seconds;
+  const generatorShare = busy > 0 ? r.generator.cpu_seconds / busy : 0;
+  if (r.publish_rate < 0.9 * rate || generatorShare > 0.9) return 'generator-limited';
+  if (!r.ok) return 'oracle';
+  if (!(r.latency_ms.p99 < SWEEP_P99_MS)) return 'p99';
+  return 'sustained';
+}
+
+// CPU seconds of a process so far (utime + stime of /proc/PID/stat, 100 ticks a second).
+function cpuSeconds(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+// Waits until the server has worked off the backlog of a failed step (its CPU quiet for
+// half a second), so that the next step's fresh subscriptions do not receive the old step's
+// events; false when it is still busy after `limitMs`.
+async function waitQuiet(pid, limitMs = 120_000) {
+  const until = Date.now() + limitMs;
+  let previous = cpuSeconds(pid);
+  while (Date.now() < until) {
+    await sleep(500);
+    const now = cpuSeconds(pid);
+    if (now - previous <= 0.02) return true;
+    previous = now;
+  }
+  return false;
+}
+
+async function sweep(run, { workload, family, params, start, factor, maxSteps, seconds, serverPid }) {
+  // After a failed step the server may still be busy with its backlog.
+  const settle = async (r) => {
+    if (r.sweep.verdict === 'sustained') return true;
+    const quiet = await waitQuiet(serverPid);
+    if (!quiet) log(`${family}: the server is still busy 120 s after a failed step; the sweep ends`);
+    return quiet;
+  };
+  const step = async (rate, kind) => {
+    const label = `${family}, ${kind} ${fmt(rate)} ev/s`;
+    const r = await run({ workload, label, params: { ...params, rate, events: Math.max(20, Math.round(rate * seconds)) } });
+    r.sweep = { family, kind, rate, verdict: judge(r) };
+    return r;
+  };
+  let best;
+  let failed;
+  let rate = start;
+  // A first step that fails: divide the rate by 4 (at most three times) until one is
+  // sustained, then rise again.
+  for (let n = 0; n < 3 && !smoke; n++) {
+    const r = await step(rate, 'step');
+    if (r.sweep.verdict === 'sustained') {
+      best = r;
+      failed = undefined;
+      rate = Math.round(rate * factor);
+      break;
+    }
+    failed = r;
+    if (r.sweep.verdict === 'generator-limited' || !(await settle(r))) return { best, failed };
+    rate = Math.max(1, Math.round(rate / 4));
+  }
+  if (!best && !smoke) return { best, failed };
+  for (let n = best ? 1 : 0; n < maxSteps; n++) {
+    const r = await step(rate, 'step');
+    if (r.sweep.verdict !== 'sustained') {
+      failed = r;
+      break;
+    }
+    best = r;
+    rate = Math.round(rate * factor);
+  }
+  if (!smoke && best && failed && failed.sweep.verdict !== 'generator-limited' && (await settle(failed))) {
+    const r = await step(Math.round(Math.sqrt(best.sweep.rate * failed.sweep.rate)), 'refine');
+    if (r.sweep.verdict === 'sustained') best = r;
+  }
+  return { best, failed };
+}
+
+// Broadcast: 1,000 clients on `{}`, 256-byte objects; then latency at half the highest
+// sustained rate, a row of its own.
+async function broadcastSweep(target, run, serverPid) {
+  const connections = smoke ? 50 : 1000;
+  const start = smoke ? 20 : target === 'reference' ? 10 : 50;
+  const family = `${connections} conns on {}, 256 B`;
+  const params = { connections, query: 'broadcast', rooms: 1, 'object-bytes': 256, 'settle-seconds': 1, 'max-drain': smoke ? 10 : 30 };
+  const { best, failed } = await sweep(run, { workload: 'sweep', family, params, start, factor: 1.5, maxSteps: smoke ? 2 : 14, seconds: smoke ? 1 : 4, serverPid });
+  if (best && (!failed || (await waitQuiet(serverPid)))) {
+    const half = Math.max(1, Math.round(best.sweep.rate / 2));
+    const r = await run({ workload: 'sweep', label: `${family}, half of max ${fmt(half)} ev/s`, params: { ...params, rate: half, events: Math.round(half * (smoke ? 1 : 6)) } });
+    r.sweep = { family, kind: 'half', rate: half, verdict: judge(r) };
+  }
+  return { best, failed };
+}
+
+// Matching at selectivity ~0: every subscription its own where-clause, events matching
+// none of them but every 100th, which reaches subscription 0 alone (the canary: its p99
+// and completeness say whether the server keeps up).
+function matchFamilies() {
+  const subs = smoke ? [100, 200] : [10000, 50000];
+  const connections = smoke ? 10 : 1000;
+  const family = (query, n) => ({
+    family: `${n / 1000 >= 1 ? `${n / 1000}k` : n} distinct ${query === 'range' ? 'range' : 'equality'}`,
+    params: { connections, 'subs-per-conn': n / connections, query, rooms: n, selectivity: 'zero', 'canary-every': 100, 'settle-seconds': 1, 'max-drain': smoke ? 10 : 30 },
+  });
+  return [family('distinct', subs[0]), family('distinct', subs[1]), family('range', subs[0])];
+}
+
+async function matchSweeps(target, run, serverPid) {
+  const out = [];
+  for (const { family, params } of matchFamilies()) {
+    const start = smoke ? 200 : target === 'reference' ? 200 : 10000;
+    // The previous family's last step may have left a backlog.
+    await waitQuiet(serverPid);
+    out.push(await sweep(run, { workload: 'match', family, params, serverPid, start, factor: smoke ? 2 : target === 'reference' ? 2 : 1.5, maxSteps: smoke ? 2 : 10, seconds: smoke ? 1 : 3 }));
+  }
+  return out;
+}
+
+// The ceiling writer needs Redis alone: started here, the writer on the servers' core.
+async function startCeiling() {
+  const children = [];
+  const spawnPinned = (cpu, command, argv) => {
+    const child = spawn(...niced('taskset', ['-c', cpu, command, ...argv]), { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    return child;
+  };
+  const firstLine = (child, stream, predicate, what) => new Promise((resolve, reject) => {
+    let buffer = '';
+    const timer = setTimeout(() => reject(new Error(`${what} did not start within 30 s`)), 30_000);
+    child.once('exit', (code) => reject(new Error(`${what} exited with ${code}`)));
+    stream.on('data', (d) => {
+      buffer += d;
+      const line = buffer.split('\n').find(predicate);
+      if (line) {
+        clearTimeout(timer);
+        resolve(line);
+      }
+    });
+  });
+  const stop = async () => {
+    for (const child of children.reverse()) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await Promise.race([exited, sleep(5000)]);
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  };
+  try {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const redis = spawnPinned(OTHER_CPU, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--client-output-buffer-limit', 'pubsub 0 0 0']);
+    await firstLine(redis, redis.stdout, (l) => l.includes('Ready to accept connections'), 'redis-server');
+    const redisUrl = `redis://127.0.0.1:${port}`;
+    const appId = 'lqCeiling';
+    const writer = spawnPinned(SUT_CPU, loadgenBin, ['ceiling', '--redis', redisUrl, '--app-id', appId]);
+    writer.stderr.on('data', () => {});
+    const line = await firstLine(writer, writer.stdout, (l) => l.startsWith('listening '), 'lq-loadgen ceiling');
+    return { stop, lqPid: writer.pid, env: { LQ_URL: `ws://${line.slice('listening '.length).trim()}`, REDIS_URL: redisUrl, APP_ID: appId } };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
 // ---- running ---------------------------------------------------------------------------------
 async function benchTarget(target) {
+  if (target === 'ceiling') return benchCeiling();
   log(`starting the stack for ${target} (server on CPU ${SUT_CPU}, the rest on CPU ${OTHER_CPU})`);
   const stack = await startStack({
     target,
@@ -159,6 +372,8 @@ async function benchTarget(target) {
     await sleep(1000);
     const baseline = rssKb(stack.lqPid);
     log(`${target}: pid ${stack.lqPid}, baseline RSS ${baseline} KB`);
+    renice(stack.lqPid);
+    reniceRedis(stack.env.REDIS_URL);
     const record = (plan, report) => {
       const result = { target, workload: plan.workload, label: plan.label, baseline_rss_kb: baseline, ...report };
       results.push(result);
@@ -186,6 +401,35 @@ async function benchTarget(target) {
       }
     }
     if (workloads.includes('w7')) for (const plan of planW7(target, broadcastMax)) await run(plan);
+    if (workloads.includes('sweep')) await broadcastSweep(target, run, stack.lqPid);
+    if (workloads.includes('match')) await matchSweeps(target, run, stack.lqPid);
+  } finally {
+    await stack.stop();
+  }
+  return results;
+}
+
+async function benchCeiling() {
+  const runnable = workloads.filter((w) => w === 'sweep' || w === 'broadcast');
+  if (runnable.length === 0) {
+    log('ceiling: it runs only the sweep and broadcast workloads; skipped');
+    return [];
+  }
+  log(`starting the ceiling writer (CPU ${SUT_CPU}) and Redis (CPU ${OTHER_CPU})`);
+  const stack = await startCeiling();
+  const results = [];
+  try {
+    await sleep(500);
+    const baseline = rssKb(stack.lqPid);
+    const run = async (plan) => {
+      const report = await runLoadgen(stack, { 'server-rss-baseline-kb': baseline, ...plan.params });
+      const result = { target: 'ceiling', workload: plan.workload, label: plan.label, baseline_rss_kb: baseline, ...report };
+      results.push(result);
+      log(`ceiling ${plan.label}: ok=${report.ok} deliv/s=${fmt(report.delivery_rate)} p99=${report.latency_ms?.p99}`);
+      return result;
+    };
+    if (workloads.includes('broadcast')) for (const plan of planBroadcast('livequery')) await run(plan);
+    if (workloads.includes('sweep')) await broadcastSweep('ceiling', run, stack.lqPid);
   } finally {
     await stack.stop();
   }
@@ -225,9 +469,13 @@ function versions() {
 
 // Columns: SUT | version | cores | conns | subs (distinct) | sel. | in ev/s | out deliv/s |
 // p50 / p99 / p99.9 ms | RSS MB | KB/conn | CPU % | missing / dup / wrong
+const SUT_NAMES = { livequery: 'livequery', reference: 'parse-server LQ', ceiling: 'ceiling writer' };
+const sutName = (target) => SUT_NAMES[target] ?? target;
+const sutVersion = (target, info) => (target === 'reference' ? info.parseServer : info.commit);
+
 function row(r, info) {
-  const sut = r.target === 'livequery' ? 'livequery' : 'parse-server LQ';
-  const version = r.target === 'livequery' ? info.commit : info.parseServer;
+  const sut = sutName(r.target);
+  const version = sutVersion(r.target, info);
   const conns = r.connections;
   const subs = `${r.subscriptions} (${r.distinct_queries})`;
   const sel = r.selectivity === 0 ? '0' : r.selectivity === 1 ? '1' : `${+(r.selectivity * 100).toPrecision(3)} %`;
@@ -246,11 +494,87 @@ function row(r, info) {
   return `| ${sut} | ${version} | 1 | ${conns} | ${subs} | ${sel} | ${inRate} | ${out} | ${lat} | ${fmt(rssKb / 1024)} | ${kbPerConn} | ${cpuPct} | ${errors} |`;
 }
 
+
+// ---- sweep tables ----------------------------------------------------------------------------
+function oracleCell(o) {
+  return `${o.missing} / ${o.duplicate} / ${o.wrong_op + o.unexpected}${o.errors || o.disconnected ? ` (+${o.errors} err, ${o.disconnected} disc)` : ''}`;
+}
+
+// What the server did in a step: deliveries (broadcast), or events processed (matching: the
+// canary receives every K-th event in order, so K × its deliveries, at most what was
+// published, counts the events the server got through, also in a step it could not finish).
+function workDone(r) {
+  if (r.workload !== 'match') return r.deliveries;
+  return Math.min(r.events_published, r.deliveries * Math.max(1, r.canary_every));
+}
+
+function sweepRow(r, info) {
+  const span = r.first_publish_to_last_receipt_seconds;
+  const cpu = r.server.cpu_seconds;
+  const busy = r.publish_seconds + r.drain_seconds;
+  const lat = r.latency_ms.count > 0 ? `${r.latency_ms.p50} / ${r.latency_ms.p99} / ${r.latency_ms.p999}` : '—';
+  const serverPct = span > 0 && cpu !== null ? `${Math.round((100 * cpu) / span)}` : '—';
+  const generatorPct = busy > 0 ? `${Math.round((100 * r.generator.cpu_seconds) / busy)}` : '—';
+  // Per CPU-second of the server: what its one core would sustain busy all the time.
+  const perCpu = cpu > 0 ? fmt(workDone(r) / cpu) : '—';
+  const kind = r.sweep.kind === 'half' ? '**half of max**' : r.sweep.kind;
+  return `| ${sutName(r.target)} | ${sutVersion(r.target, info)} | ${r.sweep.family} | ${kind} | ${fmt(r.sweep.rate)} | ${fmt(r.publish_rate)} | ${r.workload === 'match' ? fmt(r.deliveries) : fmt(r.delivery_rate)} | ${lat} | ${serverPct} | ${perCpu} | ${generatorPct} | ${oracleCell(r.oracle)} | ${r.sweep.verdict} |`;
+}
+
+// The highest sustained step of each (target, family), and whether the sweep ended on the
+// generator's limit (its figure is then a lower bound).
+function sweepSummary(rows) {
+  const groups = new Map();
+  for (const r of rows) {
+    if (!r.sweep || r.sweep.kind === 'half') continue;
+    const key = `${r.target}\u0000${r.sweep.family}`;
+    if (!groups.has(key)) groups.set(key, { target: r.target, family: r.sweep.family, best: undefined, generatorLimited: false });
+    const g = groups.get(key);
+    if (r.sweep.verdict === 'generator-limited') g.generatorLimited = true;
+    if (r.sweep.verdict === 'sustained' && (!g.best || r.sweep.rate > g.best.sweep.rate)) g.best = r;
+  }
+  return [...groups.values()];
+}
+
+function renderSweep(workload, rows, info, lines) {
+  const header = workload === 'match'
+    ? '| SUT | version | subscriptions | step | rate ev/s | published ev/s | canary deliveries | canary p50 / p99 / p99.9 ms | CPU % | events per CPU-s | generator CPU % | missing / dup / wrong | verdict |'
+    : '| SUT | version | workload | step | rate ev/s | published ev/s | deliveries/s | p50 / p99 / p99.9 ms | CPU % | deliveries per CPU-s | generator CPU % | missing / dup / wrong | verdict |';
+  lines.push(header, '|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const r of rows) lines.push(sweepRow(r, info));
+  const summary = sweepSummary(rows);
+  const perCpu = (r) => workDone(r) / Math.max(r.server.cpu_seconds, 1e-9);
+  lines.push('');
+  for (const g of summary) {
+    const bound = g.generatorLimited ? ' (the sweep ended generator-limited: a lower bound)' : '';
+    if (!g.best) {
+      lines.push(`- ${sutName(g.target)}, ${g.family}: no step sustained${bound}.`);
+      continue;
+    }
+    const figure = workload === 'match'
+      ? `${fmt(g.best.sweep.rate)} events/s (${fmt(perCpu(g.best))} events per CPU-second at that step)`
+      : `${fmt(g.best.sweep.rate)} events/s = ${fmt(g.best.delivery_rate)} deliveries/s (${fmt(perCpu(g.best))} deliveries per CPU-second at that step)`;
+    lines.push(`- ${sutName(g.target)}, ${g.family}: highest sustained ${figure}${bound}.`);
+  }
+  if (workload === 'sweep') {
+    const lq = summary.find((g) => g.target === 'livequery' && g.best);
+    const ceiling = summary.find((g) => g.target === 'ceiling' && g.best);
+    if (lq && ceiling) {
+      const ratio = (100 * lq.best.delivery_rate) / ceiling.best.delivery_rate;
+      const cpuRatio = (100 * perCpu(lq.best)) / perCpu(ceiling.best);
+      lines.push(`- livequery / ceiling writer: ${ratio.toFixed(0)} % of the highest sustained delivery rate${ceiling.generatorLimited ? ' (an upper bound: the ceiling\'s sweep was generator-limited)' : ''}; ${cpuRatio.toFixed(0)} % of its deliveries per CPU-second.`);
+    }
+    for (const r of rows.filter((x) => x.sweep?.kind === 'half')) {
+      lines.push(`- ${sutName(r.target)} at half its maximum (${fmt(r.sweep.rate)} events/s): p99 ${r.latency_ms.p99} ms, oracle ${r.ok ? 'clean' : 'NOT clean'}.`);
+    }
+  }
+}
+
 function renderMarkdown(all, info, commands) {
   const lines = [];
   const header = '| SUT | version | cores | conns | subs (distinct) | sel. | in ev/s | out deliv/s | p50 / p99 / p99.9 ms | RSS MB | KB/conn | CPU % | missing / dup / wrong |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|';
   lines.push(`Measured ${new Date().toISOString().slice(0, 10)} at commit ${info.commit}: ${info.cpu}, Linux ${info.kernel}, ${info.rustc}, node ${info.node}, parse-server ${info.parseServer}, Redis ${info.redis}; load average before the run ${info.loadavg}.`);
-  lines.push('Each server pinned to one core (`taskset -c 1`); Redis, PostgreSQL, parse-server and the generator on the other (`taskset -c 0`).');
+  lines.push('Each server (and the ceiling writer) pinned to one core (`taskset -c 1`); Redis, PostgreSQL, parse-server and the generator on the other (`taskset -c 0`).' + (priority === undefined ? '' : ` The server, its Redis and the generator reniced to ${priority}.`));
   lines.push('');
   lines.push('Command: `' + commands + '`');
   const byWorkload = new Map();
@@ -264,17 +588,29 @@ function renderMarkdown(all, info, commands) {
     broadcast: 'Broadcast fan-out — every client subscribed to `{}`, 256-byte objects, burst',
     W3: 'W3 — publish→receipt latency at fixed rates (open loop; latency from the scheduled publish time)',
     W7: 'W7 — 1 % of clients stop reading (broadcast, 1 KB objects, at half the broadcast maximum)',
+    sweep: `Broadcast sweep — open loop at rising steady rates until p99 > ${SWEEP_P99_MS} ms or the oracle is not clean; then latency at half the highest sustained rate (CPU % and per CPU-second: the server's; generator CPU %: the generator's, > 90 % or a publish rate below 90 % of the step's rate = generator-limited)`,
+    match: `Matching sweep — selectivity ~0 (every subscription its own where-clause; 1 event in 100 reaches one canary subscription), open loop at rising rates until the canary's p99 > ${SWEEP_P99_MS} ms or the oracle is not clean`,
   };
   for (const [workload, rows] of byWorkload) {
-    lines.push('', `### ${titles[workload] ?? workload}`, '', header);
+    lines.push('', `### ${titles[workload] ?? workload}`, '');
     // Run order within each server (livequery first).
     const sorted = [...rows.filter((r) => r.target === 'livequery'), ...rows.filter((r) => r.target !== 'livequery')];
+    if (workload === 'sweep' || workload === 'match') {
+      renderSweep(workload, sorted, info, lines);
+      continue;
+    }
+    lines.push(header);
     for (const r of sorted) lines.push(row(r, info));
     if (workload === 'W0') {
-      lines.push('', 'Connection set-up (connect + subscribe, all connections): ' + sorted.map((r) => `${r.target === 'livequery' ? 'livequery' : 'reference'} ${r.connections}: ${r.setup_seconds.toFixed(2)} s`).join('; ') + '.');
+      // The generator's CPU share during setup tells whose time the set-up time is.
+      lines.push('', 'Connection set-up (connect + subscribe, all connections; CPU of the server / of the generator during it, as % of the set-up time): ' + sorted.map((r) => {
+        const pct = (cpu) => (cpu === null || cpu === undefined || r.setup_seconds <= 0 ? '—' : `${Math.round((100 * cpu) / r.setup_seconds)} %`);
+        const refused = r.connect_failures > 0 ? `, **${r.connect_failures} connections failed**` : '';
+        return `${sutName(r.target)} ${r.connections} ${r.query === 'broadcast' ? 'shared' : 'distinct'}: ${r.setup_seconds.toFixed(2)} s (${pct(r.setup_server_cpu_seconds)} / ${pct(r.setup_generator_cpu_seconds)}${refused})`;
+      }).join('; ') + '.');
     }
     if (workload === 'W7') {
-      lines.push('', 'Stalled connections cut off by the server: ' + sorted.map((r) => `${r.target === 'livequery' ? 'livequery' : 'reference'} ${r.stalled_disconnected} of ${r.stalled_connections}`).join('; ') + '.');
+      lines.push('', 'Stalled connections cut off by the server: ' + sorted.map((r) => `${sutName(r.target)} ${r.stalled_disconnected} of ${r.stalled_connections}`).join('; ') + '.');
     }
   }
   lines.push('', '### Generator load', '', '| target | run | generator CPU-s | server CPU-s | span s |', '|---|---|---|---|---|');
@@ -310,8 +646,12 @@ const markdown = renderMarkdown(all, info, commands);
 console.log(markdown);
 if (writeTo) writeSection(path.resolve(root, writeTo), markdown);
 for (const r of all) {
-  // Stalled clients are excluded by the generator; everything else must be exact.
-  if (!r.ok) {
+  // Stalled clients are excluded by the generator; everything else must be exact — except
+  // the steps of a sweep beyond the sustained rate, where the oracle is the stop condition
+  // (in a smoke run every step must be clean).
+  if (!r.ok && !smoke && r.sweep && r.sweep.verdict !== 'sustained') {
+    log(`sweep step beyond the sustained rate: ${r.target} ${r.label}: ${JSON.stringify(r.oracle)}`);
+  } else if (!r.ok) {
     failed = true;
     log(`FAILED oracle: ${r.target} ${r.label}: ${JSON.stringify(r.oracle)}, connect failures ${r.connect_failures}`);
   }

@@ -41,11 +41,17 @@ pub(crate) enum Command {
     /// any receipt while the server (--server-pid) is idle; (5) print the JSON report.
     ///
     /// Workload: event i is a new object of --class with room(i) = i mod R (-1 with
-    /// --selectivity zero), seq i, sentAt (scheduled publish time, ns since the epoch) and a
-    /// body padding the object to --object-bytes. Subscription j = conn × S + k subscribes to
-    /// {} (broadcast) or {room: j mod R, tag: {$ne: j}} (distinct).
+    /// --selectivity zero, 0 for every K-th event with --canary-every K), seq i, sentAt
+    /// (scheduled publish time, ns since the epoch), score (2 room(i) + 0.5 for the range
+    /// family) and a body padding the object to --object-bytes. Subscription j = conn × S + k
+    /// subscribes to {} (broadcast), {room: j mod R, tag: {$ne: j}} (distinct) or
+    /// {score: {$gte: 2r, $lt: 2r + 1}} with r = j mod R (range).
     #[command(after_long_help = REPORT_HELP)]
     Run(Box<RunArgs>),
+    /// The loopback ceiling writer: a minimal server for `where: {}` subscriptions that
+    /// writes each event's pre-encoded frame to every client (no matching, one core). Runs
+    /// until SIGINT or SIGTERM; prints `listening ADDR` once ready.
+    Ceiling(crate::ceiling::CeilingArgs),
 }
 
 const REPORT_HELP: &str = "\
@@ -65,6 +71,8 @@ Report (one JSON object on stdout; keys are only ever added):
   judged_subscriptions drain_seconds drain_complete first_publish_to_server_quiet_seconds
   quiet_event_rate (selectivity zero: the server's CPU going quiet ends the drain)
   events_without_subscriber (PUBLISH reached no subscriber: wrong --app-id or Redis link down)
+  setup_server_cpu_seconds setup_generator_cpu_seconds (CPU time spent during setup)
+  canary_every
 Figures that cannot be measured are null: latencies and receipt-based rates when nothing
 was received, server figures without --server-pid (which must be the server process itself,
 not a wrapper).
@@ -106,9 +114,14 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) rooms: u64,
     /// `rooms`: event i goes to room i mod R; `zero`: every event to room -1, which no
-    /// subscription matches (distinct only).
+    /// subscription matches (distinct and range only).
     #[arg(long, value_enum, default_value_t = Selectivity::Rooms)]
     pub(crate) selectivity: Selectivity,
+    /// K (with --selectivity zero): every K-th event (i mod K = 0) goes to room 0 instead, so
+    /// the subscriptions of room 0 are canaries receiving 1/K of the feed (with R equal to
+    /// the number of subscriptions, subscription 0 alone); 0 = none.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) canary_every: u64,
     /// Size of each published currentParseObject JSON, in bytes (± a few).
     #[arg(long, default_value_t = 256)]
     pub(crate) object_bytes: usize,
@@ -236,8 +249,12 @@ impl RunArgs {
             "--rate must be ≥ 0 events/s (0 = as fast as possible)"
         );
         ensure!(
-            self.selectivity == Selectivity::Rooms || self.query == QueryFamily::Distinct,
-            "--selectivity zero needs --query distinct (a broadcast query matches every event)"
+            self.selectivity == Selectivity::Rooms || self.query != QueryFamily::Broadcast,
+            "--selectivity zero needs --query distinct or range (a broadcast query matches every event)"
+        );
+        ensure!(
+            self.canary_every == 0 || self.selectivity == Selectivity::Zero,
+            "--canary-every needs --selectivity zero"
         );
         ensure!(
             (1..=253).contains(&self.source_ips),
@@ -290,6 +307,7 @@ impl RunArgs {
                 events,
                 object_bytes: self.object_bytes,
                 run_id,
+                canary_every: self.canary_every,
             },
             connections: self.connections,
             subs_per_conn: self.subs_per_conn,
@@ -334,7 +352,9 @@ mod tests {
 
     fn parse(args: &[&str]) -> anyhow::Result<Config> {
         let cli = Cli::try_parse_from(["lq-loadgen", "run"].iter().chain(args))?;
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not a run");
+        };
         run.validate()
     }
 
@@ -379,6 +399,7 @@ mod tests {
             &["--rate", "-1"],
             &["--rate", "NaN"],
             &["--query", "broadcast", "--selectivity", "zero"],
+            &["--canary-every", "10"],
             &["--source-ips", "0"],
             &["--stall-fraction", "1"],
             &["--run-id", "a-b"],

@@ -19,11 +19,15 @@
 //! - [`publish`]: the open-loop publisher on its own thread.
 //! - [`procstat`]: RSS, PSS and CPU time from /proc.
 //! - [`run`]: the phases; [`report`]: the JSON report.
+//! - [`ceiling`] (`lq-loadgen ceiling`): the loopback ceiling writer, a minimal broadcast
+//!   server that the same runs measure to give the physical limit of the machine;
+//!   [`wsframe`]: its WebSocket framing.
 //!
 //! Invariants: latency is receipt time − *scheduled* publish time (coordinated-omission
 //! safe); the generator holds one file descriptor per connection plus about ten; per
 //! connection it keeps a small read buffer and ~100 bytes per subscription.
 
+mod ceiling;
 mod cli;
 mod conn;
 mod oracle;
@@ -35,12 +39,23 @@ mod scan;
 mod stats;
 mod target;
 mod workload;
+mod wsframe;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
-    let cli::Command::Run(args) = cli.command;
+    let args = match cli.command {
+        cli::Command::Run(args) => args,
+        cli::Command::Ceiling(args) => {
+            init_tracing();
+            if let Err(err) = ceiling::execute(args) {
+                eprintln!("lq-loadgen ceiling: {err:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
     let config = match args.validate() {
         Ok(config) => config,
         Err(err) => {

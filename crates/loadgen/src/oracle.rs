@@ -199,6 +199,7 @@ mod tests {
             events: 100,
             object_bytes: 256,
             run_id: "r".into(),
+            canary_every: 0,
         };
         let mut sub = SubOracle::new(&workload, 13);
         assert_eq!(sub.expected, 10);
@@ -244,6 +245,7 @@ mod tests {
             events: 100,
             object_bytes: 256,
             run_id: "r".into(),
+            canary_every: 0,
         };
         let mut sub = SubOracle::new(&workload, 13);
         assert_eq!(sub.expected, 100);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::Config;
 use crate::conn::ConnTally;
 use crate::publish::Outcome;
-use crate::run::Sample;
+use crate::run::{Sample, SetupCpu};
 use crate::stats::Totals;
 
 #[derive(Debug, Serialize)]
@@ -62,6 +62,13 @@ pub(crate) struct Report {
     /// Events Redis delivered to no subscriber (PUBLISH answered 0): the server was not
     /// subscribed to `<app-id>afterSave` then (wrong --app-id, or its Redis link was down).
     pub(crate) events_without_subscriber: u64,
+    /// CPU seconds of the server and of the generator during setup (connect + subscribe of
+    /// every connection): the generator near setup_seconds means the set-up time is the
+    /// generator's, not the server's.
+    pub(crate) setup_server_cpu_seconds: Option<f64>,
+    pub(crate) setup_generator_cpu_seconds: Option<f64>,
+    /// With --canary-every: the period K of the canary events.
+    pub(crate) canary_every: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +115,7 @@ pub(crate) struct Generator {
 pub(crate) struct Inputs<'a> {
     pub(crate) config: &'a Config,
     pub(crate) setup_seconds: f64,
+    pub(crate) setup_cpu: SetupCpu,
     pub(crate) connect_failures: u64,
     pub(crate) connect_retries: u64,
     pub(crate) stalled_connections: u64,
@@ -280,5 +288,8 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Report {
         first_publish_to_server_quiet_seconds: quiet_span.and_then(round3),
         quiet_event_rate: quiet_span.and_then(|s| ratio(published as f64, s)),
         events_without_subscriber: inputs.publish.as_ref().map_or(0, |o| o.unheard),
+        setup_server_cpu_seconds: inputs.setup_cpu.server.and_then(round3),
+        setup_generator_cpu_seconds: inputs.setup_cpu.generator.and_then(round3),
+        canary_every: workload.canary_every,
     }
 }

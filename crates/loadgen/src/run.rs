@@ -72,8 +72,21 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Report> {
         None
     };
 
-    // 1. Setup.
+    // 1. Setup, with both processes' CPU time around it: a set-up time is the server's only
+    // when the generator was not the busy one.
+    let server_setup_start = server.and_then(Proc::cpu_seconds);
+    let me_setup_start = Proc::Me.cpu_seconds();
     let setup = setup(&shared).await?;
+    let setup_cpu = SetupCpu {
+        server: server
+            .and_then(Proc::cpu_seconds)
+            .zip(server_setup_start)
+            .map(|(after, before)| after - before),
+        generator: Proc::Me
+            .cpu_seconds()
+            .zip(me_setup_start)
+            .map(|(after, before)| after - before),
+    };
     if setup.failures == config.connections {
         bail!(
             "none of the {} connections could be set up (is the server at {} running?)",
@@ -158,6 +171,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Report> {
     Ok(report::build(report::Inputs {
         config,
         setup_seconds: setup.seconds,
+        setup_cpu,
         connect_failures: setup.failures,
         connect_retries: setup.retries,
         stalled_connections,
@@ -308,6 +322,13 @@ async fn peak_rss(process: Proc, stop: CancellationToken) -> Option<u64> {
             }
         }
     }
+}
+
+/// CPU seconds the server and the generator spent during setup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SetupCpu {
+    pub(crate) server: Option<f64>,
+    pub(crate) generator: Option<f64>,
 }
 
 /// Memory and CPU of a process at one moment.

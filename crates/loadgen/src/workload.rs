@@ -16,6 +16,10 @@ pub(crate) enum QueryFamily {
     Broadcast,
     /// `where: {room: j mod R, tag: {$ne: j}}`: every where-clause differs; selectivity 1/R.
     Distinct,
+    /// `where: {score: {$gte: 2r, $lt: 2r + 1}}` with r = j mod R: range-only clauses, as many
+    /// distinct ones as rooms; an event of room r has score 2r + 0.5 (-1.5 outside every
+    /// interval for room -1), so it matches exactly the subscriptions of its room.
+    Range,
 }
 
 impl QueryFamily {
@@ -23,6 +27,7 @@ impl QueryFamily {
         match self {
             Self::Broadcast => "broadcast",
             Self::Distinct => "distinct",
+            Self::Range => "range",
         }
     }
 }
@@ -32,7 +37,8 @@ impl QueryFamily {
 pub(crate) enum Selectivity {
     /// Event i goes to room i mod R.
     Rooms,
-    /// Every event goes to room -1, which no `distinct` subscription asks for.
+    /// Every event goes to room -1, which no `distinct` or `range` subscription asks for
+    /// (except every `canary_every`-th event, see [`Workload::canary_every`]).
     Zero,
 }
 
@@ -47,14 +53,29 @@ pub(crate) struct Workload {
     pub(crate) events: u64,
     pub(crate) object_bytes: usize,
     pub(crate) run_id: String,
+    /// K > 0 (with [`Selectivity::Zero`] only): event i with i mod K = 0 goes to room 0
+    /// instead of -1, so the subscriptions of room 0 (subscription 0 alone when R is the
+    /// number of subscriptions) are canaries receiving 1/K of the events: their latency and
+    /// completeness tell whether the server keeps up with a feed that matches nothing else.
+    pub(crate) canary_every: u64,
 }
 
 impl Workload {
     /// room(i).
     pub(crate) fn event_room(&self, i: u64) -> i64 {
         match self.selectivity {
+            Selectivity::Zero if self.canary_every > 0 && i.is_multiple_of(self.canary_every) => 0,
             Selectivity::Zero => -1,
             Selectivity::Rooms => (i % self.rooms) as i64,
+        }
+    }
+
+    /// The `score` of an event of `room` for the range family.
+    fn range_score(room: i64) -> f64 {
+        if room < 0 {
+            -1.5
+        } else {
+            2.0 * room as f64 + 0.5
         }
     }
 
@@ -62,7 +83,7 @@ impl Workload {
     pub(crate) fn sub_room(&self, j: u64) -> Option<i64> {
         match self.query {
             QueryFamily::Broadcast => None,
-            QueryFamily::Distinct => Some((j % self.rooms) as i64),
+            QueryFamily::Distinct | QueryFamily::Range => Some((j % self.rooms) as i64),
         }
     }
 
@@ -70,8 +91,13 @@ impl Workload {
     pub(crate) fn selectivity_value(&self) -> f64 {
         match (self.query, self.selectivity) {
             (QueryFamily::Broadcast, _) => 1.0,
-            (QueryFamily::Distinct, Selectivity::Zero) => 0.0,
-            (QueryFamily::Distinct, Selectivity::Rooms) => 1.0 / self.rooms as f64,
+            // The canaries' share, spread over every subscription (exact when the
+            // subscriptions are a multiple of R).
+            (_, Selectivity::Zero) if self.canary_every > 0 => {
+                1.0 / (self.canary_every as f64 * self.rooms as f64)
+            }
+            (_, Selectivity::Zero) => 0.0,
+            (_, Selectivity::Rooms) => 1.0 / self.rooms as f64,
         }
     }
 
@@ -80,6 +106,7 @@ impl Workload {
         match self.query {
             QueryFamily::Broadcast => subscriptions.min(1),
             QueryFamily::Distinct => subscriptions,
+            QueryFamily::Range => subscriptions.min(self.rooms),
         }
     }
 
@@ -89,6 +116,9 @@ impl Workload {
             return self.events;
         };
         match self.selectivity {
+            Selectivity::Zero if room == 0 && self.canary_every > 0 && self.events > 0 => {
+                (self.events - 1) / self.canary_every + 1
+            }
             Selectivity::Zero => 0,
             Selectivity::Rooms => {
                 let r = room as u64;
@@ -113,13 +143,20 @@ impl Workload {
         if self.event_room(seq) != room {
             return None;
         }
-        Some(seq / self.rooms)
+        match self.selectivity {
+            Selectivity::Zero => Some(seq / self.canary_every.max(1)),
+            Selectivity::Rooms => Some(seq / self.rooms),
+        }
     }
 
     /// The `query` of subscription `j`.
     pub(crate) fn subscribe_query(&self, j: u64) -> serde_json::Value {
         match self.sub_room(j) {
             None => json!({"className": self.class, "where": {}}),
+            Some(room) if self.query == QueryFamily::Range => json!({
+                "className": self.class,
+                "where": {"score": {"$gte": 2 * room, "$lt": 2 * room + 1}},
+            }),
             Some(room) => json!({
                 "className": self.class,
                 "where": {"room": room, "tag": {"$ne": j}},
@@ -143,11 +180,14 @@ impl Workload {
         out.push_str(PREFIX);
         let object_start = out.len();
         // `write!` into a String cannot fail.
+        let room = self.event_room(i);
+        let score = match self.query {
+            QueryFamily::Range => Self::range_score(room),
+            QueryFamily::Broadcast | QueryFamily::Distinct => Self::score(i),
+        };
         let _ = write!(
             out,
-            "{{\"room\":{},\"score\":{},\"seq\":{i},\"sentAt\":{sent_at_ns},\"body\":\"",
-            self.event_room(i),
-            Self::score(i)
+            "{{\"room\":{room},\"score\":{score},\"seq\":{i},\"sentAt\":{sent_at_ns},\"body\":\"",
         );
         let head = out.len() - object_start;
         let mut tail = String::with_capacity(160);
@@ -204,6 +244,7 @@ mod tests {
             events: 1000,
             object_bytes: 256,
             run_id: "r1".into(),
+            canary_every: 0,
         }
     }
 
@@ -257,6 +298,61 @@ mod tests {
         assert_eq!(w.expected_count(None), 1000);
         assert_eq!(w.expected_index(None, 999), Some(999));
         assert_eq!(w.expected_index(None, 1000), None);
+    }
+
+    #[test]
+    fn canaries_in_a_feed_that_matches_nothing() {
+        let w = Workload {
+            canary_every: 10,
+            events: 95,
+            ..workload(QueryFamily::Distinct, 1000, Selectivity::Zero)
+        };
+        assert_eq!(w.event_room(0), 0);
+        assert_eq!(w.event_room(5), -1);
+        assert_eq!(w.event_room(90), 0);
+        // Events 0, 10, .., 90 reach room 0 (subscription 0 alone); nothing reaches the others.
+        assert_eq!(w.expected_count(Some(0)), 10);
+        assert_eq!(w.expected_count(Some(1)), 0);
+        assert_eq!(w.expected_index(Some(0), 30), Some(3));
+        assert_eq!(w.expected_index(Some(0), 31), None);
+        assert_eq!(w.expected_index(Some(1), 30), None);
+        assert_eq!(w.expected_index(Some(0), 100), None);
+        assert_eq!(w.selectivity_value(), 1.0 / 10_000.0);
+        let none = Workload {
+            events: 0,
+            ..w.clone()
+        };
+        assert_eq!(none.expected_count(Some(0)), 0);
+    }
+
+    #[test]
+    fn range_family() {
+        let w = workload(QueryFamily::Range, 100, Selectivity::Rooms);
+        assert_eq!(
+            w.subscribe_query(1234).to_string(),
+            r#"{"className":"LQBench","where":{"score":{"$gte":68,"$lt":69}}}"#
+        );
+        assert_eq!(w.sub_room(1234), Some(34));
+        assert_eq!(w.distinct_queries(500), 100);
+        assert_eq!(w.distinct_queries(50), 50);
+        assert_eq!(w.selectivity_value(), 0.01);
+        let score = |w: &Workload, i: u64| {
+            let mut out = String::new();
+            w.encode_event(i, 1, &mut out);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["currentParseObject"]["score"].as_f64().unwrap()
+        };
+        // Event 234 is in room 34: score 68.5, inside [68, 69) only.
+        assert_eq!(score(&w, 234), 68.5);
+        let zero = Workload {
+            canary_every: 4,
+            ..workload(QueryFamily::Range, 100, Selectivity::Zero)
+        };
+        assert_eq!(score(&zero, 1), -1.5, "below every interval");
+        assert_eq!(score(&zero, 8), 0.5, "a canary event, inside [0, 1)");
+        // The other families keep their pseudo-random score in [0, 1).
+        let distinct = workload(QueryFamily::Distinct, 100, Selectivity::Rooms);
+        assert!(score(&distinct, 234) < 1.0);
     }
 
     #[test]
