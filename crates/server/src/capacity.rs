@@ -5,8 +5,11 @@
 pub(crate) const HTTP_MARGIN: usize = 256;
 /// Connections of the admin port.
 pub(crate) const ADMIN_CONNECTIONS: usize = 64;
-/// File descriptors kept for the server itself: the source's and auth provider's
-/// connections, the resume token file, the runtime, the listeners.
+/// File descriptors kept for the server itself: the source's connections (Redis with its
+/// Sentinels, or MongoDB's pool), the requests to parse-server (at most
+/// [`crate::parse_rest::MAX_REQUESTS_IN_FLIGHT`] lookups and
+/// [`crate::hooks::MAX_CALLS_IN_FLIGHT`] hook calls at once), the resume token file, the
+/// runtime, the listeners.
 pub(crate) const INTERNAL_FDS: usize = 128;
 
 /// How many connections each port accepts.

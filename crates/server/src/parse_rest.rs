@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
 
 use crate::backend::ObjectReader;
 use crate::identity::{IdentityProvider, LookupError, ResolvedUser, SessionRecord, roles};
@@ -54,10 +55,19 @@ pub enum KeyKind {
     ReadOnly,
 }
 
+/// Requests to parse-server in flight at once (lookups of sessions, roles, schemas). A
+/// flood of distinct tokens waits for a slot instead of opening a connection each: the
+/// server's own file descriptors are a reserve of fixed size
+/// ([`crate::capacity::INTERNAL_FDS`]), shared with the hooks' calls
+/// ([`crate::hooks::MAX_CALLS_IN_FLIGHT`]).
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
+
 /// A client for parse-server's REST API.
 #[derive(Debug, Clone)]
 pub struct ParseRest {
     http: reqwest::Client,
+    /// At most [`MAX_REQUESTS_IN_FLIGHT`] requests at once, shared by the clones.
+    in_flight: Arc<Semaphore>,
     base: String,
     app_id: String,
     master_key: String,
@@ -91,6 +101,7 @@ impl ParseRest {
             .build()?;
         Ok(Self {
             http,
+            in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
             base: server_url.trim_end_matches('/').to_owned(),
             app_id: app_id.to_owned(),
             master_key: master_key.to_owned(),
@@ -175,6 +186,12 @@ impl ParseRest {
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), LookupError> {
+        // Never closed; held until the answer is read (the connection is busy until then).
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| LookupError(format!("{path}: the client is shutting down")))?;
         let url = format!("{}{path}", self.base);
         let request = match body {
             None => self.http.get(url),
@@ -412,6 +429,42 @@ mod tests {
         assert!(!contains_token(&err.to_string()), "{err}");
     }
 
+    /// Reads one HTTP request (head and body) from `socket`; `None` at the end of the stream.
+    async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            request.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return Some(text.into_owned());
+                }
+            }
+        }
+    }
+
+    async fn answer_empty_results(socket: &mut tokio::net::TcpStream) {
+        let answer = r#"{"results":[]}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        let _ = socket.write_all(response.as_bytes()).await;
+    }
+
     /// The token travels in the body of a POST (method override), not in the URL that
     /// proxies and access logs record.
     #[tokio::test]
@@ -422,37 +475,9 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 4096];
-            // Read until the body (after the blank line) has arrived.
-            loop {
-                let n = socket.read(&mut buffer).await.expect("read");
-                request.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&request);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        break;
-                    }
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            let answer = r#"{"results":[]}"#;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                answer.len()
-            );
-            socket.write_all(response.as_bytes()).await.expect("write");
-            String::from_utf8_lossy(&request).into_owned()
+            let request = read_request(&mut socket).await.expect("a request");
+            answer_empty_results(&mut socket).await;
+            request
         });
         let rest = ParseRest::new(
             &format!("http://{addr}/parse"),
@@ -470,5 +495,63 @@ mod tests {
         let body: Value = serde_json::from_str(body).expect("JSON body");
         assert_eq!(body["_method"], "GET");
         assert_eq!(body["where"]["sessionToken"], TOKEN);
+    }
+    /// A flood of distinct lookups waits for a slot instead of opening a connection each, and
+    /// every lookup is answered in the end.
+    #[tokio::test]
+    async fn lookups_in_flight_are_bounded() {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (counted, answer) = (connections.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    // Held until released; then every request on the connection is answered.
+                    answer.notified().await;
+                    while read_request(&mut socket).await.is_some() {
+                        answer_empty_results(&mut socket).await;
+                    }
+                });
+            }
+        });
+        let rest = ParseRest::new(
+            &format!("http://{addr}/parse"),
+            "app",
+            "mk",
+            Duration::from_secs(30),
+        )
+        .expect("client");
+        let lookups: Vec<_> = (0..100)
+            .map(|i| {
+                let rest = rest.clone();
+                tokio::spawn(async move { rest.resolve_session(&format!("r:{i}")).await })
+            })
+            .collect();
+        // Wait for the slots to fill, then give the others time to (wrongly) connect too.
+        while connections.load(Ordering::SeqCst) < MAX_REQUESTS_IN_FLIGHT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(connections.load(Ordering::SeqCst), MAX_REQUESTS_IN_FLIGHT);
+        release.notify_waiters();
+        // Connections opened from now on are released at once.
+        let keep_releasing = tokio::spawn(async move {
+            loop {
+                release.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        for lookup in lookups {
+            assert_eq!(lookup.await.expect("task").expect("answered"), None);
+        }
+        keep_releasing.abort();
+        assert!(connections.load(Ordering::SeqCst) <= 2 * MAX_REQUESTS_IN_FLIGHT);
     }
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use super::Target;
 
@@ -43,10 +44,18 @@ impl Outcome {
     }
 }
 
+/// Hook calls in flight at once, all hooks together (beforeConnect at a connect flood,
+/// afterLiveQueryEvent once per identity of an event): calls beyond wait for a slot, within
+/// their timeout, so the calls never hold more than this many of the server's reserved file
+/// descriptors ([`crate::capacity::INTERNAL_FDS`]).
+pub const MAX_CALLS_IN_FLIGHT: usize = 32;
+
 /// Delivers hook calls.
 #[derive(Debug)]
 pub struct HookClient {
     http: reqwest::Client,
+    /// At most [`MAX_CALLS_IN_FLIGHT`] calls at once.
+    in_flight: Semaphore,
     /// `{server_url}/functions/` (empty: no Cloud Function can be called).
     functions_base: String,
     app_id: String,
@@ -75,6 +84,7 @@ impl HookClient {
         };
         Ok(Self {
             http,
+            in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
             functions_base,
             app_id: app_id.to_owned(),
             master_key: master_key.to_owned(),
@@ -94,6 +104,9 @@ impl HookClient {
     }
 
     async fn exchange(&self, target: &Target, request: &Value) -> Outcome {
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return Outcome::failed("the hook client is shutting down");
+        };
         let builder = match target {
             Target::Function(name) => self
                 .http

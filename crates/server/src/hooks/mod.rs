@@ -31,7 +31,7 @@ use serde_json::{Map, Value, json};
 
 use crate::metrics::Metrics;
 
-pub use client::{HookClient, Outcome};
+pub use client::{HookClient, MAX_CALLS_IN_FLIGHT, Outcome};
 
 /// Which of parse-server's LiveQuery triggers a hook stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
