@@ -233,6 +233,7 @@ impl Hub {
         let mut fan_out = EventFanOut {
             change: event.change(),
             encoded: HashMap::new(),
+            last_encoded: [None, None],
             metrics: &self.metrics,
             received: event.received,
             hooked: self
@@ -318,6 +319,9 @@ impl Hooked<'_> {
 struct EventFanOut<'e> {
     change: Change<'e>,
     encoded: HashMap<VisibleObject<'e>, EncodedObject>,
+    /// The last view encoded of the current object and of the original: most recipients
+    /// see what the one before them saw, found without hashing the view.
+    last_encoded: [Option<(VisibleObject<'e>, EncodedObject)>; 2],
     metrics: &'e Metrics,
     /// When the source handed the event over (for the delivery-latency histogram).
     received: std::time::Instant,
@@ -326,6 +330,23 @@ struct EventFanOut<'e> {
 }
 
 impl<'e> EventFanOut<'e> {
+    /// The bytes of `visible`, encoded once per event.
+    fn encoded(&mut self, visible: VisibleObject<'e>) -> EncodedObject {
+        let slot = usize::from(!visible.is_of(self.change.current));
+        if let Some((last, bytes)) = &self.last_encoded[slot]
+            && *last == visible
+        {
+            return bytes.clone();
+        }
+        let bytes = self
+            .encoded
+            .entry(visible.clone())
+            .or_insert_with_key(encode_visible)
+            .clone();
+        self.last_encoded[slot] = Some((visible, bytes.clone()));
+        bytes
+    }
+
     /// What the gate decides for one subscriber, queued in its outbox.
     fn deliver(&mut self, sub: &'e Arc<Subscription>, query: &'e Query, matched: QueryMatch) {
         let reader = sub.identity.reader();
@@ -352,16 +373,10 @@ impl<'e> EventFanOut<'e> {
                 return self.metrics.dropped(reason);
             }
         };
-        let mut encode = |visible: VisibleObject<'e>| {
-            self.encoded
-                .entry(visible)
-                .or_insert_with_key(encode_visible)
-                .clone()
-        };
         let object_is_original = !object.is_of(self.change.current);
         let with_original = original.is_some();
-        let object_bytes = encode(object);
-        let original_bytes = original.map(&mut encode);
+        let object_bytes = self.encoded(object);
+        let original_bytes = original.map(|original| self.encoded(original));
         let op = event_op(event);
         let frame = ServerMessage::Event {
             op,
