@@ -23,7 +23,7 @@ use parking_lot::RwLock;
 use crate::event::ChangeEvent;
 use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
 use crate::identity::IdentityCell;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DeliveryTally, DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
 
 /// Who a subscription reads as.
@@ -234,6 +234,7 @@ impl Hub {
             change: event.change(),
             encoded: HashMap::new(),
             last_encoded: [None, None],
+            delivered: DeliveryTally::default(),
             metrics: &self.metrics,
             received: event.received,
             hooked: self
@@ -276,6 +277,7 @@ impl Hub {
                 fan_out.deliver(&subscriber.0, query, matched);
             }
         }
+        self.metrics.delivered_all(&fan_out.delivered);
         if let Some(Hooked {
             hook,
             batch: Some(batch),
@@ -322,6 +324,8 @@ struct EventFanOut<'e> {
     /// The last view encoded of the current object and of the original: most recipients
     /// see what the one before them saw, found without hashing the view.
     last_encoded: [Option<(VisibleObject<'e>, EncodedObject)>; 2],
+    /// The frames queued, added to the metrics once the event is dispatched.
+    delivered: DeliveryTally,
     metrics: &'e Metrics,
     /// When the source handed the event over (for the delivery-latency histogram).
     received: std::time::Instant,
@@ -405,7 +409,7 @@ impl<'e> EventFanOut<'e> {
         }
         let len = frame.len();
         match sub.outbox.push_event(frame, self.received) {
-            Push::Queued => self.metrics.delivered(op, len),
+            Push::Queued => self.delivered.add(op, len),
             Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
             Push::Closed => {}
         }
