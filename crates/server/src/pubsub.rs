@@ -167,8 +167,8 @@ impl Message {
 /// Why a message's JSON text could not become an event.
 #[derive(Debug, thiserror::Error)]
 pub enum FromJsonError {
-    /// Not JSON text (or not a JSON object).
-    #[error("not a JSON object: {0}")]
+    /// Not JSON text.
+    #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
     /// JSON, but not a parse-server message.
     #[error(transparent)]
@@ -180,7 +180,9 @@ pub enum FromJsonError {
 struct Parts {
     /// `currentParseObject` when it is an object.
     current: Option<Map<String, Value>>,
+    /// `originalParseObject`.
     original: Part<Map<String, Value>>,
+    /// `classLevelPermissions`.
     permissions: Part<Value>,
 }
 
@@ -190,7 +192,9 @@ enum Part<T> {
     /// Absent or `null`.
     #[default]
     Absent,
+    /// An object.
     Object(T),
+    /// Any other JSON value.
     NotAnObject,
 }
 
