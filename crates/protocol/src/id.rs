@@ -61,6 +61,21 @@ impl RequestId {
         let mut buf = ryu_js::Buffer::new();
         out.extend_from_slice(buf.format_finite(self.0).as_bytes());
     }
+
+    /// The length of what [`RequestId::write_to`] appends.
+    pub fn written_len(self) -> usize {
+        if self.0.fract() == 0.0 && self.0.abs() < 1e15 {
+            let value = self.0 as i64;
+            let mut n = value.unsigned_abs();
+            let mut len = usize::from(value < 0) + 1;
+            while n >= 10 {
+                n /= 10;
+                len += 1;
+            }
+            return len;
+        }
+        ryu_js::Buffer::new().format_finite(self.0).len()
+    }
 }
 
 impl From<u32> for RequestId {
@@ -231,6 +246,26 @@ mod tests {
             let mut written = Vec::new();
             RequestId::new(value).write_to(&mut written);
             assert_eq!(written, text.as_bytes());
+            assert_eq!(RequestId::new(value).written_len(), text.len(), "{text}");
+        }
+        for value in [
+            9.0,
+            10.0,
+            99.0,
+            100.0,
+            -9.0,
+            -10.0,
+            4_294_967_295.0,
+            1e-7,
+            -2.5e30,
+        ] {
+            let mut written = Vec::new();
+            RequestId::new(value).write_to(&mut written);
+            assert_eq!(
+                RequestId::new(value).written_len(),
+                written.len(),
+                "{value}"
+            );
         }
     }
 

@@ -232,7 +232,8 @@ impl ServerMessage<'_> {
         }
     }
 
-    /// Encodes the frame into a fresh buffer sized for it.
+    /// Encodes the frame into a fresh buffer sized for it (event frames, the bulk of what
+    /// is queued for clients, exactly: a queued frame holds no spare capacity).
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.size_hint());
         self.encode_into(&mut out);
@@ -243,8 +244,23 @@ impl ServerMessage<'_> {
         const ENVELOPE: usize = 160;
         match self {
             Self::Event {
-                object, original, ..
-            } => ENVELOPE + object.len() + original.map_or(0, |o| o.len() + 12),
+                op,
+                envelope,
+                request_id,
+                object,
+                original,
+            } => {
+                br#"{"op":""#.len()
+                    + op.as_str().len()
+                    + br#"","#.len()
+                    + envelope.rendered.len()
+                    + br#","requestId":"#.len()
+                    + request_id.written_len()
+                    + br#","object":"#.len()
+                    + object.len()
+                    + original.map_or(0, |o| br#","original":"#.len() + o.len())
+                    + 1
+            }
             Self::Result { results, .. } => {
                 ENVELOPE + results.iter().map(|r| r.len() + 1).sum::<usize>()
             }
@@ -527,5 +543,37 @@ fn take_str(map: &mut Map<String, Value>, key: &str) -> Result<String, FrameErro
     match map.remove(key) {
         Some(Value::String(s)) => Ok(s),
         _ => Err(FrameError(format!("missing {key}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_frames_are_sized_exactly() {
+        let object = EncodedObject::from_map(
+            serde_json::json!({"objectId": "o", "n": "é"})
+                .as_object()
+                .unwrap(),
+        );
+        let original = EncodedObject::from_map(serde_json::json!({"a": 1}).as_object().unwrap());
+        for installation in [None, Some("inst\"1")] {
+            let envelope = Envelope::new(ClientId::new("c-1"), installation);
+            for request_id in [0.0, 7.0, -12.0, 1.5, 1e21, 123_456_789.0] {
+                for original in [None, Some(&original)] {
+                    for op in [EventOp::Create, EventOp::Leave] {
+                        let message = ServerMessage::Event {
+                            op,
+                            envelope: &envelope,
+                            request_id: RequestId::new(request_id),
+                            object: &object,
+                            original,
+                        };
+                        assert_eq!(message.size_hint(), message.encode().len());
+                    }
+                }
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use parking_lot::RwLock;
 use crate::event::ChangeEvent;
 use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
 use crate::identity::IdentityCell;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DeliveryTally, DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
 
 /// Who a subscription reads as.
@@ -233,6 +233,8 @@ impl Hub {
         let mut fan_out = EventFanOut {
             change: event.change(),
             encoded: HashMap::new(),
+            last_encoded: [None, None],
+            delivered: DeliveryTally::default(),
             metrics: &self.metrics,
             received: event.received,
             hooked: self
@@ -275,6 +277,7 @@ impl Hub {
                 fan_out.deliver(&subscriber.0, query, matched);
             }
         }
+        self.metrics.delivered_all(&fan_out.delivered);
         if let Some(Hooked {
             hook,
             batch: Some(batch),
@@ -318,6 +321,11 @@ impl Hooked<'_> {
 struct EventFanOut<'e> {
     change: Change<'e>,
     encoded: HashMap<VisibleObject<'e>, EncodedObject>,
+    /// The last view encoded of the current object and of the original: most recipients
+    /// see what the one before them saw, found without hashing the view.
+    last_encoded: [Option<(VisibleObject<'e>, EncodedObject)>; 2],
+    /// The frames queued, added to the metrics once the event is dispatched.
+    delivered: DeliveryTally,
     metrics: &'e Metrics,
     /// When the source handed the event over (for the delivery-latency histogram).
     received: std::time::Instant,
@@ -326,6 +334,23 @@ struct EventFanOut<'e> {
 }
 
 impl<'e> EventFanOut<'e> {
+    /// The bytes of `visible`, encoded once per event.
+    fn encoded(&mut self, visible: VisibleObject<'e>) -> EncodedObject {
+        let slot = usize::from(!visible.is_of(self.change.current));
+        if let Some((last, bytes)) = &self.last_encoded[slot]
+            && *last == visible
+        {
+            return bytes.clone();
+        }
+        let bytes = self
+            .encoded
+            .entry(visible.clone())
+            .or_insert_with_key(encode_visible)
+            .clone();
+        self.last_encoded[slot] = Some((visible, bytes.clone()));
+        bytes
+    }
+
     /// What the gate decides for one subscriber, queued in its outbox.
     fn deliver(&mut self, sub: &'e Arc<Subscription>, query: &'e Query, matched: QueryMatch) {
         let reader = sub.identity.reader();
@@ -352,16 +377,10 @@ impl<'e> EventFanOut<'e> {
                 return self.metrics.dropped(reason);
             }
         };
-        let mut encode = |visible: VisibleObject<'e>| {
-            self.encoded
-                .entry(visible)
-                .or_insert_with_key(encode_visible)
-                .clone()
-        };
         let object_is_original = !object.is_of(self.change.current);
         let with_original = original.is_some();
-        let object_bytes = encode(object);
-        let original_bytes = original.map(&mut encode);
+        let object_bytes = self.encoded(object);
+        let original_bytes = original.map(|original| self.encoded(original));
         let op = event_op(event);
         let frame = ServerMessage::Event {
             op,
@@ -390,7 +409,7 @@ impl<'e> EventFanOut<'e> {
         }
         let len = frame.len();
         match sub.outbox.push_event(frame, self.received) {
-            Push::Queued => self.metrics.delivered(op, len),
+            Push::Queued => self.delivered.add(op, len),
             Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
             Push::Closed => {}
         }

@@ -64,6 +64,8 @@ pub struct Ingest {
     /// For telling subscribers that events were lost.
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    /// The class names of recent events, shared by their events instead of allocated anew.
+    class_names: Arc<ClassNames>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -91,6 +93,7 @@ impl Ingest {
             identities,
             hub,
             metrics,
+            class_names: Arc::default(),
         }
     }
 
@@ -186,7 +189,7 @@ impl Ingest {
         {
             normalize_object_dates(original);
         }
-        let class_name = ClassName::from(message.class_name());
+        let class_name = self.class_names.get(message.class_name());
         let permissions = self.permissions_of(&message);
         let event = ChangeEvent {
             kind: message.kind,
@@ -233,8 +236,66 @@ impl Ingest {
 
 /// Events of one object always go to the same worker, so they stay in order.
 fn shard_of(event: &ChangeEvent, shards: usize) -> usize {
+    if shards == 1 {
+        return 0;
+    }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     event.class_name.hash(&mut hasher);
     event.object_id().hash(&mut hasher);
     (hasher.finish() % shards as u64) as usize
+}
+
+/// The names of the classes events were published for: a class's events share one
+/// [`ClassName`] instead of allocating it per event. At most [`ClassNames::MAX`] are kept;
+/// beyond that a new name replaces the oldest kept one.
+#[derive(Debug, Default)]
+struct ClassNames(parking_lot::Mutex<ClassNameRing>);
+
+#[derive(Debug, Default)]
+struct ClassNameRing {
+    names: Vec<ClassName>,
+    /// The slot the next name replaces once `names` is full.
+    next: usize,
+}
+
+impl ClassNames {
+    const MAX: usize = 64;
+
+    fn get(&self, name: &str) -> ClassName {
+        let mut ring = self.0.lock();
+        if let Some(known) = ring.names.iter().find(|known| known.as_str() == name) {
+            return known.clone();
+        }
+        let class_name = ClassName::from(name);
+        if ring.names.len() < Self::MAX {
+            ring.names.push(class_name.clone());
+        } else {
+            let slot = ring.next;
+            ring.names[slot] = class_name.clone();
+            ring.next = (slot + 1) % Self::MAX;
+        }
+        class_name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_are_shared_and_bounded() {
+        let names = ClassNames::default();
+        let first = names.get("Room");
+        let again = names.get("Room");
+        assert_eq!(first, again);
+        assert!(std::ptr::eq(first.as_str(), again.as_str()));
+        for i in 0..ClassNames::MAX * 2 {
+            assert_eq!(names.get(&format!("C{i}")).as_str(), format!("C{i}"));
+        }
+        assert_eq!(names.0.lock().names.len(), ClassNames::MAX);
+        // The busiest class comes back after being replaced.
+        let replaced = names.get("Room");
+        assert_eq!(replaced.as_str(), "Room");
+        assert!(std::ptr::eq(replaced.as_str(), names.get("Room").as_str()));
+    }
 }

@@ -187,6 +187,21 @@ const OPS: [EventOp; 5] = [
     EventOp::Delete,
 ];
 
+/// Deliveries counted locally (per event) and added to [`Metrics`] at once.
+#[derive(Debug, Default)]
+pub struct DeliveryTally {
+    frames: [u64; 5],
+    bytes: u64,
+}
+
+impl DeliveryTally {
+    /// Counts one frame queued for a client.
+    pub fn add(&mut self, op: EventOp, bytes: usize) {
+        self.frames[op_index(op)] += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
 fn op_index(op: EventOp) -> usize {
     match op {
         EventOp::Create => 0,
@@ -252,6 +267,18 @@ impl Metrics {
     pub fn delivered(&self, op: EventOp, bytes: usize) {
         self.deliveries[op_index(op)].fetch_add(1, Relaxed);
         self.delivered_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Counts the deliveries tallied while dispatching one event.
+    pub fn delivered_all(&self, tally: &DeliveryTally) {
+        for (counter, &count) in self.deliveries.iter().zip(&tally.frames) {
+            if count > 0 {
+                counter.fetch_add(count, Relaxed);
+            }
+        }
+        if tally.bytes > 0 {
+            self.delivered_bytes.fetch_add(tally.bytes, Relaxed);
+        }
     }
 
     /// Counts a drop.
@@ -431,6 +458,22 @@ mod tests {
         let mut out = String::new();
         histogram.render(&mut out, "h", "help");
         out
+    }
+
+    #[test]
+    fn tallied_deliveries_add_up_like_single_ones() {
+        let metrics = Metrics::default();
+        metrics.delivered(EventOp::Update, 10);
+        let mut tally = DeliveryTally::default();
+        tally.add(EventOp::Create, 100);
+        tally.add(EventOp::Create, 50);
+        tally.add(EventOp::Update, 7);
+        metrics.delivered_all(&tally);
+        metrics.delivered_all(&DeliveryTally::default());
+        assert_eq!(metrics.deliveries(EventOp::Create), 2);
+        assert_eq!(metrics.deliveries(EventOp::Update), 2);
+        assert_eq!(metrics.deliveries(EventOp::Delete), 0);
+        assert_eq!(metrics.delivered_bytes.load(Relaxed), 167);
     }
 
     #[test]

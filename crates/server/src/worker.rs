@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,10 @@ impl Workers {
 /// How long a worker running on the runtime works before it lets the connections write.
 const SLICE: std::time::Duration = std::time::Duration::from_micros(500);
 
+/// Jobs taken from the queue at once: beyond the queue's own bound, at most this many are
+/// held by a worker.
+const BATCH: usize = 64;
+
 /// One worker: dispatches its queue's jobs in order until shutdown. On the runtime
 /// (`on_runtime`), it yields once it has worked for [`SLICE`], so the connections it fed
 /// write before it produces more: a burst is written in batches (cheap) without starving
@@ -128,31 +133,36 @@ async fn worker_loop(
     on_runtime: bool,
 ) {
     let mut scratch = FanOutScratch::default();
-    let mut slice_start = std::time::Instant::now();
+    let mut jobs = Vec::with_capacity(BATCH);
+    let mut slice_start = Instant::now();
     loop {
-        let job = tokio::select! {
+        // One wake-up (and one look at the shutdown signal) per batch of queued jobs.
+        let received = tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
-            job = rx.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
+            received = rx.recv_many(&mut jobs, BATCH) => received,
         };
-        let event = match job {
-            Job::Event(event) => event,
-            Job::Barrier(done) => {
-                let _ = done.send(());
-                continue;
+        if received == 0 {
+            return;
+        }
+        for job in jobs.drain(..) {
+            let event = match job {
+                Job::Event(event) => event,
+                Job::Barrier(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let lag = started.saturating_duration_since(event.received);
+            metrics
+                .dispatch_lag_ms
+                .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
+            hub.fan_out(&event, &mut scratch);
+            if on_runtime && started.saturating_duration_since(slice_start) >= SLICE {
+                tokio::task::yield_now().await;
+                slice_start = Instant::now();
             }
-        };
-        let lag = event.received.elapsed();
-        metrics
-            .dispatch_lag_ms
-            .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
-        hub.fan_out(&event, &mut scratch);
-        if on_runtime && slice_start.elapsed() >= SLICE {
-            tokio::task::yield_now().await;
-            slice_start = std::time::Instant::now();
         }
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use livequery_matcher::ChangeKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +31,16 @@ use tokio_util::sync::CancellationToken;
 use super::Source;
 use crate::config::RedisConfig;
 use crate::ingest::{AuthChange, Ingest};
-use crate::pubsub::Message;
+use crate::pubsub::{FromJsonError, Message};
 use crate::retry::{Backoff, sleep_unless_shutdown};
 
 /// How often the subscribed connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a connect or a ping may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages already received that are delivered one after the other before the
+/// subscription's loop looks at its ping timer and the shutdown signal again.
+const DRAIN_AT_ONCE: usize = 256;
 
 /// Subscribes to parse-server's Redis channels.
 #[derive(Debug)]
@@ -213,17 +216,16 @@ impl RedisSource {
                 () = shutdown.cancelled() => return Ok(()),
                 message = messages.next() => {
                     let Some(message) = message else { bail!("the Redis connection closed") };
-                    let channel = message.get_channel_name().to_owned();
-                    let payload: String = match message.get_payload() {
-                        Ok(payload) => payload,
-                        Err(err) => {
-                            tracing::warn!(channel, error = %err, "ignoring a non-text Redis message");
-                            continue;
-                        }
+                    // Then the messages already received (up to a bound), without going
+                    // back to the select (its timer and shutdown signal) for each.
+                    let deliver = |message: redis::Msg| async move {
+                        self.deliver(ingest, message.get_channel_name(), message.get_payload_bytes()).await
                     };
-                    if self.deliver(ingest, &channel, &payload).await.is_err() {
+                    match deliver_received(message, &mut messages, DRAIN_AT_ONCE, deliver).await {
+                        Ok(Received::More) => {}
+                        Ok(Received::End) => bail!("the Redis connection closed"),
                         // The dispatch workers are gone: the server is shutting down.
-                        return Ok(());
+                        Err(crate::ingest::IngestClosed) => return Ok(()),
                     }
                 }
                 _ = ping.tick() => {
@@ -239,22 +241,22 @@ impl RedisSource {
         &self,
         ingest: &Ingest,
         channel: &str,
-        payload: &str,
+        payload: &[u8],
     ) -> Result<(), crate::ingest::IngestClosed> {
         let Some(name) = channel.strip_prefix(self.prefix.as_str()) else {
             return Ok(());
-        };
-        let value: Value = match serde_json::from_str(payload) {
-            Ok(value) => value,
-            Err(err) => {
-                tracing::warn!(channel, error = %err, "ignoring a Redis message that is not JSON");
-                return Ok(());
-            }
         };
         let kind = match name {
             "afterSave" => ChangeKind::Save,
             "afterDelete" => ChangeKind::Delete,
             "clearCache" => {
+                let value: Value = match serde_json::from_slice(payload) {
+                    Ok(value) => value,
+                    Err(err) => {
+                        tracing::warn!(channel, error = %err, "ignoring a Redis message that is not JSON");
+                        return Ok(());
+                    }
+                };
                 match value.get("userId").and_then(Value::as_str) {
                     Some(user_id) => ingest.auth_changed(AuthChange::UserRoles { user_id }).await,
                     None => tracing::warn!(channel, "ignoring a clearCache message without userId"),
@@ -263,15 +265,52 @@ impl RedisSource {
             }
             _ => return Ok(()),
         };
-        let message = match Message::parse(kind, value) {
+        let message = match Message::from_json(kind, payload) {
             Ok(message) => message,
-            Err(err) => {
+            Err(FromJsonError::Json(err)) => {
+                tracing::warn!(channel, error = %err, "ignoring a Redis message that is not JSON");
+                return Ok(());
+            }
+            Err(FromJsonError::Message(err)) => {
                 tracing::warn!(channel, error = %err, "ignoring a malformed parse-server message");
                 return Ok(());
             }
         };
         ingest.publish_feed_message(message).await
     }
+}
+
+/// What is left of a stream after [`deliver_received`].
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// The stream may yield more (it had nothing ready, or the bound was reached).
+    More,
+    /// The stream ended.
+    End,
+}
+
+/// Delivers `first`, then the messages `messages` has ready without waiting, in order, at
+/// most `max` in all.
+async fn deliver_received<M, S, F, Fut, E>(
+    first: M,
+    messages: &mut S,
+    max: usize,
+    mut deliver: F,
+) -> Result<Received, E>
+where
+    S: futures_util::Stream<Item = M> + Unpin,
+    F: FnMut(M) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    deliver(first).await?;
+    for _ in 1..max {
+        match messages.next().now_or_never() {
+            Some(Some(message)) => deliver(message).await?,
+            Some(None) => return Ok(Received::End),
+            None => return Ok(Received::More),
+        }
+    }
+    Ok(Received::More)
 }
 
 /// reqwest and the MongoDB driver share this provider: one crypto library in the process.
@@ -343,5 +382,51 @@ impl Source for RedisSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    fn collect(into: &mut Vec<u32>) -> impl FnMut(u32) -> std::future::Ready<Result<(), ()>> {
+        move |m| {
+            into.push(m);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn received_messages_are_delivered_in_order_in_bounded_runs() {
+        // 600 messages ready, then nothing yet.
+        let mut ready = stream::iter(1..=600u32).chain(stream::pending());
+        let mut delivered = Vec::new();
+        // Runs of at most 256, none lost at a run's end.
+        for expected_run in [256, 256, 88] {
+            let first = ready.next().await.unwrap();
+            let before = delivered.len();
+            let left = deliver_received(first, &mut ready, 256, collect(&mut delivered)).await;
+            assert_eq!(left, Ok(Received::More));
+            assert_eq!(delivered.len() - before, expected_run);
+        }
+        assert_eq!(delivered, (1..=600).collect::<Vec<_>>());
+
+        // A stream that ends.
+        let mut ending = stream::iter(2..=5u32);
+        let mut delivered = Vec::new();
+        let left = deliver_received(1, &mut ending, 256, collect(&mut delivered)).await;
+        assert_eq!(left, Ok(Received::End));
+        assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
+
+        // A failed delivery stops the run at once.
+        let mut more = stream::iter(2..=5u32);
+        let mut seen = Vec::new();
+        let stopped = deliver_received(1, &mut more, 256, |m| {
+            seen.push(m);
+            std::future::ready(Err::<(), _>("closed"))
+        })
+        .await;
+        assert_eq!((stopped, seen), (Err("closed"), vec![1]));
     }
 }

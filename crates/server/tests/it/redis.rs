@@ -205,6 +205,44 @@ async fn link_checks_while_subscribed_do_not_reconnect() {
     server.stop().await;
 }
 
+/// A burst published faster than it is dispatched reaches the subscriber whole and in
+/// order: the source delivers the messages Redis already sent in runs, and none may be
+/// dropped at a run's end.
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_burst_from_redis_arrives_whole_and_in_order() {
+    const BURST: usize = 1500;
+    let port = free_port();
+    let _redis = redis_server(port).await;
+    let components = Components::redis(
+        RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
+        Arc::new(MemoryIdentities::new()),
+    );
+    let server = TestServer::start_components("", components, true).await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({"room": "r"})).await;
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..BURST {
+        let message = json!({"currentParseObject": object("Message", &format!("m{i}"), json!({"room": "r", "seq": i}))});
+        pipe.cmd("PUBLISH")
+            .arg("lqAppafterSave")
+            .arg(message.to_string());
+    }
+    let receivers: Vec<i64> = pipe.query_async(&mut connection).await.unwrap();
+    assert!(receivers.iter().all(|&r| r == 1));
+    for i in 0..BURST {
+        let event = client.recv().await;
+        assert_eq!(event["object"]["seq"], json!(i), "{event}");
+    }
+    drop(client);
+    server.stop().await;
+}
+
 /// Starts a Redis Sentinel on `port` watching the master on `master_port` as `lqmaster`.
 async fn sentinel(port: u16, master_port: u16) -> (Child, std::path::PathBuf) {
     let dir =
