@@ -4,7 +4,7 @@
 //
 //   node tests/bench/bench.mjs [--smoke] [--targets livequery,reference,ceiling]
 //                              [--workloads w0,w2,broadcast,w3,w7,sweep,match]
-//                              [--write BENCHMARKS.md] [--json FILE]
+//                              [--write BENCHMARKS.md] [--json FILE] [--include FILE]
 //
 // --smoke: tiny bounded workloads that prove the tools work (every run must pass the oracle);
 // the figures are not performance figures. Everything runs on 127.0.0.1 and is stopped
@@ -35,6 +35,10 @@ const writeTo = option('--write', undefined);
 // generator to N (e.g. -10; needs root) so that other work on a shared machine disturbs the
 // figures less. Off by default; the tables say when it was used.
 const priority = option('--priority', undefined);
+// --include FILE: the results of an earlier run (its --json file) are shown with this run's,
+// for targets this run did not measure (e.g. the reference measured once, livequery again
+// after a change); the tables say where and when those rows were measured.
+const includeFrom = option('--include', undefined);
 const jsonOut = option('--json', path.join(root, 'target', 'bench', smoke ? 'smoke.json' : 'results.json'));
 const profile = smoke ? 'debug' : 'release';
 const livequeryBin = process.env.LIVEQUERY_BIN ?? path.join(root, 'target', profile, 'livequery');
@@ -466,6 +470,8 @@ function versions() {
     parseServer: pkg('parse-server'),
     redis: read('redis-server', ['--version']).split(' ').find((p) => p.startsWith('v='))?.slice(2) ?? 'unknown',
     loadavg: fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
+    date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
+    command: `node tests/bench/bench.mjs ${args.join(' ')}`.trim(),
   };
 }
 
@@ -473,7 +479,7 @@ function versions() {
 // p50 / p99 / p99.9 ms | RSS MB | KB/conn | CPU % | missing / dup / wrong
 const SUT_NAMES = { livequery: 'livequery', reference: 'parse-server LQ', ceiling: 'ceiling writer' };
 const sutName = (target) => SUT_NAMES[target] ?? target;
-const sutVersion = (target, info) => (target === 'reference' ? info.parseServer : info.commit);
+const sutVersion = (target, info) => (target === 'reference' ? info.parseServer : target === 'livequery' ? info.commit : '—');
 
 function row(r, info) {
   const sut = sutName(r.target);
@@ -579,6 +585,10 @@ function renderMarkdown(all, info, commands) {
   lines.push('Each server (and the ceiling writer) pinned to one core (`taskset -c 1`); Redis, PostgreSQL, parse-server and the generator on the other (`taskset -c 0`).' + (priority === undefined ? '' : ` The server, its Redis and the generator reniced to ${priority}.`));
   lines.push('');
   lines.push('Command: `' + commands + '`');
+  if (included) {
+    const targetsIncluded = [...new Set(included.results.map((r) => sutName(r.target)))].join(', ');
+    lines.push('', `Rows of ${targetsIncluded} come from an earlier run: \`${included.info.command ?? 'unknown'}\`, measured ${included.info.date ?? 'at an unknown time'} at commit ${included.info.commit}, load average before that run ${included.info.loadavg}.`);
+  }
   const byWorkload = new Map();
   for (const r of all) {
     if (!byWorkload.has(r.workload)) byWorkload.set(r.workload, []);
@@ -637,12 +647,18 @@ const info = versions();
 if (Number(info.loadavg.split(' ')[0]) > 0.3 * cpus && !smoke) log(`warning: load average ${info.loadavg} before the run; figures may be disturbed`);
 const all = [];
 let failed = false;
+let included;
+if (includeFrom) {
+  const earlier = JSON.parse(fs.readFileSync(includeFrom, 'utf8'));
+  included = { info: earlier.info, results: earlier.results.filter((r) => !targets.includes(r.target)) };
+}
 for (const target of targets) {
   const results = await benchTarget(target);
   all.push(...results);
 }
 fs.mkdirSync(path.dirname(jsonOut), { recursive: true });
 fs.writeFileSync(jsonOut, JSON.stringify({ info, results: all }, null, 2));
+if (included) all.push(...included.results);
 const commands = `node tests/bench/bench.mjs ${args.join(' ')}`.trim();
 const markdown = renderMarkdown(all, info, commands);
 console.log(markdown);
