@@ -58,7 +58,7 @@ pub enum KeyKind {
 /// Requests to parse-server in flight at once (lookups of sessions, roles, schemas). A
 /// flood of distinct tokens waits for a slot instead of opening a connection each: the
 /// server's own file descriptors are a reserve of fixed size
-/// ([`crate::capacity::INTERNAL_FDS`]), shared with the hooks' calls
+/// (`capacity::INTERNAL_FDS`), shared with the hooks' calls
 /// ([`crate::hooks::MAX_CALLS_IN_FLIGHT`]).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
 

@@ -47,7 +47,7 @@ impl Outcome {
 /// Hook calls in flight at once, all hooks together (beforeConnect at a connect flood,
 /// afterLiveQueryEvent once per identity of an event): calls beyond wait for a slot, within
 /// their timeout, so the calls never hold more than this many of the server's reserved file
-/// descriptors ([`crate::capacity::INTERNAL_FDS`]).
+/// descriptors (`capacity::INTERNAL_FDS`).
 pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 
 /// Delivers hook calls.
