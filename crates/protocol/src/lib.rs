@@ -20,6 +20,8 @@
 //!   parse-server's `ws` server).
 //! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript), [`ClientId`] and
 //!   [`ClassName`].
+//! - [`websocket_frame`]: the header of a server text frame (RFC 6455), so the server can
+//!   write a pre-encoded frame's bytes to the socket behind it without copying them.
 //!
 //! ## Invariants
 //! - Decoding never panics, whatever the input; invalid JSON yields
@@ -38,6 +40,7 @@ pub mod id;
 pub mod request;
 pub mod response;
 mod schema;
+pub mod websocket_frame;
 
 pub use error::{ErrorCode, NotConnected, ProtocolError, WireError};
 pub use id::{ClassName, ClientId, RequestId};

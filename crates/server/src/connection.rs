@@ -4,8 +4,8 @@
 //! One task per connection, holding its socket and client state. Inbound frames are
 //! handled one at a time, in order; while a frame's handling waits (an auth lookup), the
 //! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
-//! dead or too slow. Writes are batched (every queued frame, one flush) and bounded by
-//! `write_timeout`.
+//! dead or too slow. Writes are batched (every queued frame, few vectored writes, see
+//! [`crate::frame_writer`]) and bounded by `write_timeout`.
 //!
 //! An idle connection's memory is mostly this task's future, so its layout is kept tight:
 //! the socket is taken back out of hyper's boxed upgrade, the WebSocket is built inside the
@@ -13,14 +13,17 @@
 //! held twice), and what only a write or a frame's handling needs lives in short-lived
 //! boxes.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::ready;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use livequery_protocol::{ServerMessage, WireError};
@@ -38,6 +41,7 @@ use tracing::Instrument;
 
 use crate::client::ClientState;
 use crate::config::Limits;
+use crate::frame_writer::FrameWriter;
 use crate::metrics::DropReason;
 use crate::outbox::{Drain, Outbox};
 use crate::state::ServerState;
@@ -291,7 +295,7 @@ where
     }
 }
 
-/// Writes every queued frame (one flush per batch).
+/// Writes every queued frame, in batches of vectored writes straight to the socket.
 async fn flush_outbox<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &Outbox,
@@ -324,30 +328,28 @@ where
         if batch.is_empty() {
             return Ok(());
         }
-        let write = async {
-            for frame in batch.drain(..) {
-                let text = Utf8Bytes::try_from(frame)
-                    .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
-                ws.feed(Message::Text(text)).await?;
-            }
-            ws.flush().await
-        };
-        tokio::pin!(write);
+        // Frames go straight to the socket behind tungstenite, once what tungstenite
+        // buffered (a pong, say) is out: the two never interleave inside a frame.
+        let mut writer = FrameWriter::new(&batch);
+        let mut tungstenite_flushed = false;
+        // Set when the connection must end while a frame is partly written: that frame is
+        // finished first, so the close handshake starts on a frame boundary.
+        let mut ending: Option<End> = None;
         let deadline = sleep(ctx.config.limits.write_timeout);
         tokio::pin!(deadline);
-        loop {
+        let result = loop {
+            let write = poll_fn(|cx| {
+                if !tungstenite_flushed {
+                    ready!(Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx))?;
+                    tungstenite_flushed = true;
+                }
+                writer
+                    .poll_write(cx, Pin::new(ws.get_mut()))
+                    .map_err(WsError::Io)
+            });
             tokio::select! {
                 biased;
-                result = &mut write => match result {
-                    Ok(()) => {
-                        ctx.metrics.delivery_latency.observe_since(&received, std::time::Instant::now());
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "websocket write failed");
-                        return Err(End::Terminate);
-                    }
-                },
+                result = write => break result,
                 () = &mut deadline => {
                     ctx.metrics.dropped(DropReason::SlowConsumerWrite);
                     tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
@@ -356,20 +358,34 @@ where
                 }
                 // While a write is blocked, the workers may overflow the queue: stop
                 // waiting and cut the client off now.
-                () = outbox.notified() => {
+                () = outbox.notified(), if ending.is_none() => {
                     if outbox.is_ending() {
                         // Overflow or abort while a write is blocked: stop waiting.
-                        return Err(match outbox.drain_into(&mut Vec::<Bytes>::new(), &mut Vec::<std::time::Instant>::new(), 0) {
+                        let end = match outbox.drain_into(&mut Vec::<Bytes>::new(), &mut Vec::<std::time::Instant>::new(), 0) {
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
                                 tracing::info!("client too slow: outbound queue overflow; disconnecting");
                                 End::Close(CloseCode::Policy, "client too slow", Some(WireError::slow_consumer()))
                             }
-                        });
+                        };
+                        if !writer.stop_after_current() {
+                            return Err(end);
+                        }
+                        ending = Some(end);
                     }
                 }
             }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "websocket write failed");
+            return Err(End::Terminate);
         }
+        if let Some(end) = ending {
+            return Err(end);
+        }
+        ctx.metrics
+            .delivery_latency
+            .observe_since(&received, std::time::Instant::now());
     }
 }
 

@@ -20,7 +20,8 @@
 //! - [`worker`]: the dispatch workers, each draining its shard's bounded queue.
 //! - [`hub`]: the subscription registry and the fan-out of one event.
 //! - [`outbox`]: the bounded per-connection queue; overflow cuts a slow client off.
-//! - [`connection`]: the task owning one socket; [`client`]: the protocol state of one
+//! - [`connection`]: the task owning one socket ([`frame_writer`] writes its queued
+//!   frames straight to the socket); [`client`]: the protocol state of one
 //!   client (`connect`, `subscribe`, `update`, `unsubscribe`, `query`); [`client_keys`]: the
 //!   `keyPairs` check.
 //! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/livez`,
@@ -60,6 +61,7 @@ pub mod connection;
 pub mod drain;
 pub mod encoding;
 pub mod event;
+pub mod frame_writer;
 pub mod hooks;
 pub mod http;
 pub mod hub;
