@@ -208,10 +208,16 @@ function cpuSeconds(pid) {
 // half a second), so that the next step's fresh subscriptions do not receive the old step's
 // events; false when it is still busy after `limitMs`.
 async function waitQuiet(pid, limitMs = 120_000) {
+  if (!fs.existsSync(`/proc/${pid}`)) return false;
   const until = Date.now() + limitMs;
   let previous = cpuSeconds(pid);
   while (Date.now() < until) {
     await sleep(500);
+    if (!fs.existsSync(`/proc/${pid}`)) {
+      serverExits.push(`the server under test (pid ${pid}) exited during a sweep; the runs after it were not made`);
+      log(serverExits[serverExits.length - 1]);
+      return false;
+    }
     const now = cpuSeconds(pid);
     if (now - previous <= 0.02) return true;
     previous = now;
@@ -354,8 +360,10 @@ async function startCeiling() {
 }
 
 // ---- running ---------------------------------------------------------------------------------
-async function benchTarget(target) {
-  if (target === 'ceiling') return benchCeiling();
+// Results are pushed into `results` as they come, so a server that dies mid-way still leaves
+// the runs before in the report.
+async function benchTarget(target, results) {
+  if (target === 'ceiling') return benchCeiling(results);
   log(`starting the stack for ${target} (server on CPU ${SUT_CPU}, the rest on CPU ${OTHER_CPU})`);
   const stack = await startStack({
     target,
@@ -372,7 +380,6 @@ async function benchTarget(target) {
     // limit is 32 MB): both servers get the same unbounded buffer.
     redisArgs: ['--client-output-buffer-limit', 'pubsub 0 0 0'],
   });
-  const results = [];
   try {
     await createClass(stack);
     await sleep(1000);
@@ -415,7 +422,7 @@ async function benchTarget(target) {
   return results;
 }
 
-async function benchCeiling() {
+async function benchCeiling(results) {
   const runnable = workloads.filter((w) => w === 'sweep' || w === 'broadcast');
   if (runnable.length === 0) {
     log('ceiling: it runs only the sweep and broadcast workloads; skipped');
@@ -423,7 +430,6 @@ async function benchCeiling() {
   }
   log(`starting the ceiling writer (CPU ${SUT_CPU}) and Redis (CPU ${OTHER_CPU})`);
   const stack = await startCeiling();
-  const results = [];
   try {
     await sleep(500);
     const baseline = rssKb(stack.lqPid);
@@ -585,6 +591,7 @@ function renderMarkdown(all, info, commands) {
   lines.push('Each server (and the ceiling writer) pinned to one core (`taskset -c 1`); Redis, PostgreSQL, parse-server and the generator on the other (`taskset -c 0`).' + (priority === undefined ? '' : ` The server, its Redis and the generator reniced to ${priority}.`));
   lines.push('');
   lines.push('Command: `' + commands + '`');
+  for (const note of serverExits) lines.push('', `**Stopped early**: ${note}.`);
   if (included) {
     const targetsIncluded = [...new Set(included.results.map((r) => sutName(r.target)))].join(', ');
     lines.push('', `Rows of ${targetsIncluded} come from an earlier run: \`${included.info.command ?? 'unknown'}\`, measured ${included.info.date ?? 'at an unknown time'} at commit ${included.info.commit}, load average before that run ${included.info.loadavg}.`);
@@ -647,13 +654,22 @@ const info = versions();
 if (Number(info.loadavg.split(' ')[0]) > 0.3 * cpus && !smoke) log(`warning: load average ${info.loadavg} before the run; figures may be disturbed`);
 const all = [];
 let failed = false;
+// What ended a target's runs early (a server that died, a tool that failed).
+const serverExits = [];
 let included;
 if (includeFrom) {
   const earlier = JSON.parse(fs.readFileSync(includeFrom, 'utf8'));
   included = { info: earlier.info, results: earlier.results.filter((r) => !targets.includes(r.target)) };
 }
 for (const target of targets) {
-  const results = await benchTarget(target);
+  const results = [];
+  try {
+    await benchTarget(target, results);
+  } catch (error) {
+    failed = true;
+    serverExits.push(`${sutName(target)}: the run stopped early (${error.message})`);
+    log(`${target}: ${error.stack}`);
+  }
   all.push(...results);
 }
 fs.mkdirSync(path.dirname(jsonOut), { recursive: true });
