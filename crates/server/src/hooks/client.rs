@@ -279,4 +279,68 @@ mod tests {
             Outcome::Failed { .. }
         ));
     }
+    /// A burst of calls (a connect flood with a beforeConnect hook) waits for a slot instead
+    /// of opening a connection each; every call is answered in the end.
+    #[tokio::test]
+    async fn calls_in_flight_are_bounded() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new(tokio::sync::Semaphore::new(0));
+        let (counted, gate) = (connections.clone(), released.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    // Held until released; then every request on the connection is answered
+                    // (each request's body is small: one read holds head and body).
+                    let _open = gate.acquire().await;
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = socket.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let answer = r#"{"success":{}}"#;
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if socket.write_all(response.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let client = Arc::new(HookClient::new("", "app", "mk", "key").expect("client"));
+        let target = Target::Url(format!("http://{addr}/hook"));
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                let (client, target) = (client.clone(), target.clone());
+                tokio::spawn(async move {
+                    client
+                        .call(&target, &json!({"n": i}), Duration::from_secs(60))
+                        .await
+                })
+            })
+            .collect();
+        // Wait for the slots to fill, then give the others time to (wrongly) connect too.
+        while connections.load(Ordering::SeqCst) < MAX_CALLS_IN_FLIGHT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(connections.load(Ordering::SeqCst), MAX_CALLS_IN_FLIGHT);
+        released.add_permits(10_000);
+        for call in calls {
+            assert_eq!(call.await.expect("task"), Outcome::Answer(json!({})));
+        }
+        assert!(connections.load(Ordering::SeqCst) <= 2 * MAX_CALLS_IN_FLIGHT);
+    }
 }
