@@ -799,20 +799,8 @@ impl<S: PartialEq> SubscriptionIndex<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CompileOptions;
+    use crate::test_support::{compile as query, object};
     use serde_json::json;
-
-    fn query(where_: Value) -> Query {
-        Query::compile(
-            where_.as_object().expect("object"),
-            &CompileOptions::default(),
-        )
-        .expect("compiles")
-    }
-
-    fn object(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().expect("object")
-    }
 
     fn candidates(index: &SubscriptionIndex<u32>, object: &Map<String, Value>) -> Vec<u32> {
         let mut out = Vec::new();

@@ -48,6 +48,8 @@ mod js_regex;
 mod query;
 mod range;
 mod set;
+#[cfg(test)]
+mod test_support;
 mod value;
 
 pub use classify::{ChangeKind, Classification, Knowledge, Side, classify, classify_uncertain};

@@ -649,19 +649,8 @@ pub trait SubquerySet: Send + Sync + fmt::Debug {
 mod tests {
     use super::*;
     use crate::CompileOptions;
+    use crate::test_support::{compile, object};
     use serde_json::json;
-
-    fn compile(where_: Value) -> Query {
-        Query::compile(
-            where_.as_object().expect("object"),
-            &CompileOptions::default(),
-        )
-        .expect("compiles")
-    }
-
-    fn object(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().expect("object")
-    }
 
     /// One clause's `$regex` patterns share the budget of one maximal pattern: compiling
     /// costs time in their size, so many conditions cannot multiply it.

@@ -78,6 +78,8 @@ pub mod retry;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+#[cfg(test)]
+mod test_http;
 pub mod worker;
 
 use std::net::SocketAddr;

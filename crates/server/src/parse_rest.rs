@@ -404,7 +404,7 @@ impl ObjectReader for ParseRest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::test_http::{answer_json, read_request};
 
     const TOKEN: &str = "r:0123456789abcdef";
 
@@ -429,42 +429,6 @@ mod tests {
         assert!(!contains_token(&err.to_string()), "{err}");
     }
 
-    /// Reads one HTTP request (head and body) from `socket`; `None` at the end of the stream.
-    async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<String> {
-        let mut request = Vec::new();
-        let mut buffer = [0u8; 4096];
-        loop {
-            let n = socket.read(&mut buffer).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            request.extend_from_slice(&buffer[..n]);
-            let text = String::from_utf8_lossy(&request);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length {
-                    return Some(text.into_owned());
-                }
-            }
-        }
-    }
-
-    async fn answer_empty_results(socket: &mut tokio::net::TcpStream) {
-        let answer = r#"{"results":[]}"#;
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-            answer.len()
-        );
-        let _ = socket.write_all(response.as_bytes()).await;
-    }
-
     /// The token travels in the body of a POST (method override), not in the URL that
     /// proxies and access logs record.
     #[tokio::test]
@@ -476,7 +440,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
             let request = read_request(&mut socket).await.expect("a request");
-            answer_empty_results(&mut socket).await;
+            answer_json(&mut socket, r#"{"results":[]}"#).await;
             request
         });
         let rest = ParseRest::new(
@@ -516,7 +480,7 @@ mod tests {
                     // Held until released; then every request on the connection is answered.
                     answer.notified().await;
                     while read_request(&mut socket).await.is_some() {
-                        answer_empty_results(&mut socket).await;
+                        answer_json(&mut socket, r#"{"results":[]}"#).await;
                     }
                 });
             }

@@ -285,7 +285,8 @@ mod tests {
     async fn calls_in_flight_are_bounded() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use crate::test_http::{answer_json, read_request};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -299,23 +300,11 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let gate = gate.clone();
                 tokio::spawn(async move {
-                    // Held until released; then every request on the connection is answered
-                    // (each request's body is small: one read holds head and body).
+                    // Held until released; then every request on the connection is answered.
                     let _open = gate.acquire().await;
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    while let Ok(n) = socket.read(&mut buffer).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let answer = r#"{"success":{}}"#;
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                            answer.len()
-                        );
-                        if socket.write_all(response.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
+                    while read_request(&mut socket).await.is_some()
+                        && answer_json(&mut socket, r#"{"success":{}}"#).await
+                    {}
                 });
             }
         });
