@@ -7,6 +7,8 @@
 pub mod embedded;
 pub mod mongo;
 pub mod redis;
+mod redis_link;
+pub mod resp;
 
 use std::sync::Arc;
 
