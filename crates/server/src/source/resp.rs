@@ -768,9 +768,16 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = parse(&input, 256);
-            let _ = read_in_pieces(&input, &[7, 1, 64], 256);
+        fn arbitrary_bytes_read_the_same_whole_or_in_pieces(
+            input in proptest::collection::vec(any::<u8>(), 0..400),
+            sizes in proptest::collection::vec(1usize..50, 1..5),
+        ) {
+            let whole = read_in_pieces(&input, &[input.len().max(1)], 256);
+            let pieces = read_in_pieces(&input, &sizes, 256);
+            prop_assert_eq!(whole.as_ref().err().is_some(), pieces.as_ref().err().is_some());
+            if let (Ok((whole, _)), Ok((pieces, _))) = (whole, pieces) {
+                prop_assert_eq!(whole, pieces);
+            }
         }
     }
 

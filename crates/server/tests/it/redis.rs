@@ -567,3 +567,44 @@ async fn a_message_past_the_bound_is_refused_and_the_source_reconnects() {
     drop(client);
     server.stop().await;
 }
+
+/// A Redis on a Unix socket (`redis+unix://` / `unix://`).
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_redis_on_a_unix_socket_feeds_subscribers() {
+    let port = free_port();
+    let socket = std::env::temp_dir().join(format!(
+        "livequery-redis-{}-{port}.sock",
+        std::process::id()
+    ));
+    let path = socket.display().to_string();
+    let _redis = redis_server_with(port, &["--unixsocket", &path]).await;
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for url in [format!("redis+unix://{path}"), format!("unix://{path}")] {
+        let components = Components::redis(
+            RedisSource::new(&url, "lqApp").expect("valid URL"),
+            Arc::new(MemoryIdentities::new()),
+        );
+        let server = TestServer::start_components("", components, true).await;
+        let mut client = server.connected(None).await;
+        client.subscribe(1, "Message", json!({"room": "r"})).await;
+        publish(
+            port,
+            "lqAppafterSave",
+            &json!({"currentParseObject": object("Message", "u1", json!({"room": "r"}))}),
+        )
+        .await;
+        assert_eq!(client.recv().await["object"]["objectId"], "u1", "{url}");
+        drop(client);
+        server.stop().await;
+    }
+    let _ = std::fs::remove_file(socket);
+}
