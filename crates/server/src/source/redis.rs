@@ -66,7 +66,7 @@ const FRAME_HEADROOM: usize = 1024;
 pub struct RedisSource {
     connector: Connector,
     /// For `rediss://` endpoints.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<TlsSettings>,
     prefix: String,
     ping_interval: Duration,
     max_message_bytes: usize,
@@ -90,13 +90,22 @@ impl ReadBufferPeak {
     }
 }
 
+/// The TLS configuration (its `Debug` says only that there is one: it holds the client key).
+struct TlsSettings(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSettings(<redacted>)")
+    }
+}
+
 /// How the Redis to subscribe to is found.
 enum Connector {
     /// One address (credentials included; its `Debug` redacts them).
     Direct(Endpoint),
     /// The current master of a Sentinel-managed set, asked for on every connection. A tokio
     /// mutex: the lookup holds it across `.await`, and only the source's task takes it.
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Sentinel(Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
 }
 
 impl std::fmt::Debug for Connector {
@@ -168,7 +177,7 @@ impl RedisSource {
             )
             .context("invalid source.redis_sentinels")?;
             return Ok(Self {
-                connector: Connector::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                connector: Connector::Sentinel(Box::new(tokio::sync::Mutex::new(sentinel))),
                 tls: None,
                 prefix: config.channel_prefix.clone(),
                 ping_interval: PING_INTERVAL,
@@ -204,10 +213,10 @@ impl RedisSource {
             let client = client
                 .as_ref()
                 .map(|(chain, key)| (chain.as_slice(), key.as_slice()));
-            Some(
+            Some(TlsSettings(
                 super::redis_link::tls_config(ca.as_deref(), client)
                     .context("source.redis_tls_*: the certificates cannot be used")?,
-            )
+            ))
         } else {
             None
         };
@@ -261,7 +270,12 @@ impl RedisSource {
             .saturating_add(FRAME_HEADROOM + self.prefix.len());
         let mut link = tokio::time::timeout(
             IO_TIMEOUT,
-            Link::open(&endpoint, self.tls.as_ref(), max_frame, &channels),
+            Link::open(
+                &endpoint,
+                self.tls.as_ref().map(|tls| &tls.0),
+                max_frame,
+                &channels,
+            ),
         )
         .await
         .context("connect timed out")??;

@@ -205,12 +205,7 @@ impl Link {
                     .with_context(|| format!("connecting to {}", path.display()))?,
             ),
         };
-        let mut link = Self {
-            stream,
-            buffer: ReadBuffer::new(max_frame),
-            pong_deadline: None,
-            patience: std::time::Duration::ZERO,
-        };
+        let mut link = Self::over(stream, max_frame);
         if let Some(password) = &endpoint.password {
             let mut auth: Vec<&[u8]> = vec![b"AUTH"];
             if let Some(username) = &endpoint.username {
@@ -233,6 +228,15 @@ impl Link {
                 .with_context(|| format!("subscribing to {channel}"))?;
         }
         Ok(link)
+    }
+
+    fn over(stream: Box<dyn Stream>, max_frame: usize) -> Self {
+        Self {
+            stream,
+            buffer: ReadBuffer::new(max_frame),
+            pong_deadline: None,
+            patience: std::time::Duration::ZERO,
+        }
     }
 
     /// Reads values until the one confirming the subscription to `channel`.
@@ -436,6 +440,53 @@ mod tests {
         assert!(refused.is::<RefusedCredentials>(), "{refused:#}");
         let other = incoming(b"-ERR unknown\r\n").unwrap_err();
         assert!(!other.is::<RefusedCredentials>(), "{other:#}");
+    }
+
+    /// A ping unanswered while nothing arrives sets a deadline; bytes arriving (the answer
+    /// may wait behind messages) push it back; the answer clears it.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_ping_has_a_deadline_that_arriving_bytes_push_back() {
+        use std::time::Duration;
+        let (ours, mut redis) = tokio::io::duplex(1 << 16);
+        let mut link = Link::over(Box::new(ours), 1 << 20);
+        assert_eq!(link.pong_deadline(), None);
+        let sent = Instant::now();
+        link.send_ping(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(link.pong_deadline(), Some(sent + Duration::from_secs(5)));
+        let mut command = [0u8; 14];
+        redis.read_exact(&mut command).await.unwrap();
+        assert_eq!(&command, b"*1\r\n$4\r\nPING\r\n");
+        // A second ping while one is unanswered is not sent.
+        link.send_ping(Duration::from_secs(5)).await.unwrap();
+
+        tokio::time::advance(Duration::from_secs(4)).await;
+        redis
+            .write_all(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\n{}\r\n")
+            .await
+            .unwrap();
+        link.read().await.unwrap();
+        let pushed_back = link.pong_deadline().unwrap();
+        assert_eq!(pushed_back, Instant::now() + Duration::from_secs(5));
+        let (frame, size) = link.next_frame().unwrap().unwrap();
+        assert!(matches!(
+            Incoming::of(&frame).unwrap(),
+            Incoming::Message { .. }
+        ));
+        link.consume(size);
+
+        redis
+            .write_all(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+            .await
+            .unwrap();
+        link.read().await.unwrap();
+        let (frame, size) = link.next_frame().unwrap().unwrap();
+        assert_eq!(Incoming::of(&frame).unwrap(), Incoming::Pong);
+        link.consume(size);
+        link.pong_received();
+        assert_eq!(link.pong_deadline(), None);
+        // A closed connection is an error.
+        drop(redis);
+        assert!(link.read().await.unwrap_err().is::<ClosedByRedis>());
     }
 
     #[test]
