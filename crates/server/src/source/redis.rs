@@ -12,7 +12,7 @@
 //! its state through `/health` and `livequery_source_connected`. (The MongoDB change-stream
 //! source resumes from a stored position instead and loses nothing.)
 //!
-//! The subscribed connection is livequery's own ([`super::redis_link`], reading RESP with
+//! The subscribed connection is livequery's own (`redis_link`, reading RESP with
 //! [`super::resp`]); the redis crate parses the URL and asks Sentinel for the master. Messages
 //! are read from the socket only as fast as the dispatch workers take them (each delivery is
 //! awaited before more is read), so a burst waits in the kernel's socket buffers and then in

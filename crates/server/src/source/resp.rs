@@ -13,7 +13,7 @@
 //! buffer.
 //!
 //! The rest of the Redis source (the connection, the subscription) is in
-//! [`super::redis_link`]; this module only knows bytes.
+//! `redis_link`; this module only knows bytes.
 
 /// Elements of an array kept by [`parse`]; later ones are read (for framing) and counted.
 /// Pub/sub needs at most four (`pmessage`, pattern, channel, payload).
