@@ -443,8 +443,9 @@ impl Source for RedisSource {
                     let error = format!("{err:#}");
                     match operator_hint(&err) {
                         Some(hint) => tracing::error!(error, retry_in = ?delay, "{hint}"),
-                        None if err.is::<ClosedByRedis>() => {
-                            tracing::warn!(error, retry_in = ?delay, "Redis closed the subscription; if livequery fell behind, raise Redis's client-output-buffer-limit for pubsub clients or give livequery more CPU; messages published meanwhile are lost")
+                        // Once subscribed, this is how Redis drops a subscriber that fell behind.
+                        None if connected && err.is::<ClosedByRedis>() => {
+                            tracing::warn!(error, retry_in = ?delay, "Redis closed the subscription: Redis drops a subscriber that falls behind by more than its client-output-buffer-limit for pubsub clients (raise it, or give livequery more CPU); messages published meanwhile are lost")
                         }
                         None => {
                             tracing::warn!(error, retry_in = ?delay, "Redis source disconnected; messages published meanwhile are lost")

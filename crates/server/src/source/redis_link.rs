@@ -88,9 +88,7 @@ pub(crate) struct RefusedCredentials(String);
 
 /// Redis closed the subscribed connection.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "Redis closed the connection (Redis drops a subscriber that falls behind by more than its client-output-buffer-limit for pubsub clients)"
-)]
+#[error("Redis closed the connection")]
 pub(crate) struct ClosedByRedis;
 
 /// A byte stream to Redis.
