@@ -173,7 +173,11 @@ impl Components {
                 };
                 Self {
                     readiness: readiness.clone(),
-                    ..Self::redis(RedisSource::from_config(redis)?, identities)
+                    ..Self::redis(
+                        RedisSource::from_config(redis)?
+                            .with_max_message_bytes(config.limits.max_ingest_bytes),
+                        identities,
+                    )
                 }
             }
             SourceKind::Mongo(mongo) => {

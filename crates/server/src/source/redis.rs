@@ -12,23 +12,37 @@
 //! its state through `/health` and `livequery_source_connected`. (The MongoDB change-stream
 //! source resumes from a stored position instead and loses nothing.)
 //!
-//! The client is built once, when the source is: a URL, a certificate or a key that could
-//! never work stops the server at start-up instead of feeding a retry loop. TLS (`rediss://`)
-//! uses rustls with the process's ring provider, the system's trust store or the configured
-//! CA, and an optional client certificate. Errors that need an operator (a refused
-//! certificate, refused credentials) are logged as errors, with the setting to check.
+//! The subscribed connection is livequery's own (`redis_link`, reading RESP with
+//! [`super::resp`]); the redis crate parses the URL and asks Sentinel for the master. Messages
+//! are read from the socket only as fast as the dispatch workers take them (each delivery is
+//! awaited before more is read), so a burst waits in the kernel's socket buffers and then in
+//! Redis, not in livequery: the read buffer holds at most one message of at most
+//! `limits.max_ingest_bytes` (the embedded ingest's bound, 16 MiB by default); a larger one
+//! is logged as an error and the source reconnects. Redis closes a subscriber that falls
+//! behind by more than its `client-output-buffer-limit pubsub` (32 MB, or 8 MB for a minute,
+//! by default); that is logged and the source reconnects, losing what was published
+//! meanwhile, as parse-server's LiveQuery server would.
+//!
+//! The settings are checked once, when the source is built: a URL, a certificate or a key
+//! that could never work stops the server at start-up instead of feeding a retry loop. TLS
+//! (`rediss://`) uses rustls with the process's ring provider, the system's trust store (as
+//! the redis crate loads it) or the configured CA, and an optional client certificate.
+//! Errors that need an operator (a refused certificate, refused credentials, a message past
+//! the bound) are logged as errors, with the setting to check.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use async_trait::async_trait;
-use futures_util::{FutureExt, StreamExt};
 use livequery_matcher::ChangeKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Source;
+use super::redis_link::{ClosedByRedis, Endpoint, Incoming, Link, RefusedCredentials};
+use super::resp::RespError;
 use crate::config::RedisConfig;
 use crate::ingest::{AuthChange, Ingest};
 use crate::pubsub::{FromJsonError, Message};
@@ -41,22 +55,57 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages already received that are delivered one after the other before the
 /// subscription's loop looks at its ping timer and the shutdown signal again.
 const DRAIN_AT_ONCE: usize = 256;
+/// The largest message payload read, unless set with
+/// [`RedisSource::with_max_message_bytes`]: the default of `limits.max_ingest_bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Room for the rest of a message's frame (its type, the channel name, the lengths).
+const FRAME_HEADROOM: usize = 1024;
 
 /// Subscribes to parse-server's Redis channels.
 #[derive(Debug)]
 pub struct RedisSource {
     connector: Connector,
+    /// For `rediss://` endpoints.
+    tls: Option<TlsSettings>,
     prefix: String,
     ping_interval: Duration,
+    max_message_bytes: usize,
+    read_buffer_peak: ReadBufferPeak,
+}
+
+/// The largest capacity the subscribed connection's read buffer has had, in bytes (it
+/// holds at most one message of at most the bound, or 64 KiB). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBufferPeak(Arc<AtomicUsize>);
+
+impl ReadBufferPeak {
+    /// The peak so far.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+
+    fn observe(&self, capacity: usize) {
+        self.0.fetch_max(capacity, Relaxed);
+    }
+}
+
+/// The TLS configuration (its `Debug` says only that there is one: it holds the client key).
+struct TlsSettings(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSettings(<redacted>)")
+    }
 }
 
 /// How the Redis to subscribe to is found.
 enum Connector {
-    /// One address (credentials and certificates included; its `Debug` redacts them).
-    Direct(redis::Client),
+    /// One address (credentials included; its `Debug` redacts them).
+    Direct(Endpoint),
     /// The current master of a Sentinel-managed set, asked for on every connection. A tokio
     /// mutex: the lookup holds it across `.await`, and only the source's task takes it.
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Sentinel(Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
 }
 
 impl std::fmt::Debug for Connector {
@@ -69,15 +118,19 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    async fn client(&self) -> anyhow::Result<redis::Client> {
+    async fn endpoint(&self) -> anyhow::Result<Endpoint> {
         match self {
-            Self::Direct(client) => Ok(client.clone()),
-            Self::Sentinel(sentinel) => tokio::time::timeout(IO_TIMEOUT, async {
-                sentinel.lock().await.async_get_client().await
-            })
-            .await
-            .context("asking Redis Sentinel for the master timed out")?
-            .context("asking Redis Sentinel for the master"),
+            Self::Direct(endpoint) => Ok(endpoint.clone()),
+            Self::Sentinel(sentinel) => {
+                let client = tokio::time::timeout(IO_TIMEOUT, async {
+                    sentinel.lock().await.async_get_client().await
+                })
+                .await
+                .context("asking Redis Sentinel for the master timed out")?
+                .context("asking Redis Sentinel for the master")?;
+                Endpoint::from_info(client.get_connection_info())
+                    .context("the master Redis Sentinel named")
+            }
         }
     }
 }
@@ -124,9 +177,12 @@ impl RedisSource {
             )
             .context("invalid source.redis_sentinels")?;
             return Ok(Self {
-                connector: Connector::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                connector: Connector::Sentinel(Box::new(tokio::sync::Mutex::new(sentinel))),
+                tls: None,
                 prefix: config.channel_prefix.clone(),
                 ping_interval: PING_INTERVAL,
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                read_buffer_peak: ReadBufferPeak::default(),
             });
         }
         // The driver's errors never carry the URL, so they cannot leak its password.
@@ -137,40 +193,40 @@ impl RedisSource {
             .context("invalid source.redis_url")?;
         let settings = credentials(info.redis_settings().clone());
         let info = info.set_redis_settings(settings);
-        let client = if config.tls_ca_file.is_empty() && config.tls_cert_file.is_empty() {
-            if config.url.starts_with("rediss://") {
-                install_crypto_provider();
-            }
-            redis::Client::open(info).context("invalid source.redis_url")?
-        } else {
+        let endpoint = Endpoint::from_info(&info).context("invalid source.redis_url")?;
+        let tls = if endpoint.is_tls() {
             install_crypto_provider();
             let read = |name: &str, path: &str| {
                 std::fs::read(path).with_context(|| format!("{name}: reading {path:?}"))
             };
-            let root_cert = (!config.tls_ca_file.is_empty())
+            let ca = (!config.tls_ca_file.is_empty())
                 .then(|| read("source.redis_tls_ca_file", &config.tls_ca_file))
                 .transpose()?;
-            let client_tls = if config.tls_cert_file.is_empty() {
+            let client = if config.tls_cert_file.is_empty() {
                 None
             } else {
-                Some(redis::ClientTlsConfig {
-                    client_cert: read("source.redis_tls_cert_file", &config.tls_cert_file)?,
-                    client_key: read("source.redis_tls_key_file", &config.tls_key_file)?,
-                })
+                Some((
+                    read("source.redis_tls_cert_file", &config.tls_cert_file)?,
+                    read("source.redis_tls_key_file", &config.tls_key_file)?,
+                ))
             };
-            redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls,
-                    root_cert,
-                },
-            )
-            .context("source.redis_tls_*: the certificates cannot be used")?
+            let client = client
+                .as_ref()
+                .map(|(chain, key)| (chain.as_slice(), key.as_slice()));
+            Some(TlsSettings(
+                super::redis_link::tls_config(ca.as_deref(), client)
+                    .context("source.redis_tls_*: the certificates cannot be used")?,
+            ))
+        } else {
+            None
         };
         Ok(Self {
-            connector: Connector::Direct(client),
+            connector: Connector::Direct(endpoint),
+            tls,
             prefix: config.channel_prefix.clone(),
             ping_interval: PING_INTERVAL,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            read_buffer_peak: ReadBufferPeak::default(),
         })
     }
 
@@ -179,6 +235,20 @@ impl RedisSource {
     pub fn with_ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
         self
+    }
+
+    /// Reads messages of at most `bytes` (their payload) instead of
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`]; a larger one is an error and a reconnect.
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The read buffer's peak capacity, for tests and diagnostics.
+    #[must_use]
+    pub fn read_buffer_peak(&self) -> ReadBufferPeak {
+        self.read_buffer_peak.clone()
     }
 
     fn channels(&self) -> [String; 3] {
@@ -193,45 +263,68 @@ impl RedisSource {
         shutdown: &CancellationToken,
         connected: &mut bool,
     ) -> anyhow::Result<()> {
-        let client = self.connector.client().await?;
-        let pubsub = tokio::time::timeout(IO_TIMEOUT, client.get_async_pubsub())
-            .await
-            .context("connect timed out")??;
-        let (mut control, mut messages) = pubsub.split();
-        for channel in self.channels() {
-            control
-                .subscribe(&channel)
-                .await
-                .with_context(|| format!("subscribing to {channel}"))?;
-        }
+        let endpoint = self.connector.endpoint().await?;
+        let channels = self.channels();
+        let max_frame = self
+            .max_message_bytes
+            .saturating_add(FRAME_HEADROOM + self.prefix.len());
+        let mut link = tokio::time::timeout(
+            IO_TIMEOUT,
+            Link::open(
+                &endpoint,
+                self.tls.as_ref().map(|tls| &tls.0),
+                max_frame,
+                &channels,
+            ),
+        )
+        .await
+        .context("connect timed out")??;
         *connected = true;
         ingest.set_connected(true);
-        tracing::info!(channels = ?self.channels(), "subscribed to parse-server's Redis channels");
+        tracing::info!(?channels, "subscribed to parse-server's Redis channels");
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + self.ping_interval,
             self.ping_interval,
         );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                message = messages.next() => {
-                    let Some(message) = message else { bail!("the Redis connection closed") };
-                    // Then the messages already received (up to a bound), without going
-                    // back to the select (its timer and shutdown signal) for each.
-                    let deliver = |message: redis::Msg| async move {
-                        self.deliver(ingest, message.get_channel_name(), message.get_payload_bytes()).await
-                    };
-                    match deliver_received(message, &mut messages, DRAIN_AT_ONCE, deliver).await {
-                        Ok(Received::More) => {}
-                        Ok(Received::End) => bail!("the Redis connection closed"),
-                        // The dispatch workers are gone: the server is shutting down.
-                        Err(crate::ingest::IngestClosed) => return Ok(()),
+            // The messages already read (up to a bound), without going back to the select
+            // (its timer and shutdown signal) for each.
+            let mut handled = 0;
+            while handled < DRAIN_AT_ONCE {
+                let Some((frame, size)) = link.next_frame()? else {
+                    break;
+                };
+                match Incoming::of(&frame)? {
+                    Incoming::Message { channel, payload } => {
+                        if self.deliver(ingest, channel, payload).await.is_err() {
+                            // The dispatch workers are gone: the server is shutting down.
+                            return Ok(());
+                        }
                     }
+                    Incoming::Pong => link.pong_received(),
+                    Incoming::Other => {}
                 }
-                _ = ping.tick() => {
-                    // A subscribed RESP2 connection answers PING with `["pong", ""]`, RESP3 with
-                    // `PONG`: accept any reply.
-                    tokio::time::timeout(IO_TIMEOUT, control.ping::<redis::Value>()).await.context("ping timed out")?.context("ping failed")?;
+                link.consume(size);
+                handled += 1;
+            }
+            if handled > 0 {
+                link.made_progress();
+            }
+            let more_buffered = handled == DRAIN_AT_ONCE;
+            let pong_deadline = link.pong_deadline();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                _ = ping.tick() => link.send_ping(IO_TIMEOUT).await?,
+                () = sleep_until(pong_deadline), if pong_deadline.is_some() => {
+                    anyhow::bail!("Redis did not answer a ping");
+                }
+                // A whole run was handled: the rest is read after the checks above.
+                () = std::future::ready(()), if more_buffered => {}
+                read = link.read() => {
+                    read?;
+                    self.read_buffer_peak.observe(link.buffer_capacity());
                 }
             }
         }
@@ -240,16 +333,18 @@ impl RedisSource {
     async fn deliver(
         &self,
         ingest: &Ingest,
-        channel: &str,
+        channel: &[u8],
         payload: &[u8],
     ) -> Result<(), crate::ingest::IngestClosed> {
-        let Some(name) = channel.strip_prefix(self.prefix.as_str()) else {
+        let Some(name) = channel.strip_prefix(self.prefix.as_bytes()) else {
             return Ok(());
         };
+        let channel = String::from_utf8_lossy(channel);
+        let channel = channel.as_ref();
         let kind = match name {
-            "afterSave" => ChangeKind::Save,
-            "afterDelete" => ChangeKind::Delete,
-            "clearCache" => {
+            b"afterSave" => ChangeKind::Save,
+            b"afterDelete" => ChangeKind::Delete,
+            b"clearCache" => {
                 let value: Value = match serde_json::from_slice(payload) {
                     Ok(value) => value,
                     Err(err) => {
@@ -280,39 +375,6 @@ impl RedisSource {
     }
 }
 
-/// What is left of a stream after [`deliver_received`].
-#[derive(Debug, PartialEq, Eq)]
-enum Received {
-    /// The stream may yield more (it had nothing ready, or the bound was reached).
-    More,
-    /// The stream ended.
-    End,
-}
-
-/// Delivers `first`, then the messages `messages` has ready without waiting, in order, at
-/// most `max` in all.
-async fn deliver_received<M, S, F, Fut, E>(
-    first: M,
-    messages: &mut S,
-    max: usize,
-    mut deliver: F,
-) -> Result<Received, E>
-where
-    S: futures_util::Stream<Item = M> + Unpin,
-    F: FnMut(M) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-{
-    deliver(first).await?;
-    for _ in 1..max {
-        match messages.next().now_or_never() {
-            Some(Some(message)) => deliver(message).await?,
-            Some(None) => return Ok(Received::End),
-            None => return Ok(Received::More),
-        }
-    }
-    Ok(Received::More)
-}
-
 /// reqwest and the MongoDB driver share this provider: one crypto library in the process.
 fn install_crypto_provider() {
     // Fails only when a provider is already installed, which is as good.
@@ -321,18 +383,27 @@ fn install_crypto_provider() {
 
 /// What an operator must fix, for errors a retry will not heal until they do.
 fn operator_hint(err: &anyhow::Error) -> Option<&'static str> {
-    let refused_credentials = err
-        .chain()
-        .filter_map(|e| e.downcast_ref::<redis::RedisError>())
-        .any(|redis| {
-            redis.kind() == redis::ErrorKind::AuthenticationFailed
-                || redis
-                    .code()
-                    .is_some_and(|code| matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM"))
-        });
+    let refused_credentials = err.chain().any(|e| e.is::<RefusedCredentials>())
+        || err
+            .chain()
+            .filter_map(|e| e.downcast_ref::<redis::RedisError>())
+            .any(|redis| {
+                redis.kind() == redis::ErrorKind::AuthenticationFailed
+                    || redis
+                        .code()
+                        .is_some_and(|code| matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM"))
+            });
     if refused_credentials {
         return Some(
             "Redis refused livequery's credentials: check the user and password in source.redis_url (or source.redis_username / redis_password) and the user's ACL (it needs +subscribe +ping on the channels)",
+        );
+    }
+    if err
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(RespError::TooLarge { .. })))
+    {
+        return Some(
+            "Redis sent a message larger than limits.max_ingest_bytes: raise it if parse-server's objects are that large",
         );
     }
     let text = format!("{err:#}");
@@ -372,6 +443,10 @@ impl Source for RedisSource {
                     let error = format!("{err:#}");
                     match operator_hint(&err) {
                         Some(hint) => tracing::error!(error, retry_in = ?delay, "{hint}"),
+                        // Once subscribed, this is how Redis drops a subscriber that fell behind.
+                        None if connected && err.is::<ClosedByRedis>() => {
+                            tracing::warn!(error, retry_in = ?delay, "Redis closed the subscription: Redis drops a subscriber that falls behind by more than its client-output-buffer-limit for pubsub clients (raise it, or give livequery more CPU); messages published meanwhile are lost")
+                        }
                         None => {
                             tracing::warn!(error, retry_in = ?delay, "Redis source disconnected; messages published meanwhile are lost")
                         }
@@ -385,48 +460,10 @@ impl Source for RedisSource {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures_util::stream;
-
-    fn collect(into: &mut Vec<u32>) -> impl FnMut(u32) -> std::future::Ready<Result<(), ()>> {
-        move |m| {
-            into.push(m);
-            std::future::ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn received_messages_are_delivered_in_order_in_bounded_runs() {
-        // 600 messages ready, then nothing yet.
-        let mut ready = stream::iter(1..=600u32).chain(stream::pending());
-        let mut delivered = Vec::new();
-        // Runs of at most 256, none lost at a run's end.
-        for expected_run in [256, 256, 88] {
-            let first = ready.next().await.unwrap();
-            let before = delivered.len();
-            let left = deliver_received(first, &mut ready, 256, collect(&mut delivered)).await;
-            assert_eq!(left, Ok(Received::More));
-            assert_eq!(delivered.len() - before, expected_run);
-        }
-        assert_eq!(delivered, (1..=600).collect::<Vec<_>>());
-
-        // A stream that ends.
-        let mut ending = stream::iter(2..=5u32);
-        let mut delivered = Vec::new();
-        let left = deliver_received(1, &mut ending, 256, collect(&mut delivered)).await;
-        assert_eq!(left, Ok(Received::End));
-        assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
-
-        // A failed delivery stops the run at once.
-        let mut more = stream::iter(2..=5u32);
-        let mut seen = Vec::new();
-        let stopped = deliver_received(1, &mut more, 256, |m| {
-            seen.push(m);
-            std::future::ready(Err::<(), _>("closed"))
-        })
-        .await;
-        assert_eq!((stopped, seen), (Err("closed"), vec![1]));
+/// Waits until `deadline` (forever without one).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,15 +1,18 @@
 //! The Redis source against a real redis-server: parse-server's message format, clearCache,
-//! and surviving Redis going away.
+//! surviving Redis going away, and reading no faster than the dispatch (a burst waits in
+//! Redis, not in livequery; Redis dropping a subscriber that fell behind is survived).
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use livequery_server::Components;
 use livequery_server::config::RedisConfig;
 use livequery_server::identity::memory::MemoryIdentities;
+use livequery_server::identity::{IdentityProvider, LookupError, ResolvedUser};
 use livequery_server::source::redis::RedisSource;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::support::{TestServer, object};
@@ -19,6 +22,11 @@ use crate::support::{TestServer, object};
 /// elsewhere they are reported as ignored (`cfg(redis_tests)`, see build.rs). A
 /// redis-server that cannot be started fails the test.
 async fn redis_server(port: u16) -> Child {
+    redis_server_with(port, &[]).await
+}
+
+/// Same, with more redis-server options.
+async fn redis_server_with(port: u16, options: &[&str]) -> Child {
     let spawned = Command::new("redis-server")
         .args([
             "--port",
@@ -30,6 +38,7 @@ async fn redis_server(port: u16) -> Child {
             "--appendonly",
             "no",
         ])
+        .args(options)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn();
@@ -320,4 +329,282 @@ async fn the_master_is_found_through_redis_sentinel() {
     );
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Sessions of [`MemoryIdentities`], looked up only while the gate is open: a closed gate
+/// holds up whoever waits for a lookup — the Redis source, on a `clearCache` message.
+struct GatedIdentities {
+    memory: MemoryIdentities,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl IdentityProvider for GatedIdentities {
+    async fn resolve_session(&self, token: &str) -> Result<Option<ResolvedUser>, LookupError> {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+        self.memory.resolve_session(token).await
+    }
+
+    async fn class_permissions(&self, class_name: &str) -> Result<Option<Value>, LookupError> {
+        self.memory.class_permissions(class_name).await
+    }
+}
+
+/// A server on the Redis at `port` whose source has `max_message_bytes` and is held up while
+/// the returned gate is closed (after a `clearCache` for user `u`), with a client of user
+/// `u` subscribed to `{"room": "r"}`.
+async fn gated_server(
+    port: u16,
+    max_message_bytes: usize,
+) -> (
+    TestServer,
+    crate::support::Client,
+    Arc<GatedIdentities>,
+    livequery_server::source::redis::ReadBufferPeak,
+) {
+    let memory = MemoryIdentities::new();
+    memory.put_session("r:u", "u", None);
+    let identities = Arc::new(GatedIdentities {
+        memory,
+        open: tokio::sync::watch::Sender::new(true),
+    });
+    let source = RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp")
+        .expect("valid URL")
+        .with_max_message_bytes(max_message_bytes);
+    let peak = source.read_buffer_peak();
+    let components = Components::redis(source, identities.clone());
+    // Lookups may wait for the gate for as long as the test needs.
+    let server =
+        TestServer::start_components("[auth]\nlookup_timeout = \"120s\"\n", components, true).await;
+    let mut client = server.connected(Some("r:u")).await;
+    client.subscribe(1, "Message", json!({"room": "r"})).await;
+    (server, client, identities, peak)
+}
+
+/// Publishes `count` messages of about `padding` bytes in one pipeline: every
+/// `MATCH_EVERY`th is in room `r` (and reaches the test's client), the others in room `x`.
+async fn publish_burst(port: u16, count: usize, padding: usize) {
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+    let pad = "p".repeat(padding);
+    for start in (0..count).step_by(500) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + 500).min(count) {
+            let room = if i % MATCH_EVERY == 0 { "r" } else { "x" };
+            let message = json!({"currentParseObject": object("Message", &format!("m{i}"), json!({"room": room, "seq": i, "pad": pad}))});
+            pipe.cmd("PUBLISH")
+                .arg("lqAppafterSave")
+                .arg(message.to_string());
+        }
+        let _: Vec<i64> = pipe.query_async(&mut connection).await.unwrap();
+    }
+}
+
+const MATCH_EVERY: usize = 100;
+
+/// The bytes Redis holds in its output buffer for the (one) pub/sub subscriber.
+async fn subscriber_output_buffer(port: u16) -> Option<u64> {
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    clients.lines().next().and_then(|line| {
+        line.split(' ')
+            .find_map(|field| field.strip_prefix("omem="))
+            .and_then(|omem| omem.parse().ok())
+    })
+}
+
+/// While the dispatch is held up, a burst far larger than the source's bound waits in Redis
+/// (its output buffer for livequery grows) while livequery's read buffer stays within the
+/// bound; once the dispatch resumes, every message is delivered, in order. (A driver that
+/// reads whatever Redis sends into a queue of its own leaves Redis's buffer empty.)
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_burst_waits_in_redis_while_the_dispatch_is_held_up_and_arrives_whole() {
+    const BURST: usize = 3000;
+    const PADDING: usize = 8000;
+    const BOUND: usize = 64 * 1024;
+    let port = free_port();
+    // No output buffer limit: Redis keeps whatever livequery has not read yet.
+    let _redis = redis_server_with(port, &["--client-output-buffer-limit", "pubsub 0 0 0"]).await;
+    let (server, mut client, identities, peak) = gated_server(port, BOUND).await;
+
+    identities.open.send_replace(false);
+    publish(port, "lqAppclearCache", &json!({"userId": "u"})).await;
+    publish_burst(port, BURST, PADDING).await;
+    let burst_bytes = (BURST * PADDING) as u64;
+    let mut waiting_in_redis = 0;
+    for _ in 0..100 {
+        waiting_in_redis = subscriber_output_buffer(port).await.unwrap_or(0);
+        if waiting_in_redis >= burst_bytes / 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        waiting_in_redis >= burst_bytes / 2,
+        "only {waiting_in_redis} of the burst's {burst_bytes} bytes wait in Redis: livequery read the rest"
+    );
+    assert!(
+        peak.bytes() <= BOUND + 2048,
+        "the read buffer reached {} bytes",
+        peak.bytes()
+    );
+
+    identities.open.send_replace(true);
+    for i in (0..BURST).step_by(MATCH_EVERY) {
+        let event = client.recv().await;
+        assert_eq!(event["object"]["seq"], json!(i), "{event}");
+    }
+    for _ in 0..200 {
+        if server.metric("livequery_events_in_total").await >= BURST as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.metric("livequery_events_in_total").await,
+        BURST as f64
+    );
+    assert_eq!(server.metric("livequery_source_connects_total").await, 1.0);
+    assert!(peak.bytes() <= BOUND + 2048, "{}", peak.bytes());
+    drop(client);
+    server.stop().await;
+}
+
+/// When livequery falls further behind than Redis's `client-output-buffer-limit pubsub`,
+/// Redis drops the connection; the source reconnects and events flow again.
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_subscriber_redis_dropped_for_falling_behind_reconnects() {
+    let port = free_port();
+    let _redis = redis_server_with(port, &["--client-output-buffer-limit", "pubsub 1mb 0 0"]).await;
+    let (server, mut client, identities, _) = gated_server(port, 64 * 1024).await;
+
+    identities.open.send_replace(false);
+    publish(port, "lqAppclearCache", &json!({"userId": "u"})).await;
+    publish_burst(port, 3000, 8000).await;
+    identities.open.send_replace(true);
+    let mut reconnected = false;
+    for _ in 0..200 {
+        if server.metric("livequery_source_connects_total").await >= 2.0 {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reconnected, "the source did not reconnect");
+    server.wait_healthy().await;
+    publish(
+        port,
+        "lqAppafterSave",
+        &json!({"currentParseObject": object("Message", "after", json!({"room": "r"}))}),
+    )
+    .await;
+    // The burst's first messages (those read before Redis gave up), then this one.
+    loop {
+        let event = client.recv().await;
+        if event["object"]["objectId"] == "after" {
+            break;
+        }
+        assert!(event["object"]["seq"].is_u64(), "{event}");
+    }
+    drop(client);
+    server.stop().await;
+}
+
+/// A message larger than the source's bound is refused (the connection is dropped, not the
+/// buffer grown) and the source reconnects.
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_message_past_the_bound_is_refused_and_the_source_reconnects() {
+    const BOUND: usize = 100 * 1024;
+    let port = free_port();
+    let _redis = redis_server(port).await;
+    let (server, mut client, _, peak) = gated_server(port, BOUND).await;
+    let big = object(
+        "Message",
+        "big",
+        json!({"room": "r", "pad": "p".repeat(2 * BOUND)}),
+    );
+    publish(port, "lqAppafterSave", &json!({"currentParseObject": big})).await;
+    let mut reconnected = false;
+    for _ in 0..200 {
+        if server.metric("livequery_source_connects_total").await >= 2.0 {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reconnected, "the source did not reconnect");
+    assert!(peak.bytes() <= BOUND + 2048, "{}", peak.bytes());
+    server.wait_healthy().await;
+    // Just under the bound: read whole.
+    let fits = object(
+        "Message",
+        "fits",
+        json!({"room": "r", "pad": "p".repeat(BOUND - 200)}),
+    );
+    publish(port, "lqAppafterSave", &json!({"currentParseObject": fits})).await;
+    assert_eq!(client.recv().await["object"]["objectId"], "fits");
+    assert!(peak.bytes() <= BOUND + 2048, "{}", peak.bytes());
+    drop(client);
+    server.stop().await;
+}
+
+/// A Redis on a Unix socket (`redis+unix://` / `unix://`).
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_redis_on_a_unix_socket_feeds_subscribers() {
+    let port = free_port();
+    let socket = std::env::temp_dir().join(format!(
+        "livequery-redis-{}-{port}.sock",
+        std::process::id()
+    ));
+    let path = socket.display().to_string();
+    let _redis = redis_server_with(port, &["--unixsocket", &path]).await;
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for url in [format!("redis+unix://{path}"), format!("unix://{path}")] {
+        let components = Components::redis(
+            RedisSource::new(&url, "lqApp").expect("valid URL"),
+            Arc::new(MemoryIdentities::new()),
+        );
+        let server = TestServer::start_components("", components, true).await;
+        let mut client = server.connected(None).await;
+        client.subscribe(1, "Message", json!({"room": "r"})).await;
+        publish(
+            port,
+            "lqAppafterSave",
+            &json!({"currentParseObject": object("Message", "u1", json!({"room": "r"}))}),
+        )
+        .await;
+        assert_eq!(client.recv().await["object"]["objectId"], "u1", "{url}");
+        drop(client);
+        server.stop().await;
+    }
+    let _ = std::fs::remove_file(socket);
 }

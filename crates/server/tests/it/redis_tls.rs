@@ -339,3 +339,66 @@ fn a_missing_ca_file_stops_livequery_at_start_up() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("source.redis_tls_ca_file"), "{stderr}");
 }
+
+/// A password Redis refuses is reported as an error naming the settings to check, and
+/// appears in no log line.
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn a_refused_password_is_reported_as_an_error_naming_the_settings() {
+    const WRONG: &str = "not-the-tls-test-secret";
+    let certs = Certificates::make();
+    let (port, tls_port) = (free_port(), free_port());
+    let _redis = tls_redis(&certs, port, tls_port).await;
+    let config = tls_config(&certs, tls_port, "ca.crt");
+    let mut child = livequery(&[
+        ("PARSE_LIVE_QUERY_SERVER_APP_ID", "lqApp".to_owned()),
+        (
+            "PARSE_LIVE_QUERY_SERVER_MASTER_KEY",
+            "tls-test-master".to_owned(),
+        ),
+        (
+            "PARSE_LIVE_QUERY_SERVER_REDIS_URL",
+            format!("rediss://{USER}:{WRONG}@127.0.0.1:{tls_port}"),
+        ),
+        (
+            "LIVEQUERY__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        ("LIVEQUERY__SOURCE__REDIS_TLS_CA_FILE", config.tls_ca_file),
+        (
+            "LIVEQUERY__SOURCE__REDIS_TLS_CERT_FILE",
+            config.tls_cert_file,
+        ),
+        ("LIVEQUERY__SOURCE__REDIS_TLS_KEY_FILE", config.tls_key_file),
+        ("LIVEQUERY__LOG__FORMAT", "json".to_owned()),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("run livequery");
+    let lines = output_until(&mut child, |line| line.contains("credentials"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let report = lines
+        .iter()
+        .find(|line| line.contains("credentials"))
+        .unwrap_or_else(|| panic!("no credentials error in:\n{}", lines.join("\n")));
+    let report: serde_json::Value = serde_json::from_str(report).expect("a JSON log line");
+    assert_eq!(report["level"], "ERROR", "{report}");
+    assert!(
+        report["fields"]["message"]
+            .as_str()
+            .or(report["message"].as_str())
+            .is_some_and(|m| m.contains("source.redis_url")),
+        "{report}"
+    );
+    let all = lines.join("\n");
+    assert!(!all.contains(WRONG), "the password leaked: {all}");
+    assert!(
+        !all.contains("tls-test-master"),
+        "the master key leaked: {all}"
+    );
+}
