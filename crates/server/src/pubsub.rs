@@ -3,16 +3,23 @@
 //! source's ingest API and the MongoDB source's transform produce: `{currentParseObject,
 //! originalParseObject?, classLevelPermissions?}`.
 //!
-//! A message that arrives as text (the Redis feed) is read straight into its parts
-//! ([`Message::from_json`]): no JSON tree of the whole message is built, and the keys a
-//! message drops on receipt are skipped while reading.
+//! A message that arrives as text (the Redis feed) is read in two steps. [`Message::from_json`]
+//! checks the whole message and reads only what routing needs (the object's `className`
+//! and `objectId`), keeping its objects and permissions as text. The ingest then reads just
+//! the fields the subscription index looks at ([`Message::read_fields`]) and, only when
+//! some subscription may be concerned, the whole objects ([`Message::read_objects`]):
+//! most events of a feed concern nobody, and reading an object into a JSON tree (an
+//! allocation per key and per string) is most of what such an event costs. Keys a message
+//! drops on receipt are skipped while reading, whichever step reads them.
 
 use std::fmt;
+use std::ops::Range;
 
 use livequery_matcher::ChangeKind;
 use livequery_matcher::gate::is_identifier;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::event::OriginalState;
@@ -48,6 +55,26 @@ pub struct Message {
     pub permissions: Option<Value>,
     /// How exact `original` is.
     pub original_state: OriginalState,
+    /// What [`Message::from_json`] left as text: until [`Message::read_objects`], `current`
+    /// holds only `className` and `objectId` and `original` is `None`; `permissions` stays
+    /// `None`, the permissions being text ([`Message::permissions_text`]).
+    pub(crate) unread: Option<Box<Unread>>,
+}
+
+/// The parts of a message still as text (checked to be JSON, objects where objects are
+/// required, with the same `className` and `objectId`).
+#[derive(Debug)]
+pub(crate) struct Unread {
+    /// The parts' texts, one after the other.
+    text: String,
+    /// `currentParseObject` in `text`.
+    current: Range<usize>,
+    /// `originalParseObject` in `text`: saves only, when it is an object.
+    original: Option<Range<usize>>,
+    /// `classLevelPermissions` in `text`, when it is an object.
+    permissions: Option<Range<usize>>,
+    /// Set by [`Message::read_objects`]: only the permissions are still text.
+    objects_read: bool,
 }
 
 impl Message {
@@ -113,13 +140,172 @@ impl Message {
         )
     }
 
-    /// Reads parse-server's message from its JSON text, as [`Message::parse`] would read
-    /// its JSON value, without building the value first.
+    /// Reads parse-server's message from its JSON text: checks it as [`Message::parse`]
+    /// would check its JSON value, but reads only `className` and `objectId`; the rest is
+    /// kept as text for [`Message::read_fields`] and [`Message::read_objects`].
     pub fn from_json(kind: ChangeKind, text: &[u8]) -> Result<Self, FromJsonError> {
         let mut reader = serde_json::Deserializer::from_slice(text);
-        let parts = Parts::deserialize(&mut reader).map_err(FromJsonError::Json)?;
+        let parts = RawParts::deserialize(&mut reader).map_err(FromJsonError::Json)?;
         reader.end().map_err(FromJsonError::Json)?;
-        Self::from_parts(kind, parts).map_err(FromJsonError::Message)
+        let Part::Object(current_text) = raw_part(parts.current) else {
+            return Err(FromJsonError::Message(MessageError::NoCurrentObject));
+        };
+        let current =
+            read_object(current_text, &is_identity_key, 2).map_err(FromJsonError::Json)?;
+        let (Some(_), Some(_)) = identity(&current) else {
+            return Err(FromJsonError::Message(MessageError::NoIdentity));
+        };
+        let original_text = match (kind, raw_part(parts.original)) {
+            (ChangeKind::Save, Part::Object(text)) => {
+                let original =
+                    read_object(text, &is_identity_key, 2).map_err(FromJsonError::Json)?;
+                let (c, i) = identity(&original);
+                if (c.is_some() || i.is_some()) && identity(&original) != identity(&current) {
+                    return Err(FromJsonError::Message(MessageError::Mismatch));
+                }
+                Some(text)
+            }
+            (_, Part::Absent) | (ChangeKind::Delete, Part::Object(_)) => None,
+            (_, Part::NotAnObject) => {
+                return Err(FromJsonError::Message(MessageError::NotAnObject(
+                    "originalParseObject",
+                )));
+            }
+        };
+        let permissions_text = match raw_part(parts.permissions) {
+            Part::Absent => None,
+            Part::Object(text) => Some(text),
+            Part::NotAnObject => {
+                return Err(FromJsonError::Message(MessageError::NotAnObject(
+                    "classLevelPermissions",
+                )));
+            }
+        };
+        let mut unread = String::with_capacity(
+            current_text.len()
+                + original_text.map_or(0, str::len)
+                + permissions_text.map_or(0, str::len),
+        );
+        let mut append = |part: &str| {
+            let start = unread.len();
+            unread.push_str(part);
+            start..unread.len()
+        };
+        let current_range = append(current_text);
+        let original_range = original_text.map(&mut append);
+        let permissions_range = permissions_text.map(&mut append);
+        Ok(Self {
+            kind,
+            current,
+            original: None,
+            permissions: None,
+            original_state: OriginalState::Exact,
+            unread: Some(Box::new(Unread {
+                text: unread,
+                current: current_range,
+                original: original_range,
+                permissions: permissions_range,
+                objects_read: false,
+            })),
+        })
+    }
+
+    /// Whether the message's objects are still text ([`Message::from_json`]).
+    pub fn is_unread(&self) -> bool {
+        self.unread
+            .as_ref()
+            .is_some_and(|unread| !unread.objects_read)
+    }
+
+    /// The `classLevelPermissions` of a message read by [`Message::from_json`], as text
+    /// (checked to be a JSON object); [`Message::read_permissions`] reads it.
+    pub fn permissions_text(&self) -> Option<&str> {
+        let unread = self.unread.as_deref()?;
+        Some(&unread.text[unread.permissions.clone()?])
+    }
+
+    /// The top-level fields of the current object and of the original for which `wanted`
+    /// holds (top-level keys sanitised, the last of repeated keys winning), read from the
+    /// text [`Message::from_json`] kept; the original gets the current object's
+    /// `className` and `objectId` when it lacks them, as [`Message::read_objects`] gives
+    /// it. `None` once the objects are read.
+    pub fn read_fields(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Option<Result<(Map<String, Value>, Option<Map<String, Value>>), serde_json::Error>> {
+        let unread = self
+            .unread
+            .as_deref()
+            .filter(|unread| !unread.objects_read)?;
+        let keep = |key: &str| is_identifier(key) && wanted(key);
+        let read = || {
+            let current = read_object(&unread.text[unread.current.clone()], &keep, 0)?;
+            let original = match &unread.original {
+                Some(range) => {
+                    let mut original = read_object(&unread.text[range.clone()], &keep, 0)?;
+                    self.complete_identity(&mut original, wanted);
+                    Some(original)
+                }
+                None => None,
+            };
+            Ok((current, original))
+        };
+        Some(read())
+    }
+
+    /// Reads the objects [`Message::from_json`] kept as text; `current` and `original` are
+    /// then as [`Message::parse`] gives them (the permissions stay text: most events share
+    /// their class's, read once by the ingest). Nothing to do for a message read otherwise.
+    pub fn read_objects(&mut self) -> Result<(), serde_json::Error> {
+        let Some(unread) = self.unread.as_deref().filter(|unread| !unread.objects_read) else {
+            return Ok(());
+        };
+        let current = read_object(
+            &unread.text[unread.current.clone()],
+            &is_identifier,
+            TYPICAL_FIELDS,
+        )?;
+        let original = match &unread.original {
+            Some(range) => Some(read_object(
+                &unread.text[range.clone()],
+                &is_identifier,
+                TYPICAL_FIELDS,
+            )?),
+            None => None,
+        };
+        // The identity was read from the same text: `current` has the same one.
+        self.current = current;
+        self.original = original.map(|mut original| {
+            self.complete_identity(&mut original, &|_| true);
+            original
+        });
+        if let Some(unread) = &mut self.unread {
+            unread.objects_read = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the permissions [`Message::from_json`] kept as text into `permissions`.
+    pub fn read_permissions(&mut self) -> Result<(), serde_json::Error> {
+        if let Some(text) = self.permissions_text() {
+            self.permissions = Some(serde_json::from_str(text)?);
+        }
+        Ok(())
+    }
+
+    /// Gives an original without string `className`/`objectId` those of the current object
+    /// (parse-server's originals carry them; [`Message::from_json`] checked that an
+    /// original naming them names the same object).
+    fn complete_identity(&self, original: &mut Map<String, Value>, wanted: &dyn Fn(&str) -> bool) {
+        for key in ["className", "objectId"] {
+            // A value that is not a string does not name an object: it is replaced.
+            if wanted(key)
+                && original.get(key).and_then(Value::as_str).is_none()
+                && let Some(value) = self.current.get(key)
+            {
+                original.insert(key.to_owned(), value.clone());
+            }
+        }
     }
 
     /// Checks a message's parts (top-level keys already sanitised) and builds it.
@@ -160,6 +346,7 @@ impl Message {
             original,
             permissions,
             original_state: OriginalState::Exact,
+            unread: None,
         })
     }
 }
@@ -198,77 +385,100 @@ enum Part<T> {
     NotAnObject,
 }
 
-impl<'de> Deserialize<'de> for Parts {
+/// The three parts of a message as text (the last of repeated keys winning).
+#[derive(Debug, Default)]
+struct RawParts<'de> {
+    current: Option<&'de RawValue>,
+    original: Option<&'de RawValue>,
+    permissions: Option<&'de RawValue>,
+}
+
+impl<'de> Deserialize<'de> for RawParts<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PartsVisitor)
+        deserializer.deserialize_any(RawPartsVisitor)
     }
 }
 
-struct PartsVisitor;
+struct RawPartsVisitor;
 
-impl<'de> Visitor<'de> for PartsVisitor {
-    type Value = Parts;
+impl<'de> Visitor<'de> for RawPartsVisitor {
+    type Value = RawParts<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a parse-server message object")
     }
 
     // Any other JSON value is a message without a `currentParseObject` object.
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parts, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Parts::default())
+        Ok(RawParts::default())
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
-        let mut parts = Parts::default();
-        // A repeated key counts once, its last value winning (as in a JSON value).
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut parts = RawParts::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            match &*key {
-                "currentParseObject" => {
-                    parts.current = map.next_value_seed(PartSeed)?.into_object();
-                }
-                "originalParseObject" => parts.original = map.next_value_seed(PartSeed)?,
-                "classLevelPermissions" => {
-                    parts.permissions = match map.next_value::<Value>()? {
-                        Value::Null => Part::Absent,
-                        clp @ Value::Object(_) => Part::Object(clp),
-                        _ => Part::NotAnObject,
-                    };
-                }
+            let part = match &*key {
+                "currentParseObject" => &mut parts.current,
+                "originalParseObject" => &mut parts.original,
+                "classLevelPermissions" => &mut parts.permissions,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
+                    continue;
                 }
-            }
+            };
+            *part = Some(map.next_value()?);
         }
         Ok(parts)
     }
 }
 
-impl<T> Part<T> {
-    fn into_object(self) -> Option<T> {
-        match self {
-            Self::Object(object) => Some(object),
-            Self::Absent | Self::NotAnObject => None,
-        }
+/// A part's text as an optional part that must be an object.
+fn raw_part(part: Option<&RawValue>) -> Part<&str> {
+    match part.map(RawValue::get) {
+        None | Some("null") => Part::Absent,
+        Some(text) if text.starts_with('{') => Part::Object(text),
+        Some(_) => Part::NotAnObject,
     }
+}
+
+/// The keys [`Message::from_json`] reads at once.
+fn is_identity_key(key: &str) -> bool {
+    matches!(key, "className" | "objectId")
+}
+
+/// Reads the top-level keys of a JSON object's text for which `keep` holds (the last of
+/// repeated keys winning); the others are skipped unread.
+fn read_object(
+    text: &str,
+    keep: &dyn Fn(&str) -> bool,
+    capacity: usize,
+) -> Result<Map<String, Value>, serde_json::Error> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let part = PartSeed { keep, capacity }.deserialize(&mut reader)?;
+    reader.end()?;
+    Ok(match part {
+        Part::Object(object) => object,
+        // The text was checked to be an object.
+        Part::Absent | Part::NotAnObject => Map::new(),
+    })
 }
 
 /// A key, borrowed from the text unless it holds escapes.
@@ -301,24 +511,34 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
-/// A Parse object of a message: its top-level keys that are not identifier-like are
-/// skipped as they are read (see [`sanitise`]).
-struct PartSeed;
+/// A Parse object of a message: only its top-level keys for which `keep` holds are read
+/// (never one that is not identifier-like, see [`sanitise`]), the others skipped.
+struct PartSeed<'k> {
+    keep: &'k dyn Fn(&str) -> bool,
+    /// Fields to make room for before reading.
+    capacity: usize,
+}
 
 /// Room for a typical Parse object's fields without growing the map while reading it.
 const TYPICAL_FIELDS: usize = 16;
 
-impl<'de> DeserializeSeed<'de> for PartSeed {
+impl<'de> DeserializeSeed<'de> for PartSeed<'_> {
     type Value = Part<Map<String, Value>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(PartVisitor)
+        deserializer.deserialize_any(PartVisitor {
+            keep: self.keep,
+            capacity: self.capacity,
+        })
     }
 }
 
-struct PartVisitor;
+struct PartVisitor<'k> {
+    keep: &'k dyn Fn(&str) -> bool,
+    capacity: usize,
+}
 
-impl<'de> Visitor<'de> for PartVisitor {
+impl<'de> Visitor<'de> for PartVisitor<'_> {
     type Value = Part<Map<String, Value>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -348,9 +568,9 @@ impl<'de> Visitor<'de> for PartVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = Map::with_capacity(TYPICAL_FIELDS);
+        let mut object = Map::with_capacity(self.capacity);
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if is_identifier(&key) {
+            if is_identifier(&key) && (self.keep)(&key) {
                 object.insert(key.into_owned(), map.next_value()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -411,7 +631,13 @@ mod tests {
     fn assert_same_reading(kind: ChangeKind, text: &str) {
         let value: Value = serde_json::from_str(text).unwrap();
         let from_value = Message::parse(kind, value);
-        let from_text = Message::from_json(kind, text.as_bytes());
+        let from_text = Message::from_json(kind, text.as_bytes()).map(|mut message| {
+            assert!(message.is_unread());
+            message.read_objects().expect("valid JSON");
+            message.read_permissions().expect("valid JSON");
+            assert!(!message.is_unread());
+            message
+        });
         match (from_value, from_text) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a.kind, b.kind, "{text}");
@@ -454,6 +680,148 @@ mod tests {
         for text in cases {
             assert_same_reading(ChangeKind::Save, text);
             assert_same_reading(ChangeKind::Delete, text);
+        }
+    }
+
+    /// The fields read ahead are those of the whole read, the original completed alike.
+    fn assert_fields_read_alike(text: &str, wanted: &dyn Fn(&str) -> bool) {
+        let Ok(message) = Message::from_json(ChangeKind::Save, text.as_bytes()) else {
+            return;
+        };
+        let (current, original) = message.read_fields(wanted).unwrap().unwrap();
+        let mut whole = Message::from_json(ChangeKind::Save, text.as_bytes()).unwrap();
+        whole.read_objects().unwrap();
+        assert!(whole.read_fields(wanted).is_none(), "already read");
+        let only = |object: &Map<String, Value>| -> Map<String, Value> {
+            object
+                .iter()
+                .filter(|(key, _)| wanted(key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        };
+        assert_eq!(current, only(&whole.current), "{text}");
+        assert_eq!(original, whole.original.as_ref().map(only), "{text}");
+    }
+
+    #[test]
+    fn fields_read_ahead_are_those_of_the_whole_object() {
+        let texts = [
+            r#"{"currentParseObject": {"room": 1, "room": 2, "_room": 3, "score": [1, 2], "className": "T", "objectId": "o"}, "originalParseObject": {"room": 0}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "o", "room": {"a": 1}}, "originalParseObject": {"className": 5, "room": null, "objectId": "o"}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "o"}, "originalParseObject": {"className": "T", "objectId": "o", "score": 1}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "o", "createdAt": "2020-01-01T00:00:00Z"}}"#,
+        ];
+        let wanted: [&dyn Fn(&str) -> bool; 4] = [
+            &|key| key == "room",
+            &|key| matches!(key, "score" | "objectId"),
+            &|key| matches!(key, "className" | "createdAt" | "_room"),
+            &|_| true,
+        ];
+        for text in texts {
+            for wanted in wanted {
+                assert_fields_read_alike(text, wanted);
+            }
+        }
+    }
+
+    /// Messages made of arbitrary keys and values: read in two steps or at once, from
+    /// text or from a JSON value, they are the same message (or the same error).
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i32>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "[a-zA-Z_0-9é\\\"]{0,6}".prop_map(Value::from),
+                Just(json!({"__type": "Date", "iso": "2020-01-01T00:00:00Z"})),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                    prop::collection::vec((key(), inner), 0..3)
+                        .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("className".to_owned()),
+                Just("objectId".to_owned()),
+                Just("room".to_owned()),
+                Just("createdAt".to_owned()),
+                Just("_rperm".to_owned()),
+                "[a-z_]{1,3}",
+            ]
+        }
+
+        /// An object's text: entries in order, repeated keys kept (as text can have them).
+        fn object_text() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec((key(), value()), 0..6),
+                prop::option::of("[a-c]"),
+                prop::option::of("[a-c]"),
+            )
+                .prop_map(|(entries, class_name, object_id)| {
+                    let mut fields: Vec<String> = entries
+                        .iter()
+                        .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+                        .collect();
+                    if let Some(class_name) = class_name {
+                        fields.push(format!("\"className\":\"{class_name}\""));
+                    }
+                    if let Some(object_id) = object_id {
+                        fields.insert(0, format!("\"objectId\":\"{object_id}\""));
+                    }
+                    format!("{{{}}}", fields.join(","))
+                })
+        }
+
+        fn part_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => object_text(),
+                1 => Just("null".to_owned()),
+                1 => value().prop_map(|value| value.to_string()),
+            ]
+        }
+
+        fn message_text() -> impl Strategy<Value = String> {
+            (
+                part_text(),
+                prop::option::of(part_text()),
+                prop::option::of(part_text()),
+                prop::option::of(value()),
+            )
+                .prop_map(|(current, original, permissions, other)| {
+                    let mut parts = vec![format!("\"currentParseObject\":{current}")];
+                    if let Some(original) = original {
+                        parts.push(format!("\"originalParseObject\":{original}"));
+                    }
+                    if let Some(permissions) = permissions {
+                        parts.insert(0, format!("\"classLevelPermissions\":{permissions}"));
+                    }
+                    if let Some(other) = other {
+                        parts.push(format!("\"other\":{other}"));
+                    }
+                    format!("{{{}}}", parts.join(","))
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn read_in_steps_as_at_once(text in message_text()) {
+                assert_same_reading(ChangeKind::Save, &text);
+                assert_same_reading(ChangeKind::Delete, &text);
+                assert_fields_read_alike(&text, &|key| matches!(key, "room" | "className"));
+                assert_fields_read_alike(&text, &|key| key.len() < 3);
+            }
         }
     }
 
