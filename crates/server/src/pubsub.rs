@@ -12,6 +12,7 @@
 //! allocation per key and per string) is most of what such an event costs. Keys a message
 //! drops on receipt are skipped while reading, whichever step reads them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::event::OriginalState;
 
@@ -56,7 +58,7 @@ pub struct Message {
     /// How exact `original` is.
     pub original_state: OriginalState,
     /// What [`Message::from_json`] left as text: until [`Message::read_objects`], `current`
-    /// holds only `className` and `objectId` and `original` is `None`; `permissions` stays
+    /// is empty and `original` is `None` ([`Message::class_name`] is known); `permissions` stays
     /// `None`, the permissions being text ([`Message::permissions_text`]).
     pub(crate) unread: Option<Box<Unread>>,
 }
@@ -67,20 +69,77 @@ pub struct Message {
 pub(crate) struct Unread {
     /// The parts' texts, one after the other.
     text: String,
-    /// `currentParseObject` in `text`.
-    current: Range<usize>,
-    /// `originalParseObject` in `text`: saves only, when it is an object.
-    original: Option<Range<usize>>,
+    /// `currentParseObject.className` (unescaped) in `text`.
+    class_name: Range<usize>,
+    /// `currentParseObject.objectId` (unescaped) in `text`.
+    object_id: Range<usize>,
+    /// The fields of `currentParseObject` with identifier-like keys, in order.
+    current: Vec<Field>,
+    /// The fields of `originalParseObject`: saves only, when it is an object.
+    original: Option<Vec<Field>>,
     /// `classLevelPermissions` in `text`, when it is an object.
     permissions: Option<Range<usize>>,
     /// Set by [`Message::read_objects`]: only the permissions are still text.
     objects_read: bool,
 }
 
+/// One top-level field of an object kept as text: its key (unescaped) and its value (JSON
+/// text) in [`Unread::text`].
+#[derive(Debug)]
+struct Field {
+    key: Range<usize>,
+    value: Range<usize>,
+}
+
+impl Unread {
+    fn str(&self, range: &Range<usize>) -> &str {
+        &self.text[range.clone()]
+    }
+
+    /// Reads the fields whose key `wanted` accepts into an object (the last of repeated
+    /// keys winning, at the place of the first, as in a JSON object read at once).
+    fn read(
+        &self,
+        fields: &[Field],
+        wanted: &dyn Fn(&str) -> bool,
+        capacity: usize,
+    ) -> Result<Map<String, Value>, serde_json::Error> {
+        let mut object = Map::with_capacity(capacity);
+        for field in fields {
+            let key = self.str(&field.key);
+            if wanted(key) {
+                object.insert(
+                    key.to_owned(),
+                    serde_json::from_str(self.str(&field.value))?,
+                );
+            }
+        }
+        Ok(object)
+    }
+
+    /// Gives an original without string `className`/`objectId` those of the current object
+    /// (parse-server's originals carry them; [`Message::from_json`] checked that an
+    /// original naming them names the same object).
+    fn complete_identity(&self, original: &mut Map<String, Value>, wanted: &dyn Fn(&str) -> bool) {
+        for (key, range) in [
+            ("className", &self.class_name),
+            ("objectId", &self.object_id),
+        ] {
+            // A value that is not a string does not name an object: it is replaced.
+            if wanted(key) && original.get(key).and_then(Value::as_str).is_none() {
+                original.insert(key.to_owned(), Value::from(self.str(range)));
+            }
+        }
+    }
+}
+
 impl Message {
     /// The class of the changed object (`currentParseObject.className`, checked when the
     /// message was parsed).
     pub fn class_name(&self) -> &str {
+        if let Some(unread) = self.unread_objects() {
+            return unread.str(&unread.class_name);
+        }
         self.current
             .get("className")
             .and_then(Value::as_str)
@@ -141,87 +200,109 @@ impl Message {
     }
 
     /// Reads parse-server's message from its JSON text: checks it as [`Message::parse`]
-    /// would check its JSON value, but reads only `className` and `objectId`; the rest is
-    /// kept as text for [`Message::read_fields`] and [`Message::read_objects`].
+    /// would check its JSON value (the values of the objects' fields only as JSON text),
+    /// reading no field's value but `className` and `objectId`; the objects' fields and the
+    /// permissions are kept as text for [`Message::read_fields`] and
+    /// [`Message::read_objects`]. Until then `current` is empty.
     pub fn from_json(kind: ChangeKind, text: &[u8]) -> Result<Self, FromJsonError> {
         let mut reader = serde_json::Deserializer::from_slice(text);
         let parts = RawParts::deserialize(&mut reader).map_err(FromJsonError::Json)?;
         reader.end().map_err(FromJsonError::Json)?;
-        let Part::Object(current_text) = raw_part(parts.current) else {
-            return Err(FromJsonError::Message(MessageError::NoCurrentObject));
+        let message = |error| FromJsonError::Message(error);
+        let Part::Object(current) = parts.current else {
+            return Err(message(MessageError::NoCurrentObject));
         };
-        let current =
-            read_object(current_text, &is_identity_key, 2).map_err(FromJsonError::Json)?;
-        let (Some(_), Some(_)) = identity(&current) else {
-            return Err(FromJsonError::Message(MessageError::NoIdentity));
+        let current_identity = identity_text(&current).map_err(FromJsonError::Json)?;
+        let (Some(class_name), Some(object_id)) = &current_identity else {
+            return Err(message(MessageError::NoIdentity));
         };
-        let original_text = match (kind, raw_part(parts.original)) {
-            (ChangeKind::Save, Part::Object(text)) => {
-                let original =
-                    read_object(text, &is_identity_key, 2).map_err(FromJsonError::Json)?;
-                let (c, i) = identity(&original);
-                if (c.is_some() || i.is_some()) && identity(&original) != identity(&current) {
-                    return Err(FromJsonError::Message(MessageError::Mismatch));
+        let original = match (kind, parts.original) {
+            (ChangeKind::Save, Part::Object(original)) => {
+                let (c, i) = identity_text(&original).map_err(FromJsonError::Json)?;
+                if (c.is_some() || i.is_some())
+                    && (&c, &i) != (&current_identity.0, &current_identity.1)
+                {
+                    return Err(message(MessageError::Mismatch));
                 }
-                Some(text)
+                Some(original)
             }
             (_, Part::Absent) | (ChangeKind::Delete, Part::Object(_)) => None,
             (_, Part::NotAnObject) => {
-                return Err(FromJsonError::Message(MessageError::NotAnObject(
-                    "originalParseObject",
-                )));
+                return Err(message(MessageError::NotAnObject("originalParseObject")));
             }
         };
-        let permissions_text = match raw_part(parts.permissions) {
+        let permissions = match raw_part(parts.permissions) {
             Part::Absent => None,
             Part::Object(text) => Some(text),
             Part::NotAnObject => {
-                return Err(FromJsonError::Message(MessageError::NotAnObject(
-                    "classLevelPermissions",
-                )));
+                return Err(message(MessageError::NotAnObject("classLevelPermissions")));
             }
         };
+        let fields_len = |fields: &Captured<'_>| {
+            fields
+                .iter()
+                .map(|(key, value)| key.len() + value.get().len())
+                .sum::<usize>()
+        };
         let mut unread = String::with_capacity(
-            current_text.len()
-                + original_text.map_or(0, str::len)
-                + permissions_text.map_or(0, str::len),
+            class_name.len()
+                + object_id.len()
+                + fields_len(&current)
+                + original.as_ref().map_or(0, fields_len)
+                + permissions.map_or(0, str::len),
         );
         let mut append = |part: &str| {
             let start = unread.len();
             unread.push_str(part);
             start..unread.len()
         };
-        let current_range = append(current_text);
-        let original_range = original_text.map(&mut append);
-        let permissions_range = permissions_text.map(&mut append);
+        let class_name = append(class_name);
+        let object_id = append(object_id);
+        let mut fields = |captured: &Captured<'_>| -> Vec<Field> {
+            captured
+                .iter()
+                .map(|(key, value)| Field {
+                    key: append(key),
+                    value: append(value.get()),
+                })
+                .collect()
+        };
+        let current = fields(&current);
+        let original = original.as_ref().map(&mut fields);
+        let permissions = permissions.map(&mut append);
         Ok(Self {
             kind,
-            current,
+            current: Map::new(),
             original: None,
             permissions: None,
             original_state: OriginalState::Exact,
             unread: Some(Box::new(Unread {
                 text: unread,
-                current: current_range,
-                original: original_range,
-                permissions: permissions_range,
+                class_name,
+                object_id,
+                current,
+                original,
+                permissions,
                 objects_read: false,
             })),
         })
     }
 
+    /// The parts [`Message::from_json`] kept whose objects are not read yet.
+    fn unread_objects(&self) -> Option<&Unread> {
+        self.unread.as_deref().filter(|unread| !unread.objects_read)
+    }
+
     /// Whether the message's objects are still text ([`Message::from_json`]).
     pub fn is_unread(&self) -> bool {
-        self.unread
-            .as_ref()
-            .is_some_and(|unread| !unread.objects_read)
+        self.unread_objects().is_some()
     }
 
     /// The `classLevelPermissions` of a message read by [`Message::from_json`], as text
     /// (checked to be a JSON object); [`Message::read_permissions`] reads it.
     pub fn permissions_text(&self) -> Option<&str> {
         let unread = self.unread.as_deref()?;
-        Some(&unread.text[unread.permissions.clone()?])
+        Some(unread.str(unread.permissions.as_ref()?))
     }
 
     /// The top-level fields of the current object and of the original for which `wanted`
@@ -233,17 +314,13 @@ impl Message {
         &self,
         wanted: &dyn Fn(&str) -> bool,
     ) -> Option<Result<(Map<String, Value>, Option<Map<String, Value>>), serde_json::Error>> {
-        let unread = self
-            .unread
-            .as_deref()
-            .filter(|unread| !unread.objects_read)?;
-        let keep = |key: &str| is_identifier(key) && wanted(key);
+        let unread = self.unread_objects()?;
         let read = || {
-            let current = read_object(&unread.text[unread.current.clone()], &keep, 0)?;
+            let current = unread.read(&unread.current, wanted, 0)?;
             let original = match &unread.original {
-                Some(range) => {
-                    let mut original = read_object(&unread.text[range.clone()], &keep, 0)?;
-                    self.complete_identity(&mut original, wanted);
+                Some(fields) => {
+                    let mut original = unread.read(fields, wanted, 0)?;
+                    unread.complete_identity(&mut original, wanted);
                     Some(original)
                 }
                 None => None,
@@ -257,28 +334,20 @@ impl Message {
     /// then as [`Message::parse`] gives them (the permissions stay text: most events share
     /// their class's, read once by the ingest). Nothing to do for a message read otherwise.
     pub fn read_objects(&mut self) -> Result<(), serde_json::Error> {
-        let Some(unread) = self.unread.as_deref().filter(|unread| !unread.objects_read) else {
+        let Some(unread) = self.unread_objects() else {
             return Ok(());
         };
-        let current = read_object(
-            &unread.text[unread.current.clone()],
-            &is_identifier,
-            TYPICAL_FIELDS,
-        )?;
+        let current = unread.read(&unread.current, &|_| true, TYPICAL_FIELDS)?;
         let original = match &unread.original {
-            Some(range) => Some(read_object(
-                &unread.text[range.clone()],
-                &is_identifier,
-                TYPICAL_FIELDS,
-            )?),
+            Some(fields) => {
+                let mut original = unread.read(fields, &|_| true, TYPICAL_FIELDS)?;
+                unread.complete_identity(&mut original, &|_| true);
+                Some(original)
+            }
             None => None,
         };
-        // The identity was read from the same text: `current` has the same one.
         self.current = current;
-        self.original = original.map(|mut original| {
-            self.complete_identity(&mut original, &|_| true);
-            original
-        });
+        self.original = original;
         if let Some(unread) = &mut self.unread {
             unread.objects_read = true;
         }
@@ -291,21 +360,6 @@ impl Message {
             self.permissions = Some(serde_json::from_str(text)?);
         }
         Ok(())
-    }
-
-    /// Gives an original without string `className`/`objectId` those of the current object
-    /// (parse-server's originals carry them; [`Message::from_json`] checked that an
-    /// original naming them names the same object).
-    fn complete_identity(&self, original: &mut Map<String, Value>, wanted: &dyn Fn(&str) -> bool) {
-        for key in ["className", "objectId"] {
-            // A value that is not a string does not name an object: it is replaced.
-            if wanted(key)
-                && original.get(key).and_then(Value::as_str).is_none()
-                && let Some(value) = self.current.get(key)
-            {
-                original.insert(key.to_owned(), value.clone());
-            }
-        }
     }
 
     /// Checks a message's parts (top-level keys already sanitised) and builds it.
@@ -388,8 +442,8 @@ enum Part<T> {
 /// The three parts of a message as text (the last of repeated keys winning).
 #[derive(Debug, Default)]
 struct RawParts<'de> {
-    current: Option<&'de RawValue>,
-    original: Option<&'de RawValue>,
+    current: Part<Captured<'de>>,
+    original: Part<Captured<'de>>,
     permissions: Option<&'de RawValue>,
 }
 
@@ -435,16 +489,14 @@ impl<'de> Visitor<'de> for RawPartsVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut parts = RawParts::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let part = match &*key {
-                "currentParseObject" => &mut parts.current,
-                "originalParseObject" => &mut parts.original,
-                "classLevelPermissions" => &mut parts.permissions,
+            match &*key {
+                "currentParseObject" => parts.current = map.next_value_seed(ObjectSeed)?,
+                "originalParseObject" => parts.original = map.next_value_seed(ObjectSeed)?,
+                "classLevelPermissions" => parts.permissions = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
-                    continue;
                 }
-            };
-            *part = Some(map.next_value()?);
+            }
         }
         Ok(parts)
     }
@@ -459,33 +511,36 @@ fn raw_part(part: Option<&RawValue>) -> Part<&str> {
     }
 }
 
-/// The keys [`Message::from_json`] reads at once.
-fn is_identity_key(key: &str) -> bool {
-    matches!(key, "className" | "objectId")
-}
+/// The fields of an object with identifier-like keys (see [`sanitise`]), values as JSON
+/// text, in order; the others are skipped unread.
+type Captured<'de> = SmallVec<[(Cow<'de, str>, &'de RawValue); TYPICAL_FIELDS]>;
 
-/// Reads the top-level keys of a JSON object's text for which `keep` holds (the last of
-/// repeated keys winning); the others are skipped unread.
-fn read_object(
-    text: &str,
-    keep: &dyn Fn(&str) -> bool,
-    capacity: usize,
-) -> Result<Map<String, Value>, serde_json::Error> {
-    let mut reader = serde_json::Deserializer::from_str(text);
-    let part = PartSeed { keep, capacity }.deserialize(&mut reader)?;
-    reader.end()?;
-    Ok(match part {
-        Part::Object(object) => object,
-        // The text was checked to be an object.
-        Part::Absent | Part::NotAnObject => Map::new(),
-    })
+/// The `className` and `objectId` of an object's fields when they are strings (the last of
+/// repeated keys winning), unescaped.
+fn identity_text<'a>(
+    fields: &'a Captured<'_>,
+) -> Result<(Option<Cow<'a, str>>, Option<Cow<'a, str>>), serde_json::Error> {
+    let text = |key: &str| -> Result<Option<Cow<'a, str>>, serde_json::Error> {
+        let Some((_, value)) = fields.iter().rev().find(|(k, _)| k == key) else {
+            return Ok(None);
+        };
+        let value = value.get();
+        if !value.starts_with('"') {
+            return Ok(None);
+        }
+        if value.contains('\\') {
+            return Ok(Some(Cow::Owned(serde_json::from_str(value)?)));
+        }
+        Ok(Some(Cow::Borrowed(&value[1..value.len() - 1])))
+    };
+    Ok((text("className")?, text("objectId")?))
 }
 
 /// A key, borrowed from the text unless it holds escapes.
 struct KeySeed;
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = std::borrow::Cow<'de, str>;
+    type Value = Cow<'de, str>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_str(KeyVisitor)
@@ -495,51 +550,40 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
 struct KeyVisitor;
 
 impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = std::borrow::Cow<'de, str>;
+    type Value = Cow<'de, str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a key")
     }
     fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Borrowed(key))
+        Ok(Cow::Borrowed(key))
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Owned(key.to_owned()))
+        Ok(Cow::Owned(key.to_owned()))
     }
     fn visit_string<E: de::Error>(self, key: String) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Owned(key))
+        Ok(Cow::Owned(key))
     }
 }
 
-/// A Parse object of a message: only its top-level keys for which `keep` holds are read
-/// (never one that is not identifier-like, see [`sanitise`]), the others skipped.
-struct PartSeed<'k> {
-    keep: &'k dyn Fn(&str) -> bool,
-    /// Fields to make room for before reading.
-    capacity: usize,
-}
+/// A Parse object of a message, captured as its fields' texts ([`Captured`]).
+struct ObjectSeed;
 
 /// Room for a typical Parse object's fields without growing the map while reading it.
 const TYPICAL_FIELDS: usize = 16;
 
-impl<'de> DeserializeSeed<'de> for PartSeed<'_> {
-    type Value = Part<Map<String, Value>>;
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = Part<Captured<'de>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(PartVisitor {
-            keep: self.keep,
-            capacity: self.capacity,
-        })
+        deserializer.deserialize_any(ObjectVisitor)
     }
 }
 
-struct PartVisitor<'k> {
-    keep: &'k dyn Fn(&str) -> bool,
-    capacity: usize,
-}
+struct ObjectVisitor;
 
-impl<'de> Visitor<'de> for PartVisitor<'_> {
-    type Value = Part<Map<String, Value>>;
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Part<Captured<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a Parse object")
@@ -568,15 +612,16 @@ impl<'de> Visitor<'de> for PartVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = Map::with_capacity(self.capacity);
+        let mut fields = Captured::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if is_identifier(&key) && (self.keep)(&key) {
-                object.insert(key.into_owned(), map.next_value()?);
+            if is_identifier(&key) {
+                let value: &'de RawValue = map.next_value()?;
+                fields.push((key, value));
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(Part::Object(object))
+        Ok(Part::Object(fields))
     }
 }
 
