@@ -215,7 +215,10 @@ impl Ingest {
     pub async fn publish(&self, mut message: Message) -> Result<(), IngestClosed> {
         let permissions = match self.carried_permissions(&message) {
             Ok(permissions) => permissions,
-            Err(err) => return Ok(invalid_message(&err)),
+            Err(err) => {
+                invalid_message(&err);
+                return Ok(());
+            }
         };
         if message.is_unread() {
             match self.hub.may_concern(&message) {
@@ -224,10 +227,14 @@ impl Ingest {
                     self.metrics.events_in.fetch_add(1, Relaxed);
                     return Ok(());
                 }
-                Err(err) => return Ok(invalid_message(&err)),
+                Err(err) => {
+                    invalid_message(&err);
+                    return Ok(());
+                }
             }
             if let Err(err) = message.read_objects() {
-                return Ok(invalid_message(&err));
+                invalid_message(&err);
+                return Ok(());
             }
         }
         normalize_object_dates(&mut message.current);

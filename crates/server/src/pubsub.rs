@@ -63,6 +63,9 @@ pub struct Message {
     pub(crate) unread: Option<Box<Unread>>,
 }
 
+/// The fields [`Message::read_fields`] read: of the current object, and of the original.
+pub type ReadFields = (Map<String, Value>, Option<Map<String, Value>>);
+
 /// The parts of a message still as text (checked to be JSON, objects where objects are
 /// required, with the same `className` and `objectId`).
 #[derive(Debug)]
@@ -313,7 +316,7 @@ impl Message {
     pub fn read_fields(
         &self,
         wanted: &dyn Fn(&str) -> bool,
-    ) -> Option<Result<(Map<String, Value>, Option<Map<String, Value>>), serde_json::Error>> {
+    ) -> Option<Result<ReadFields, serde_json::Error>> {
         let unread = self.unread_objects()?;
         let read = || {
             let current = unread.read(&unread.current, wanted, 0)?;
@@ -515,11 +518,12 @@ fn raw_part(part: Option<&RawValue>) -> Part<&str> {
 /// text, in order; the others are skipped unread.
 type Captured<'de> = SmallVec<[(Cow<'de, str>, &'de RawValue); TYPICAL_FIELDS]>;
 
+/// An object's `className` and `objectId`, when they are strings.
+type Identity<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
 /// The `className` and `objectId` of an object's fields when they are strings (the last of
 /// repeated keys winning), unescaped.
-fn identity_text<'a>(
-    fields: &'a Captured<'_>,
-) -> Result<(Option<Cow<'a, str>>, Option<Cow<'a, str>>), serde_json::Error> {
+fn identity_text<'a>(fields: &'a Captured<'_>) -> Result<Identity<'a>, serde_json::Error> {
     let text = |key: &str| -> Result<Option<Cow<'a, str>>, serde_json::Error> {
         let Some((_, value)) = fields.iter().rev().find(|(k, _)| k == key) else {
             return Ok(None);
