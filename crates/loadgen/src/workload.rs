@@ -172,7 +172,9 @@ impl Workload {
 
     /// Appends the Redis payload of event `i` (an afterSave of a new object), scheduled at
     /// `sent_at_ns`, to `out`. The `currentParseObject` JSON is padded with its `body` to
-    /// `object_bytes` (it is longer only when the other fields alone exceed that).
+    /// `object_bytes` (it is longer only when the other fields alone exceed that). Like
+    /// parse-server's, the message carries the class's `classLevelPermissions` (those of a
+    /// class created without any: [`DEFAULT_CLASS_LEVEL_PERMISSIONS`]).
     pub(crate) fn encode_event(&self, i: u64, sent_at_ns: u64, out: &mut String) {
         const PREFIX: &str = "{\"currentParseObject\":";
         let iso = iso8601_millis(sent_at_ns);
@@ -201,10 +203,19 @@ impl Workload {
         let body = self.object_bytes.saturating_sub(head + tail.len());
         out.extend(std::iter::repeat_n('x', body));
         out.push_str(&tail);
+        out.push_str(",\"classLevelPermissions\":");
+        out.push_str(DEFAULT_CLASS_LEVEL_PERMISSIONS);
         out.push('}');
         debug_assert!(out.len() > start);
     }
 }
+
+/// The class-level permissions parse-server 9.10 gives a class created without any (its
+/// `defaultColumns`' CLP), as it publishes them with every LiveQuery message of the class.
+pub(crate) const DEFAULT_CLASS_LEVEL_PERMISSIONS: &str = concat!(
+    r#"{"find":{"*":true},"count":{"*":true},"get":{"*":true},"create":{"*":true},"#,
+    r#""update":{"*":true},"delete":{"*":true},"addField":{"*":true},"protectedFields":{"*":[]}}"#
+);
 
 /// `ns` since the UNIX epoch as Parse prints dates: `2026-11-22T09:13:04.224Z`.
 pub(crate) fn iso8601_millis(ns: u64) -> String {
@@ -386,7 +397,15 @@ mod tests {
                 w.encode_event(i, sent_at, &mut out);
                 let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
                 let obj = &v["currentParseObject"];
-                assert_eq!(v.as_object().unwrap().len(), 1, "only currentParseObject");
+                assert_eq!(v.as_object().unwrap().len(), 2, "{out}");
+                assert_eq!(
+                    v["classLevelPermissions"],
+                    json!({
+                        "find": {"*": true}, "count": {"*": true}, "get": {"*": true},
+                        "create": {"*": true}, "update": {"*": true}, "delete": {"*": true},
+                        "addField": {"*": true}, "protectedFields": {"*": []}
+                    })
+                );
                 let obj_len = serde_json::to_string(obj).unwrap().len();
                 if obj["body"] == "" {
                     assert!(obj_len >= object_bytes - 4, "{obj_len}");

@@ -548,6 +548,32 @@ impl Scratch {
     }
 }
 
+/// What the index reads of an object of one class to find its candidates
+/// ([`SubscriptionIndex::reads`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Reads<'a> {
+    /// No query of the class: no object of it has a candidate.
+    Nothing,
+    /// Some query of the class is scanned: every object of it is a candidate.
+    Everything,
+    /// The top-level fields the class's queries are indexed on; an object's other fields
+    /// do not change its candidates.
+    Fields(IndexedFields<'a>),
+}
+
+/// The top-level fields some query of a class is indexed on.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexedFields<'a>(&'a ClassIndex);
+
+impl IndexedFields<'_> {
+    /// Whether a query is indexed on the top-level field `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        // A class is indexed on a few fields: comparing them costs less than hashing `name`.
+        self.0.postings.keys().any(|field| **field == *name)
+            || self.0.ranges.keys().any(|field| **field == *name)
+    }
+}
+
 /// Distinct queries per class, their subscribers, and the index that finds candidates.
 #[derive(Debug)]
 pub struct SubscriptionIndex<S> {
@@ -772,6 +798,61 @@ impl<S: PartialEq> SubscriptionIndex<S> {
                 }
             }
         }
+    }
+
+    /// What [`SubscriptionIndex::candidates`] reads of an object of `class_name`: lets a
+    /// caller holding an object as text read only those fields before deciding whether
+    /// the whole object is worth reading.
+    pub fn reads(&self, class_name: &str) -> Reads<'_> {
+        match self.classes.get(class_name) {
+            None => Reads::Nothing,
+            Some(class) if !class.scan.is_empty() => Reads::Everything,
+            Some(class) => Reads::Fields(IndexedFields(class)),
+        }
+    }
+
+    /// Whether [`SubscriptionIndex::candidates`] would find any query of `class_name` for
+    /// `objects`: the same lookups, stopped at the first hit, without a [`Scratch`].
+    pub fn has_candidates(&self, class_name: &str, objects: &[&Map<String, Value>]) -> bool {
+        let Some(class) = self.classes.get(class_name) else {
+            return false;
+        };
+        if !class.scan.is_empty() {
+            return true;
+        }
+        for (field, by_key) in &class.postings {
+            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
+            for object in objects {
+                let mut hit = false;
+                value_keys(object.get(&**field), date_strings, &mut |key| {
+                    hit = hit || by_key.get(&key).is_some_and(|list| !list.is_empty());
+                });
+                if hit {
+                    return true;
+                }
+            }
+        }
+        let mut hit = false;
+        let mut found = |_| hit = true;
+        for (field, trees) in &class.ranges {
+            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
+            for object in objects {
+                let Some(value) = object.get(&**field) else {
+                    continue;
+                };
+                let spans = Spans::of(value, date_strings);
+                if let Some((min, max)) = spans.num {
+                    trees.num.overlapping(&min, &max, &mut found);
+                }
+                if let Some((min, max)) = spans.str {
+                    trees.str.overlapping(min, max, &mut found);
+                }
+                if let Some((min, max)) = spans.date {
+                    trees.date.overlapping(&min, &max, &mut found);
+                }
+            }
+        }
+        hit
     }
 
     /// Appends to `out` every query of `class_name` that matches `object`.

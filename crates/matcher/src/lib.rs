@@ -55,6 +55,6 @@ mod value;
 pub use classify::{ChangeKind, Classification, Knowledge, Side, classify, classify_uncertain};
 pub use compile::{CompileOptions, SubqueryPolicy};
 pub use error::QueryError;
-pub use index::{Entry, QueryId, Scratch, SubscriptionIndex};
+pub use index::{Entry, IndexedFields, QueryId, Reads, Scratch, SubscriptionIndex};
 pub use query::{Query, Subquery, SubqueryKind, SubquerySet};
 pub use value::json_equal;

@@ -1,8 +1,8 @@
 //! Property tests for the matcher.
 
 use livequery_matcher::{
-    ChangeKind, Classification, CompileOptions, Knowledge, Query, Scratch, Side, SubscriptionIndex,
-    classify, classify_uncertain,
+    ChangeKind, Classification, CompileOptions, Knowledge, Query, Reads, Scratch, Side,
+    SubscriptionIndex, classify, classify_uncertain,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -135,6 +135,23 @@ fn index_agrees_with_brute_force(
         sorted.sort();
         sorted.dedup();
         prop_assert_eq!(sorted.len(), candidates.len(), "candidates are unique");
+        prop_assert_eq!(index.has_candidates("C", &[object]), !candidates.is_empty());
+        // The fields the index says it reads are all it reads.
+        match index.reads("C") {
+            Reads::Nothing => prop_assert!(candidates.is_empty()),
+            Reads::Everything => prop_assert!(!candidates.is_empty()),
+            Reads::Fields(fields) => {
+                let read: Map<String, Value> = object
+                    .iter()
+                    .filter(|(key, _)| fields.contains(key))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                let mut from_read = Vec::new();
+                index.candidates("C", &[&read], &mut scratch, &mut from_read);
+                from_read.sort();
+                prop_assert_eq!(&from_read, &sorted);
+            }
+        }
         for (id, _) in &live {
             let entry = index.get(*id).expect("live query");
             if entry.query().matches(object) {
@@ -156,6 +173,8 @@ fn index_agrees_with_brute_force(
     let mut other = Vec::new();
     index.candidates("D", &[&objects[0]], &mut scratch, &mut other);
     prop_assert!(other.is_empty());
+    prop_assert!(!index.has_candidates("D", &[&objects[0]]));
+    prop_assert!(matches!(index.reads("D"), Reads::Nothing));
     Ok(())
 }
 

@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use livequery_matcher::date::normalize_object_dates;
 use livequery_matcher::gate::{
     Change, EventType, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict, VisibleObject, judge,
 };
-use livequery_matcher::{Query, QueryId, Scratch, SubscriptionIndex};
+use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
 use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use parking_lot::RwLock;
 
@@ -25,6 +26,7 @@ use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, Gro
 use crate::identity::IdentityCell;
 use crate::metrics::{DeliveryTally, DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
+use crate::pubsub::Message;
 
 /// Who a subscription reads as.
 #[derive(Debug, Clone)]
@@ -225,6 +227,40 @@ impl Hub {
             outbox.abort(frame.clone());
         }
         outboxes.len()
+    }
+
+    /// Whether a message whose objects are still text ([`Message::from_json`]) may concern
+    /// a subscription: the index is asked with only the fields it reads of the class, read
+    /// from the text and dated as the ingest dates whole objects. `false` means that
+    /// [`Hub::fan_out`] would find no candidate for the whole event (the index reads no
+    /// other field), so it need not be read. A message already read may concern anyone.
+    pub fn may_concern(&self, message: &Message) -> Result<bool, serde_json::Error> {
+        let index = self.index.read();
+        let class_name = message.class_name();
+        let fields = match index.reads(class_name) {
+            Reads::Nothing => return Ok(false),
+            Reads::Everything => return Ok(true),
+            Reads::Fields(fields) => fields,
+        };
+        // `updatedAt` defaults to `createdAt` when dated.
+        let wanted = |key: &str| {
+            fields.contains(key) || (key == "createdAt" && fields.contains("updatedAt"))
+        };
+        let Some(read) = message.read_fields(&wanted) else {
+            return Ok(true);
+        };
+        let (mut current, mut original) = read?;
+        normalize_object_dates(&mut current);
+        // Only exact originals are probed (`Change::exact_original`): those of messages
+        // read from text are.
+        let probes: &[&_] = match &mut original {
+            Some(original) => {
+                normalize_object_dates(original);
+                &[&current, original]
+            }
+            None => &[&current],
+        };
+        Ok(index.has_candidates(class_name, probes))
     }
 
     /// Delivers one event to every subscription it concerns.

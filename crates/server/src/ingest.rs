@@ -14,6 +14,12 @@
 //! [`Ingest::publish_feed_message`], which also recognises the auth changes such a feed
 //! implies (`_Session` and `_Role` objects); the MongoDB source reports the auth changes it
 //! reads from the change stream itself.
+//!
+//! A message read from text ([`Message::from_json`], the Redis feed) is read no further
+//! than the subscription index needs when no subscription may be concerned
+//! ([`Hub::may_concern`]): it is counted and dropped before its objects are read. Its
+//! permissions (parse-server sends the class's with every message) are read once per
+//! distinct text ([`PermissionTexts`]) and still recorded for every message.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -66,6 +72,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// The class names of recent events, shared by their events instead of allocated anew.
     class_names: Arc<ClassNames>,
+    /// The permissions of recent messages, read once per distinct text.
+    permission_texts: Arc<PermissionTexts>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -94,6 +102,7 @@ impl Ingest {
             hub,
             metrics,
             class_names: Arc::default(),
+            permission_texts: Arc::default(),
         }
     }
 
@@ -119,9 +128,13 @@ impl Ingest {
     /// a `_Session` object creates or revokes its token; a `_Role` object may change
     /// membership for users the message does not name (parse-server's `clearCache` only
     /// names the user who made the change, and master-key edits publish nothing).
-    pub async fn publish_feed_message(&self, message: Message) -> Result<(), IngestClosed> {
+    pub async fn publish_feed_message(&self, mut message: Message) -> Result<(), IngestClosed> {
         match message.class_name() {
             "_Session" => {
+                if let Err(err) = message.read_objects() {
+                    tracing::warn!(error = %err, "ignoring a parse-server message that is not valid JSON");
+                    return Ok(());
+                }
                 if let Some(session) = SessionRecord::from_object(&message.current) {
                     self.auth_changed(AuthChange::Session {
                         token: &session.token,
@@ -162,12 +175,27 @@ impl Ingest {
 
     /// The permissions an event is judged with: those it carries (parse-server sends the
     /// class's CLP with every message), else the cached ones; the server's default protected
-    /// fields included.
+    /// fields included. `None` too when the permissions it carries as text are not valid.
     pub fn permissions_of(&self, message: &Message) -> Option<Arc<ClassPermissions>> {
-        match &message.permissions {
+        self.carried_permissions(message).ok().flatten()
+    }
+
+    /// [`Ingest::permissions_of`], failing when the permissions a message carries as text
+    /// cannot be read.
+    fn carried_permissions(
+        &self,
+        message: &Message,
+    ) -> Result<Option<Arc<ClassPermissions>>, serde_json::Error> {
+        if let Some(text) = message.permissions_text() {
+            let raw = self.permission_texts.get(text)?;
+            return Ok(self
+                .identities
+                .event_permissions(message.class_name(), &raw));
+        }
+        Ok(match &message.permissions {
             Some(raw) => self.identities.event_permissions(message.class_name(), raw),
             None => self.identities.cached_permissions(message.class_name()),
-        }
+        })
     }
 
     /// The permissions of a class now (looked up if not cached).
@@ -180,7 +208,35 @@ impl Ingest {
     /// Whatever the source, the objects' dates are first re-encoded as the reference's
     /// `Parse.Object` round trip writes them (UTC with milliseconds, `updatedAt` defaulting
     /// to `createdAt`): once per event, before matching and before any recipient's bytes.
+    ///
+    /// A message still text is dropped, once its permissions are recorded, when no
+    /// subscription may be concerned ([`Hub::may_concern`]), and read otherwise; one that
+    /// is not valid JSON after all is dropped (as [`Message::from_json`] drops others).
     pub async fn publish(&self, mut message: Message) -> Result<(), IngestClosed> {
+        let permissions = match self.carried_permissions(&message) {
+            Ok(permissions) => permissions,
+            Err(err) => {
+                invalid_message(&err);
+                return Ok(());
+            }
+        };
+        if message.is_unread() {
+            match self.hub.may_concern(&message) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.metrics.events_in.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                Err(err) => {
+                    invalid_message(&err);
+                    return Ok(());
+                }
+            }
+            if let Err(err) = message.read_objects() {
+                invalid_message(&err);
+                return Ok(());
+            }
+        }
         normalize_object_dates(&mut message.current);
         // A partly known original lacks the fields that changed (`updatedAt` among them):
         // nothing may be filled in for it.
@@ -190,7 +246,6 @@ impl Ingest {
             normalize_object_dates(original);
         }
         let class_name = self.class_names.get(message.class_name());
-        let permissions = self.permissions_of(&message);
         let event = ChangeEvent {
             kind: message.kind,
             class_name,
@@ -232,6 +287,12 @@ impl Ingest {
             self.metrics.source_connects.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// Logs a message dropped because part of its text is not valid JSON after all (the part
+/// [`Message::from_json`] did not read: a lone surrogate escape, a number out of range).
+fn invalid_message(err: &serde_json::Error) {
+    tracing::warn!(error = %err, "ignoring a parse-server message that is not valid JSON");
 }
 
 /// Events of one object always go to the same worker, so they stay in order.
@@ -278,9 +339,98 @@ impl ClassNames {
     }
 }
 
+/// The permissions of recent messages by their text: parse-server sends a class's CLP
+/// with each of its messages, the same text each time, read here once. At most
+/// [`PermissionTexts::MAX`] texts of at most [`PermissionTexts::MAX_TEXT`] bytes are kept;
+/// beyond that a new text replaces the oldest kept one, and a longer one is read each time.
+/// A text is read to the same value whenever read: nothing kept ever needs invalidating
+/// (what the permissions mean for a class is the identity cache's concern).
+#[derive(Debug, Default)]
+struct PermissionTexts(parking_lot::Mutex<PermissionTextRing>);
+
+#[derive(Debug, Default)]
+struct PermissionTextRing {
+    texts: Vec<(Box<str>, Arc<serde_json::Value>)>,
+    /// The slot the next text replaces once `texts` is full.
+    next: usize,
+}
+
+impl PermissionTexts {
+    const MAX: usize = 64;
+    const MAX_TEXT: usize = 16 * 1024;
+
+    fn get(&self, text: &str) -> Result<Arc<serde_json::Value>, serde_json::Error> {
+        if let Some((_, value)) = self
+            .0
+            .lock()
+            .texts
+            .iter()
+            .find(|(known, _)| &**known == text)
+        {
+            return Ok(value.clone());
+        }
+        let value: Arc<serde_json::Value> = Arc::new(serde_json::from_str(text)?);
+        if text.len() > Self::MAX_TEXT {
+            return Ok(value);
+        }
+        let mut ring = self.0.lock();
+        let entry = (Box::from(text), value.clone());
+        if ring.texts.len() < Self::MAX {
+            ring.texts.push(entry);
+        } else {
+            let slot = ring.next;
+            ring.texts[slot] = entry;
+            ring.next = (slot + 1) % Self::MAX;
+        }
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_texts_are_read_once_and_bounded() {
+        let texts = PermissionTexts::default();
+        let clp = r#"{"find": {"*": true}, "protectedFields": {"*": ["secret"]}}"#;
+        let first = texts.get(clp).unwrap();
+        assert_eq!(
+            *first,
+            serde_json::from_str::<serde_json::Value>(clp).unwrap()
+        );
+        assert!(Arc::ptr_eq(&first, &texts.get(clp).unwrap()), "read once");
+        // Another text is another value, even when it reads the same.
+        let spaced = r#"{"find": {"*": true},  "protectedFields": {"*": ["secret"]}}"#;
+        let other = texts.get(spaced).unwrap();
+        assert_eq!(*other, *first);
+        assert!(!Arc::ptr_eq(&first, &other));
+        let changed = texts.get(r#"{"find": {}}"#).unwrap();
+        assert_eq!(*changed, serde_json::json!({"find": {}}));
+        assert!(texts.get(r#"{"find": "\ud800"}"#).is_err());
+        for i in 0..PermissionTexts::MAX * 2 {
+            let text = format!(r#"{{"find": {{"role:{i}": true}}}}"#);
+            assert_eq!(texts.get(&text).unwrap()["find"][format!("role:{i}")], true);
+        }
+        assert_eq!(texts.0.lock().texts.len(), PermissionTexts::MAX);
+        // A text beyond the size kept is read each time, never kept.
+        let long = format!(
+            r#"{{"find": {{"{}": true}}}}"#,
+            "r".repeat(PermissionTexts::MAX_TEXT)
+        );
+        let read = texts.get(&long).unwrap();
+        assert!(!Arc::ptr_eq(&read, &texts.get(&long).unwrap()));
+        assert!(
+            texts
+                .0
+                .lock()
+                .texts
+                .iter()
+                .all(|(text, _)| text.len() <= PermissionTexts::MAX_TEXT)
+        );
+        // A replaced text comes back.
+        assert_eq!(*texts.get(clp).unwrap(), *first);
+    }
 
     #[test]
     fn class_names_are_shared_and_bounded() {

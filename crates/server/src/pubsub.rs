@@ -3,17 +3,26 @@
 //! source's ingest API and the MongoDB source's transform produce: `{currentParseObject,
 //! originalParseObject?, classLevelPermissions?}`.
 //!
-//! A message that arrives as text (the Redis feed) is read straight into its parts
-//! ([`Message::from_json`]): no JSON tree of the whole message is built, and the keys a
-//! message drops on receipt are skipped while reading.
+//! A message that arrives as text (the Redis feed) is read in two steps. [`Message::from_json`]
+//! checks the whole message and reads only what routing needs (the object's `className`
+//! and `objectId`), keeping its objects and permissions as text. The ingest then reads just
+//! the fields the subscription index looks at ([`Message::read_fields`]) and, only when
+//! some subscription may be concerned, the whole objects ([`Message::read_objects`]):
+//! most events of a feed concern nobody, and reading an object into a JSON tree (an
+//! allocation per key and per string) is most of what such an event costs. Keys a message
+//! drops on receipt are skipped while reading, whichever step reads them.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use livequery_matcher::ChangeKind;
 use livequery_matcher::gate::is_identifier;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::event::OriginalState;
 
@@ -48,12 +57,92 @@ pub struct Message {
     pub permissions: Option<Value>,
     /// How exact `original` is.
     pub original_state: OriginalState,
+    /// What [`Message::from_json`] left as text: until [`Message::read_objects`], `current`
+    /// is empty and `original` is `None` ([`Message::class_name`] is known); `permissions` stays
+    /// `None`, the permissions being text ([`Message::permissions_text`]).
+    pub(crate) unread: Option<Box<Unread>>,
+}
+
+/// The fields [`Message::read_fields`] read: of the current object, and of the original.
+pub type ReadFields = (Map<String, Value>, Option<Map<String, Value>>);
+
+/// The parts of a message still as text (checked to be JSON, objects where objects are
+/// required, with the same `className` and `objectId`).
+#[derive(Debug)]
+pub(crate) struct Unread {
+    /// The parts' texts, one after the other.
+    text: String,
+    /// `currentParseObject.className` (unescaped) in `text`.
+    class_name: Range<usize>,
+    /// `currentParseObject.objectId` (unescaped) in `text`.
+    object_id: Range<usize>,
+    /// The fields of `currentParseObject` with identifier-like keys, in order.
+    current: Vec<Field>,
+    /// The fields of `originalParseObject`: saves only, when it is an object.
+    original: Option<Vec<Field>>,
+    /// `classLevelPermissions` in `text`, when it is an object.
+    permissions: Option<Range<usize>>,
+    /// Set by [`Message::read_objects`]: only the permissions are still text.
+    objects_read: bool,
+}
+
+/// One top-level field of an object kept as text: its key (unescaped) and its value (JSON
+/// text) in [`Unread::text`].
+#[derive(Debug)]
+struct Field {
+    key: Range<usize>,
+    value: Range<usize>,
+}
+
+impl Unread {
+    fn str(&self, range: &Range<usize>) -> &str {
+        &self.text[range.clone()]
+    }
+
+    /// Reads the fields whose key `wanted` accepts into an object (the last of repeated
+    /// keys winning, at the place of the first, as in a JSON object read at once).
+    fn read(
+        &self,
+        fields: &[Field],
+        wanted: &dyn Fn(&str) -> bool,
+        capacity: usize,
+    ) -> Result<Map<String, Value>, serde_json::Error> {
+        let mut object = Map::with_capacity(capacity);
+        for field in fields {
+            let key = self.str(&field.key);
+            if wanted(key) {
+                object.insert(
+                    key.to_owned(),
+                    serde_json::from_str(self.str(&field.value))?,
+                );
+            }
+        }
+        Ok(object)
+    }
+
+    /// Gives an original without string `className`/`objectId` those of the current object
+    /// (parse-server's originals carry them; [`Message::from_json`] checked that an
+    /// original naming them names the same object).
+    fn complete_identity(&self, original: &mut Map<String, Value>, wanted: &dyn Fn(&str) -> bool) {
+        for (key, range) in [
+            ("className", &self.class_name),
+            ("objectId", &self.object_id),
+        ] {
+            // A value that is not a string does not name an object: it is replaced.
+            if wanted(key) && original.get(key).and_then(Value::as_str).is_none() {
+                original.insert(key.to_owned(), Value::from(self.str(range)));
+            }
+        }
+    }
 }
 
 impl Message {
     /// The class of the changed object (`currentParseObject.className`, checked when the
     /// message was parsed).
     pub fn class_name(&self) -> &str {
+        if let Some(unread) = self.unread_objects() {
+            return unread.str(&unread.class_name);
+        }
         self.current
             .get("className")
             .and_then(Value::as_str)
@@ -113,13 +202,167 @@ impl Message {
         )
     }
 
-    /// Reads parse-server's message from its JSON text, as [`Message::parse`] would read
-    /// its JSON value, without building the value first.
+    /// Reads parse-server's message from its JSON text: checks it as [`Message::parse`]
+    /// would check its JSON value (the values of the objects' fields only as JSON text),
+    /// reading no field's value but `className` and `objectId`; the objects' fields and the
+    /// permissions are kept as text for [`Message::read_fields`] and
+    /// [`Message::read_objects`]. Until then `current` is empty.
     pub fn from_json(kind: ChangeKind, text: &[u8]) -> Result<Self, FromJsonError> {
         let mut reader = serde_json::Deserializer::from_slice(text);
-        let parts = Parts::deserialize(&mut reader).map_err(FromJsonError::Json)?;
+        let parts = RawParts::deserialize(&mut reader).map_err(FromJsonError::Json)?;
         reader.end().map_err(FromJsonError::Json)?;
-        Self::from_parts(kind, parts).map_err(FromJsonError::Message)
+        let message = |error| FromJsonError::Message(error);
+        let Part::Object(current) = parts.current else {
+            return Err(message(MessageError::NoCurrentObject));
+        };
+        let current_identity = identity_text(&current).map_err(FromJsonError::Json)?;
+        let (Some(class_name), Some(object_id)) = &current_identity else {
+            return Err(message(MessageError::NoIdentity));
+        };
+        let original = match (kind, parts.original) {
+            (ChangeKind::Save, Part::Object(original)) => {
+                let (c, i) = identity_text(&original).map_err(FromJsonError::Json)?;
+                if (c.is_some() || i.is_some())
+                    && (&c, &i) != (&current_identity.0, &current_identity.1)
+                {
+                    return Err(message(MessageError::Mismatch));
+                }
+                Some(original)
+            }
+            (_, Part::Absent) | (ChangeKind::Delete, Part::Object(_)) => None,
+            (_, Part::NotAnObject) => {
+                return Err(message(MessageError::NotAnObject("originalParseObject")));
+            }
+        };
+        let permissions = match raw_part(parts.permissions) {
+            Part::Absent => None,
+            Part::Object(text) => Some(text),
+            Part::NotAnObject => {
+                return Err(message(MessageError::NotAnObject("classLevelPermissions")));
+            }
+        };
+        let fields_len = |fields: &Captured<'_>| {
+            fields
+                .iter()
+                .map(|(key, value)| key.len() + value.get().len())
+                .sum::<usize>()
+        };
+        let mut unread = String::with_capacity(
+            class_name.len()
+                + object_id.len()
+                + fields_len(&current)
+                + original.as_ref().map_or(0, fields_len)
+                + permissions.map_or(0, str::len),
+        );
+        let mut append = |part: &str| {
+            let start = unread.len();
+            unread.push_str(part);
+            start..unread.len()
+        };
+        let class_name = append(class_name);
+        let object_id = append(object_id);
+        let mut fields = |captured: &Captured<'_>| -> Vec<Field> {
+            captured
+                .iter()
+                .map(|(key, value)| Field {
+                    key: append(key),
+                    value: append(value.get()),
+                })
+                .collect()
+        };
+        let current = fields(&current);
+        let original = original.as_ref().map(&mut fields);
+        let permissions = permissions.map(&mut append);
+        Ok(Self {
+            kind,
+            current: Map::new(),
+            original: None,
+            permissions: None,
+            original_state: OriginalState::Exact,
+            unread: Some(Box::new(Unread {
+                text: unread,
+                class_name,
+                object_id,
+                current,
+                original,
+                permissions,
+                objects_read: false,
+            })),
+        })
+    }
+
+    /// The parts [`Message::from_json`] kept whose objects are not read yet.
+    fn unread_objects(&self) -> Option<&Unread> {
+        self.unread.as_deref().filter(|unread| !unread.objects_read)
+    }
+
+    /// Whether the message's objects are still text ([`Message::from_json`]).
+    pub fn is_unread(&self) -> bool {
+        self.unread_objects().is_some()
+    }
+
+    /// The `classLevelPermissions` of a message read by [`Message::from_json`], as text
+    /// (checked to be a JSON object); [`Message::read_permissions`] reads it.
+    pub fn permissions_text(&self) -> Option<&str> {
+        let unread = self.unread.as_deref()?;
+        Some(unread.str(unread.permissions.as_ref()?))
+    }
+
+    /// The top-level fields of the current object and of the original for which `wanted`
+    /// holds (top-level keys sanitised, the last of repeated keys winning), read from the
+    /// text [`Message::from_json`] kept; the original gets the current object's
+    /// `className` and `objectId` when it lacks them, as [`Message::read_objects`] gives
+    /// it. `None` once the objects are read.
+    pub fn read_fields(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Option<Result<ReadFields, serde_json::Error>> {
+        let unread = self.unread_objects()?;
+        let read = || {
+            let current = unread.read(&unread.current, wanted, 0)?;
+            let original = match &unread.original {
+                Some(fields) => {
+                    let mut original = unread.read(fields, wanted, 0)?;
+                    unread.complete_identity(&mut original, wanted);
+                    Some(original)
+                }
+                None => None,
+            };
+            Ok((current, original))
+        };
+        Some(read())
+    }
+
+    /// Reads the objects [`Message::from_json`] kept as text; `current` and `original` are
+    /// then as [`Message::parse`] gives them (the permissions stay text: most events share
+    /// their class's, read once by the ingest). Nothing to do for a message read otherwise.
+    pub fn read_objects(&mut self) -> Result<(), serde_json::Error> {
+        let Some(unread) = self.unread_objects() else {
+            return Ok(());
+        };
+        let current = unread.read(&unread.current, &|_| true, TYPICAL_FIELDS)?;
+        let original = match &unread.original {
+            Some(fields) => {
+                let mut original = unread.read(fields, &|_| true, TYPICAL_FIELDS)?;
+                unread.complete_identity(&mut original, &|_| true);
+                Some(original)
+            }
+            None => None,
+        };
+        self.current = current;
+        self.original = original;
+        if let Some(unread) = &mut self.unread {
+            unread.objects_read = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the permissions [`Message::from_json`] kept as text into `permissions`.
+    pub fn read_permissions(&mut self) -> Result<(), serde_json::Error> {
+        if let Some(text) = self.permissions_text() {
+            self.permissions = Some(serde_json::from_str(text)?);
+        }
+        Ok(())
     }
 
     /// Checks a message's parts (top-level keys already sanitised) and builds it.
@@ -160,6 +403,7 @@ impl Message {
             original,
             permissions,
             original_state: OriginalState::Exact,
+            unread: None,
         })
     }
 }
@@ -198,61 +442,60 @@ enum Part<T> {
     NotAnObject,
 }
 
-impl<'de> Deserialize<'de> for Parts {
+/// The three parts of a message as text (the last of repeated keys winning).
+#[derive(Debug, Default)]
+struct RawParts<'de> {
+    current: Part<Captured<'de>>,
+    original: Part<Captured<'de>>,
+    permissions: Option<&'de RawValue>,
+}
+
+impl<'de> Deserialize<'de> for RawParts<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PartsVisitor)
+        deserializer.deserialize_any(RawPartsVisitor)
     }
 }
 
-struct PartsVisitor;
+struct RawPartsVisitor;
 
-impl<'de> Visitor<'de> for PartsVisitor {
-    type Value = Parts;
+impl<'de> Visitor<'de> for RawPartsVisitor {
+    type Value = RawParts<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a parse-server message object")
     }
 
     // Any other JSON value is a message without a `currentParseObject` object.
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parts, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Parts::default())
+        Ok(RawParts::default())
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Parts, E> {
-        Ok(Parts::default())
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(RawParts::default())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
-        let mut parts = Parts::default();
-        // A repeated key counts once, its last value winning (as in a JSON value).
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut parts = RawParts::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             match &*key {
-                "currentParseObject" => {
-                    parts.current = map.next_value_seed(PartSeed)?.into_object();
-                }
-                "originalParseObject" => parts.original = map.next_value_seed(PartSeed)?,
-                "classLevelPermissions" => {
-                    parts.permissions = match map.next_value::<Value>()? {
-                        Value::Null => Part::Absent,
-                        clp @ Value::Object(_) => Part::Object(clp),
-                        _ => Part::NotAnObject,
-                    };
-                }
+                "currentParseObject" => parts.current = map.next_value_seed(ObjectSeed)?,
+                "originalParseObject" => parts.original = map.next_value_seed(ObjectSeed)?,
+                "classLevelPermissions" => parts.permissions = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -262,20 +505,46 @@ impl<'de> Visitor<'de> for PartsVisitor {
     }
 }
 
-impl<T> Part<T> {
-    fn into_object(self) -> Option<T> {
-        match self {
-            Self::Object(object) => Some(object),
-            Self::Absent | Self::NotAnObject => None,
-        }
+/// A part's text as an optional part that must be an object.
+fn raw_part(part: Option<&RawValue>) -> Part<&str> {
+    match part.map(RawValue::get) {
+        None | Some("null") => Part::Absent,
+        Some(text) if text.starts_with('{') => Part::Object(text),
+        Some(_) => Part::NotAnObject,
     }
+}
+
+/// The fields of an object with identifier-like keys (see [`sanitise`]), values as JSON
+/// text, in order; the others are skipped unread.
+type Captured<'de> = SmallVec<[(Cow<'de, str>, &'de RawValue); TYPICAL_FIELDS]>;
+
+/// An object's `className` and `objectId`, when they are strings.
+type Identity<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
+/// The `className` and `objectId` of an object's fields when they are strings (the last of
+/// repeated keys winning), unescaped.
+fn identity_text<'a>(fields: &'a Captured<'_>) -> Result<Identity<'a>, serde_json::Error> {
+    let text = |key: &str| -> Result<Option<Cow<'a, str>>, serde_json::Error> {
+        let Some((_, value)) = fields.iter().rev().find(|(k, _)| k == key) else {
+            return Ok(None);
+        };
+        let value = value.get();
+        if !value.starts_with('"') {
+            return Ok(None);
+        }
+        if value.contains('\\') {
+            return Ok(Some(Cow::Owned(serde_json::from_str(value)?)));
+        }
+        Ok(Some(Cow::Borrowed(&value[1..value.len() - 1])))
+    };
+    Ok((text("className")?, text("objectId")?))
 }
 
 /// A key, borrowed from the text unless it holds escapes.
 struct KeySeed;
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = std::borrow::Cow<'de, str>;
+    type Value = Cow<'de, str>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_str(KeyVisitor)
@@ -285,41 +554,40 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
 struct KeyVisitor;
 
 impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = std::borrow::Cow<'de, str>;
+    type Value = Cow<'de, str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a key")
     }
     fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Borrowed(key))
+        Ok(Cow::Borrowed(key))
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Owned(key.to_owned()))
+        Ok(Cow::Owned(key.to_owned()))
     }
     fn visit_string<E: de::Error>(self, key: String) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Owned(key))
+        Ok(Cow::Owned(key))
     }
 }
 
-/// A Parse object of a message: its top-level keys that are not identifier-like are
-/// skipped as they are read (see [`sanitise`]).
-struct PartSeed;
+/// A Parse object of a message, captured as its fields' texts ([`Captured`]).
+struct ObjectSeed;
 
 /// Room for a typical Parse object's fields without growing the map while reading it.
 const TYPICAL_FIELDS: usize = 16;
 
-impl<'de> DeserializeSeed<'de> for PartSeed {
-    type Value = Part<Map<String, Value>>;
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = Part<Captured<'de>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(PartVisitor)
+        deserializer.deserialize_any(ObjectVisitor)
     }
 }
 
-struct PartVisitor;
+struct ObjectVisitor;
 
-impl<'de> Visitor<'de> for PartVisitor {
-    type Value = Part<Map<String, Value>>;
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Part<Captured<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a Parse object")
@@ -348,15 +616,16 @@ impl<'de> Visitor<'de> for PartVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = Map::with_capacity(TYPICAL_FIELDS);
+        let mut fields = Captured::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if is_identifier(&key) {
-                object.insert(key.into_owned(), map.next_value()?);
+                let value: &'de RawValue = map.next_value()?;
+                fields.push((key, value));
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(Part::Object(object))
+        Ok(Part::Object(fields))
     }
 }
 
@@ -411,7 +680,13 @@ mod tests {
     fn assert_same_reading(kind: ChangeKind, text: &str) {
         let value: Value = serde_json::from_str(text).unwrap();
         let from_value = Message::parse(kind, value);
-        let from_text = Message::from_json(kind, text.as_bytes());
+        let from_text = Message::from_json(kind, text.as_bytes()).map(|mut message| {
+            assert!(message.is_unread());
+            message.read_objects().expect("valid JSON");
+            message.read_permissions().expect("valid JSON");
+            assert!(!message.is_unread());
+            message
+        });
         match (from_value, from_text) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a.kind, b.kind, "{text}");
@@ -454,6 +729,148 @@ mod tests {
         for text in cases {
             assert_same_reading(ChangeKind::Save, text);
             assert_same_reading(ChangeKind::Delete, text);
+        }
+    }
+
+    /// The fields read ahead are those of the whole read, the original completed alike.
+    fn assert_fields_read_alike(text: &str, wanted: &dyn Fn(&str) -> bool) {
+        let Ok(message) = Message::from_json(ChangeKind::Save, text.as_bytes()) else {
+            return;
+        };
+        let (current, original) = message.read_fields(wanted).unwrap().unwrap();
+        let mut whole = Message::from_json(ChangeKind::Save, text.as_bytes()).unwrap();
+        whole.read_objects().unwrap();
+        assert!(whole.read_fields(wanted).is_none(), "already read");
+        let only = |object: &Map<String, Value>| -> Map<String, Value> {
+            object
+                .iter()
+                .filter(|(key, _)| wanted(key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        };
+        assert_eq!(current, only(&whole.current), "{text}");
+        assert_eq!(original, whole.original.as_ref().map(only), "{text}");
+    }
+
+    #[test]
+    fn fields_read_ahead_are_those_of_the_whole_object() {
+        let texts = [
+            r#"{"currentParseObject": {"room": 1, "room": 2, "_room": 3, "score": [1, 2], "className": "T", "objectId": "o"}, "originalParseObject": {"room": 0}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "o", "room": {"a": 1}}, "originalParseObject": {"className": 5, "room": null, "objectId": "o"}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "o"}, "originalParseObject": {"className": "T", "objectId": "o", "score": 1}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "o", "createdAt": "2020-01-01T00:00:00Z"}}"#,
+        ];
+        let wanted: [&dyn Fn(&str) -> bool; 4] = [
+            &|key| key == "room",
+            &|key| matches!(key, "score" | "objectId"),
+            &|key| matches!(key, "className" | "createdAt" | "_room"),
+            &|_| true,
+        ];
+        for text in texts {
+            for wanted in wanted {
+                assert_fields_read_alike(text, wanted);
+            }
+        }
+    }
+
+    /// Messages made of arbitrary keys and values: read in two steps or at once, from
+    /// text or from a JSON value, they are the same message (or the same error).
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i32>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "[a-zA-Z_0-9é\\\"]{0,6}".prop_map(Value::from),
+                Just(json!({"__type": "Date", "iso": "2020-01-01T00:00:00Z"})),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                    prop::collection::vec((key(), inner), 0..3)
+                        .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("className".to_owned()),
+                Just("objectId".to_owned()),
+                Just("room".to_owned()),
+                Just("createdAt".to_owned()),
+                Just("_rperm".to_owned()),
+                "[a-z_]{1,3}",
+            ]
+        }
+
+        /// An object's text: entries in order, repeated keys kept (as text can have them).
+        fn object_text() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec((key(), value()), 0..6),
+                prop::option::of("[a-c]"),
+                prop::option::of("[a-c]"),
+            )
+                .prop_map(|(entries, class_name, object_id)| {
+                    let mut fields: Vec<String> = entries
+                        .iter()
+                        .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+                        .collect();
+                    if let Some(class_name) = class_name {
+                        fields.push(format!("\"className\":\"{class_name}\""));
+                    }
+                    if let Some(object_id) = object_id {
+                        fields.insert(0, format!("\"objectId\":\"{object_id}\""));
+                    }
+                    format!("{{{}}}", fields.join(","))
+                })
+        }
+
+        fn part_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => object_text(),
+                1 => Just("null".to_owned()),
+                1 => value().prop_map(|value| value.to_string()),
+            ]
+        }
+
+        fn message_text() -> impl Strategy<Value = String> {
+            (
+                part_text(),
+                prop::option::of(part_text()),
+                prop::option::of(part_text()),
+                prop::option::of(value()),
+            )
+                .prop_map(|(current, original, permissions, other)| {
+                    let mut parts = vec![format!("\"currentParseObject\":{current}")];
+                    if let Some(original) = original {
+                        parts.push(format!("\"originalParseObject\":{original}"));
+                    }
+                    if let Some(permissions) = permissions {
+                        parts.insert(0, format!("\"classLevelPermissions\":{permissions}"));
+                    }
+                    if let Some(other) = other {
+                        parts.push(format!("\"other\":{other}"));
+                    }
+                    format!("{{{}}}", parts.join(","))
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn read_in_steps_as_at_once(text in message_text()) {
+                assert_same_reading(ChangeKind::Save, &text);
+                assert_same_reading(ChangeKind::Delete, &text);
+                assert_fields_read_alike(&text, &|key| matches!(key, "room" | "className"));
+                assert_fields_read_alike(&text, &|key| key.len() < 3);
+            }
         }
     }
 

@@ -608,3 +608,109 @@ async fn a_redis_on_a_unix_socket_feeds_subscribers() {
     }
     let _ = std::fs::remove_file(socket);
 }
+
+/// The feed's messages are read only as far as the subscriptions need: those that concern
+/// nobody (another room, a class nobody watches, text that is not valid JSON past what
+/// routing reads) are dropped, the others arrive whole and in order — found by the
+/// original when only the original matches, and by `updatedAt` dated from `createdAt`
+/// when the message has none.
+#[tokio::test]
+#[cfg_attr(
+    not(redis_tests),
+    ignore = "needs redis-server: run scripts/stack-install"
+)]
+async fn feed_messages_are_read_as_far_as_subscriptions_need() {
+    let port = free_port();
+    let _redis = redis_server(port).await;
+    let components = Components::redis(
+        RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
+        Arc::new(MemoryIdentities::new()),
+    );
+    let server = TestServer::start_components("", components, true).await;
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "Message", json!({"room": "r"})).await;
+    let since = json!({"$gte": {"__type": "Date", "iso": "2026-01-01T00:00:00.000Z"}});
+    client
+        .subscribe(2, "Dated", json!({"updatedAt": since}))
+        .await;
+    let clp = json!({"find": {"*": true}, "get": {"*": true}, "protectedFields": {"*": []}});
+    let save = |current: serde_json::Value, original: Option<serde_json::Value>| {
+        let mut message = json!({"currentParseObject": current, "classLevelPermissions": clp});
+        if let Some(original) = original {
+            message["originalParseObject"] = original;
+        }
+        message
+    };
+    let channel = "lqAppafterSave";
+    publish(
+        port,
+        channel,
+        &save(object("Message", "x1", json!({"room": "x"})), None),
+    )
+    .await;
+    publish(
+        port,
+        channel,
+        &save(object("Other", "o1", json!({"room": "r"})), None),
+    )
+    .await;
+    let client_redis = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = client_redis
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(r#"{"currentParseObject": {"className": "Message", "objectId": "bad", "room": "r", "note": "\ud800"}}"#)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    publish(
+        port,
+        channel,
+        &save(
+            object("Message", "m1", json!({"room": "x"})),
+            Some(object("Message", "m1", json!({"room": "r"}))),
+        ),
+    )
+    .await;
+    let dated =
+        json!({"className": "Dated", "objectId": "d1", "createdAt": "2026-11-22T09:13:04.224Z"});
+    publish(port, channel, &save(dated, None)).await;
+    publish(
+        port,
+        channel,
+        &save(object("Message", "m2", json!({"room": "r"})), None),
+    )
+    .await;
+
+    let left = client.recv().await;
+    assert_eq!(
+        (&left["op"], &left["requestId"], &left["object"]["objectId"]),
+        (&json!("leave"), &json!(1), &json!("m1")),
+        "{left}"
+    );
+    assert_eq!(left["object"]["room"], "x");
+    let created = client.recv().await;
+    assert_eq!(
+        (
+            &created["op"],
+            &created["requestId"],
+            &created["object"]["objectId"]
+        ),
+        (&json!("create"), &json!(2), &json!("d1")),
+        "{created}"
+    );
+    assert_eq!(created["object"]["updatedAt"], "2026-11-22T09:13:04.224Z");
+    let created = client.recv().await;
+    assert_eq!(
+        (
+            &created["op"],
+            &created["requestId"],
+            &created["object"]["objectId"]
+        ),
+        (&json!("create"), &json!(1), &json!("m2")),
+        "{created}"
+    );
+    assert_eq!(created["object"]["room"], "r");
+}

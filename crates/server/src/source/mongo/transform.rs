@@ -363,6 +363,7 @@ impl Transformer {
                     original: None,
                     permissions,
                     original_state: OriginalState::Exact,
+                    unread: None,
                 }
             }
             ChangeKind::Save => {
@@ -415,6 +416,7 @@ impl Transformer {
                     original,
                     permissions,
                     original_state,
+                    unread: None,
                 }
             }
         };
