@@ -28,7 +28,7 @@ pub const PING: u8 = 0x89;
 pub const PONG: u8 = 0x8A;
 
 /// The first header byte of a close frame (FIN and opcode 0x8).
-const CLOSE: u8 = 0x88;
+pub const CLOSE: u8 = 0x88;
 
 /// A WebSocket close code (RFC 6455, section 7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

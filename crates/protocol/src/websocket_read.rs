@@ -184,6 +184,12 @@ impl MessageReader {
         Ok(message)
     }
 
+    /// Keeps `input` (bytes read elsewhere, e.g. past an HTTP handshake) to be decoded by
+    /// the next [`MessageReader::read`].
+    pub fn buffer(&mut self, input: &[u8]) {
+        self.buffered.extend_from_slice(input);
+    }
+
     /// Whether bytes wait to be decoded (a message may be among them).
     pub fn has_buffered(&self) -> bool {
         !self.buffered.is_empty()
@@ -501,6 +507,20 @@ mod tests {
             Ok(Some(Message::Text("a".repeat(300))))
         );
         assert_eq!(reader.held_bytes(), 0);
+    }
+
+    #[test]
+    fn buffered_bytes_come_first() {
+        let mut wire = frame(0x81, b"one");
+        wire.extend(frame(0x81, b"two"));
+        let mut reader = MessageReader::new(100);
+        reader.buffer(&wire[..7]);
+        assert_eq!(
+            reader.read(&wire[7..]),
+            Ok(Some(Message::Text("one".into())))
+        );
+        assert_eq!(reader.read(&[]), Ok(Some(Message::Text("two".into()))));
+        assert_eq!(reader.read(&[]), Ok(None));
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The task that owns one WebSocket: it reads frames into the [`ClientState`], writes the
 //! connection's outbox to the socket, pings, and enforces the per-connection limits.
 //!
+//! The task speaks WebSocket itself, on the bare socket: a read lands in a buffer on the
+//! stack of the poll that reads, and [`MessageReader`] decodes it at once, keeping only an
+//! incomplete frame's bytes, so an idle connection owns no read buffer. Everything the
+//! server writes goes out whole between the frames of [`crate::frame_writer`]'s batches:
+//! pongs, pings and close frames are written only when no data frame is partly written.
+//!
 //! One task per connection, holding its socket and client state. Inbound frames are
 //! handled one at a time, in order; while a frame's handling waits (an auth lookup), the
 //! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
@@ -14,33 +20,31 @@
 //! boxes.
 
 use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::ready;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use futures_util::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use livequery_protocol::websocket_frame::{
+    CLOSE, CloseCode, PING, PONG, close_frame, control_frame, text_frame_header,
+};
+use livequery_protocol::websocket_read::{Message, MessageReader, ReadError};
 use livequery_protocol::{ServerMessage, WireError};
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::ClientState;
-use crate::config::Limits;
 use crate::frame_writer::FrameWriter;
 use crate::metrics::DropReason;
 use crate::outbox::{Drain, Outbox};
@@ -52,15 +56,76 @@ const WRITE_BATCH: usize = 256;
 /// Frames (and receipt times) a write batch holds without a heap allocation of its own.
 const INLINE_BATCH: usize = 8;
 
-/// The WebSocket settings: small read buffers (idle connections are cheap; a larger frame
-/// grows its connection's buffer as needed) and the configured size limits.
-fn websocket_config(limits: &Limits) -> WebSocketConfig {
-    let max = limits.max_message_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(64 * 1024)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+/// Bytes read from the socket per read, into a buffer on the stack of the poll that reads.
+const READ_CHUNK: usize = 4096;
+
+/// Reads per poll before the task yields to others (a peer that keeps the socket full
+/// must not monopolize its worker thread).
+const READS_PER_POLL: usize = 16;
+
+/// The connection's socket and the decoder of what it reads.
+struct Socket<S> {
+    stream: S,
+    reader: MessageReader,
+}
+
+/// What a read from the peer gave.
+enum Inbound {
+    /// A whole message.
+    Message(Message),
+    /// The peer closed the TCP connection (or the read failed).
+    Gone,
+    /// The peer violated the protocol: close with the error's code.
+    Violation(ReadError),
+}
+
+impl<S> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The next message, reading the socket as needed. Cancel-safe: what a read returned
+    /// is decoded (and kept by the reader) within the same poll.
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.reader.has_buffered() {
+            match self.reader.read(&[]) {
+                Ok(Some(message)) => return Poll::Ready(Inbound::Message(message)),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Inbound::Violation(err)),
+            }
+        }
+        for _ in 0..READS_PER_POLL {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(error = %err, "websocket read failed");
+                    return Poll::Ready(Inbound::Gone);
+                }
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Poll::Ready(Inbound::Gone);
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            match self.reader.read(buf.filled()) {
+                Ok(Some(message)) => return Poll::Ready(Inbound::Message(message)),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Inbound::Violation(err)),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    async fn inbound(&mut self) -> Inbound {
+        poll_fn(|cx| self.poll_inbound(cx)).await
+    }
+
+    /// Writes `bytes` (whole frames) and flushes.
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
 }
 
 /// Why a connection ended.
@@ -70,6 +135,8 @@ enum End {
     Peer,
     /// We close with a code (after an optional error frame).
     Close(CloseCode, &'static str, Option<WireError>),
+    /// The peer sent a close frame: answer it with this one, then end.
+    CloseReply(Vec<u8>),
     /// Drop the TCP connection without a close handshake (dead or stuck peer).
     Terminate,
     /// The server ends the connection with this frame (e.g. events were lost), then
@@ -81,7 +148,7 @@ impl End {
     /// Why, in the words of the connection's closing log line.
     fn reason(&self) -> &'static str {
         match self {
-            Self::Peer => "peer closed",
+            Self::Peer | Self::CloseReply(_) => "peer closed",
             Self::Close(_, reason, _) => reason,
             Self::Terminate => "dropped (dead, stuck or failed peer)",
             Self::Abort(_) => "events lost",
@@ -119,16 +186,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let opened = Instant::now();
-    let mut ws = WebSocketStream::from_partially_read(
+    let limits = &ctx.config.limits;
+    let mut ws = Socket {
         stream,
-        already_read,
-        Role::Server,
-        Some(websocket_config(&ctx.config.limits)),
-    )
-    .await;
+        reader: MessageReader::new(limits.max_message_bytes),
+    };
     // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
     let closing = ctx.drain.join();
-    let limits = &ctx.config.limits;
+    // The bytes hyper read past the handshake are decoded first (a `connect` may be among
+    // them).
+    ws.reader.buffer(&already_read);
+    drop(already_read);
     let outbox = Arc::new(Outbox::new(
         limits.outbound_queue_frames,
         limits.outbound_queue_bytes,
@@ -144,7 +212,7 @@ where
     let end = loop {
         tokio::select! {
             biased;
-            () = closing.cancelled() => break End::Close(CloseCode::Away, "server shutting down", None),
+            () = closing.cancelled() => break End::Close(CloseCode::AWAY, "server shutting down", None),
             () = outbox.notified() => {
                 // Boxed: a write in progress needs a few hundred bytes that an idle
                 // connection should not carry (one allocation per batch written).
@@ -159,42 +227,53 @@ where
                     break End::Terminate;
                 }
                 awaiting_pong = true;
-                if let Err(end) = Box::pin(write_with_timeout(&mut ws, Message::Ping(Bytes::new()), ctx.config.limits.write_timeout, &ctx)).await {
+                if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PING, &[]), ctx.config.limits.write_timeout, &ctx)).await {
                     break end;
                 }
             }
             () = async { connect_deadline.as_mut().expect("checked by the guard").await }, if connect_deadline.is_some() => {
                 ctx.metrics.dropped(DropReason::ConnectTimeout);
                 break End::Close(
-                    CloseCode::Policy,
+                    CloseCode::POLICY,
                     "connect timeout",
                     Some(WireError::connect_timeout()),
                 );
             }
-            inbound = ws.next() => match inbound {
-                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::Peer,
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+            inbound = ws.inbound() => match inbound {
+                Inbound::Gone => break End::Peer,
+                Inbound::Violation(ReadError::MessageTooLarge { limit }) => {
                     ctx.metrics.dropped(DropReason::MessageTooLarge);
-                    let limit = ctx.config.limits.max_message_bytes;
                     break End::Close(
-                        CloseCode::Size,
+                        CloseCode::TOO_BIG,
                         "message too large",
                         Some(WireError::frame_too_large(limit)),
                     );
                 }
-                Some(Err(err)) => {
-                    tracing::debug!(error = %err, "websocket read failed");
-                    break End::Terminate;
+                Inbound::Violation(err) => {
+                    tracing::debug!(error = %err, "websocket protocol violation");
+                    let reason = if err.close_code() == CloseCode::INVALID_PAYLOAD {
+                        "invalid payload"
+                    } else {
+                        "protocol error"
+                    };
+                    break End::Close(err.close_code(), reason, None);
                 }
-                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite queued the close reply; flush it and finish.
-                    let _ = Box::pin(tokio::time::timeout(ctx.config.limits.write_timeout, ws.flush())).await;
-                    break End::Peer;
+                Inbound::Message(Message::Pong(_)) => awaiting_pong = false,
+                Inbound::Message(Message::Ping(payload)) => {
+                    if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
+                        break end;
+                    }
                 }
-                Some(Ok(Message::Binary(payload))) => client.handle_binary(&payload),
-                Some(Ok(Message::Text(text))) => {
+                Inbound::Message(Message::Close(frame)) => {
+                    // Echo the peer's code (none for an empty close), then finish.
+                    let reply = match frame {
+                        Some(frame) => close_frame(frame.code, ""),
+                        None => control_frame(CLOSE, &[]),
+                    };
+                    break End::CloseReply(reply);
+                }
+                Inbound::Message(Message::Binary(payload)) => client.handle_binary(&payload),
+                Inbound::Message(Message::Text(text)) => {
                     // Boxed: a frame's handling (auth lookups included) can need a large
                     // future; kept inline it would enlarge every idle connection's task.
                     match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx)).await {
@@ -229,11 +308,11 @@ enum Handled {
 /// Handles one text frame, keeping the socket serviced while its handling waits, then
 /// writes its replies.
 async fn handle_text<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Socket<S>,
     client: &mut ClientState,
     outbox: &Outbox,
     closing: &CancellationToken,
-    text: Utf8Bytes,
+    text: String,
     ctx: &ServerState,
 ) -> Result<Handled, End>
 where
@@ -241,13 +320,13 @@ where
 {
     let was_connected = client.is_connected();
     {
-        let handled = client.handle_text(text.as_str());
+        let handled = client.handle_text(&text);
         tokio::pin!(handled);
         loop {
             tokio::select! {
                 biased;
                 () = &mut handled => break,
-                () = closing.cancelled() => return Err(End::Close(CloseCode::Away, "server shutting down", None)),
+                () = closing.cancelled() => return Err(End::Close(CloseCode::AWAY, "server shutting down", None)),
                 () = outbox.notified() => flush_outbox(ws, outbox, ctx).await?,
             }
         }
@@ -265,19 +344,23 @@ where
 
 /// Ends the connection as `end` says (boxed by the caller: an idle connection carries none
 /// of the close handshake's state).
-async fn finish<S>(ws: &mut WebSocketStream<S>, end: End, ctx: &ServerState)
+async fn finish<S>(ws: &mut Socket<S>, end: End, ctx: &ServerState)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match end {
         End::Peer | End::Terminate => {}
+        End::CloseReply(reply) => {
+            let timeout = ctx.config.limits.write_timeout;
+            let _ = tokio::time::timeout(timeout, ws.write_all(&reply)).await;
+        }
         End::Abort(frame) => {
             let grace = ctx.config.limits.write_timeout;
-            close(ws, CloseCode::Restart, "events lost", Some(frame), grace).await;
+            close(ws, CloseCode::RESTART, "events lost", Some(frame), grace).await;
         }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
-            let grace = if code == CloseCode::Away {
+            let grace = if code == CloseCode::AWAY {
                 ctx.config.shutdown_grace
             } else {
                 ctx.config.limits.write_timeout
@@ -296,11 +379,7 @@ where
 }
 
 /// Writes every queued frame, in batches of vectored writes straight to the socket.
-async fn flush_outbox<S>(
-    ws: &mut WebSocketStream<S>,
-    outbox: &Outbox,
-    ctx: &ServerState,
-) -> Result<(), End>
+async fn flush_outbox<S>(ws: &mut Socket<S>, outbox: &Outbox, ctx: &ServerState) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -318,7 +397,7 @@ where
             Drain::Overflowed => {
                 tracing::info!("client too slow: outbound queue overflow; disconnecting");
                 return Err(End::Close(
-                    CloseCode::Policy,
+                    CloseCode::POLICY,
                     "client too slow",
                     Some(WireError::slow_consumer()),
                 ));
@@ -328,25 +407,15 @@ where
         if batch.is_empty() {
             return Ok(());
         }
-        // Frames go straight to the socket behind tungstenite, once what tungstenite
-        // buffered (a pong, say) is out: the two never interleave inside a frame.
+        // Control frames are written whole between batches: never inside a data frame.
         let mut writer = FrameWriter::new(&batch);
-        let mut tungstenite_flushed = false;
         // Set when the connection must end while a frame is partly written: that frame is
         // finished first, so the close handshake starts on a frame boundary.
         let mut ending: Option<End> = None;
         let deadline = sleep(ctx.config.limits.write_timeout);
         tokio::pin!(deadline);
         let result = loop {
-            let write = poll_fn(|cx| {
-                if !tungstenite_flushed {
-                    ready!(Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx))?;
-                    tungstenite_flushed = true;
-                }
-                writer
-                    .poll_write(cx, Pin::new(ws.get_mut()))
-                    .map_err(WsError::Io)
-            });
+            let write = poll_fn(|cx| writer.poll_write(cx, Pin::new(&mut ws.stream)));
             tokio::select! {
                 biased;
                 result = write => break result,
@@ -365,7 +434,7 @@ where
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
                                 tracing::info!("client too slow: outbound queue overflow; disconnecting");
-                                End::Close(CloseCode::Policy, "client too slow", Some(WireError::slow_consumer()))
+                                End::Close(CloseCode::POLICY, "client too slow", Some(WireError::slow_consumer()))
                             }
                         };
                         if !writer.stop_after_current() {
@@ -389,16 +458,17 @@ where
     }
 }
 
+/// Writes whole control frames, within `timeout`.
 async fn write_with_timeout<S>(
-    ws: &mut WebSocketStream<S>,
-    message: Message,
+    ws: &mut Socket<S>,
+    frames: &[u8],
     timeout: Duration,
     ctx: &ServerState,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, ws.send(message)).await {
+    match tokio::time::timeout(timeout, ws.write_all(frames)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Terminate),
         Err(_) => {
@@ -411,7 +481,7 @@ where
 /// The one close handshake: sends an optional final frame (an error) and a close frame,
 /// then waits at most `grace` for the peer's close reply.
 async fn close<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Socket<S>,
     code: CloseCode,
     reason: &'static str,
     final_frame: Option<Bytes>,
@@ -420,23 +490,24 @@ async fn close<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = async {
+        let mut frames = Vec::new();
         if let Some(frame) = final_frame {
-            let text = Utf8Bytes::try_from(frame)
-                .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
-            ws.feed(Message::Text(text)).await?;
+            let (header, used) = text_frame_header(frame.len());
+            frames.extend_from_slice(&header[..used]);
+            frames.extend_from_slice(&frame);
         }
-        ws.send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await?;
-        // Read until the peer's close reply ends the stream.
-        while let Some(message) = ws.next().await {
-            if message.is_err() {
-                break;
+        frames.extend_from_slice(&close_frame(code, reason));
+        ws.write_all(&frames).await?;
+        // Read until the peer's close reply, or the end of the stream.
+        loop {
+            match ws.inbound().await {
+                Inbound::Message(Message::Close(_)) | Inbound::Gone | Inbound::Violation(_) => {
+                    break;
+                }
+                Inbound::Message(_) => {}
             }
         }
-        Ok::<(), WsError>(())
+        Ok::<(), io::Error>(())
     };
     let _ = tokio::time::timeout(grace, handshake).await;
 }
