@@ -40,7 +40,7 @@ use livequery_protocol::{ServerMessage, WireError};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -128,6 +128,17 @@ where
     }
 }
 
+/// Where a connection is in its ping cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    /// Opened since the clock's last tick for it: no ping yet.
+    Joined,
+    /// The last ping was answered (or none was sent): ping at the next tick.
+    Answered,
+    /// A ping is unanswered: drop the peer at the next tick.
+    Awaiting,
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
@@ -202,14 +213,41 @@ where
         limits.outbound_queue_bytes,
     ));
     let mut client = ClientState::new(ctx.clone(), outbox.clone());
-    let period = ctx.config.websocket_timeout;
-    let mut ping = interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut awaiting_pong = false;
+    // Woken once per `websocket_timeout` by the shared clock, through the outbox (no timer
+    // of our own).
+    ctx.pings.join(&outbox);
+    let mut ping = Ping::Joined;
     // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
     let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
 
     let end = loop {
+        // A ping request wakes the outbox branch below; it is handled here, after whatever
+        // woke the task, so a request that came during a frame's handling is not lost.
+        if outbox.take_ping_request() {
+            match ping {
+                // Joined part-way through the clock's period: the first ping waits for a
+                // whole one, so every ping gets a whole period to be answered.
+                Ping::Joined => ping = Ping::Answered,
+                Ping::Awaiting => {
+                    ctx.metrics.dropped(DropReason::PingTimeout);
+                    tracing::debug!("no pong since the last ping; dropping the peer");
+                    break End::Terminate;
+                }
+                Ping::Answered => {
+                    ping = Ping::Awaiting;
+                    if let Err(end) = Box::pin(write_with_timeout(
+                        &mut ws,
+                        &control_frame(PING, &[]),
+                        ctx.config.limits.write_timeout,
+                        &ctx,
+                    ))
+                    .await
+                    {
+                        break end;
+                    }
+                }
+            }
+        }
         tokio::select! {
             biased;
             () = closing.cancelled() => break End::Close(CloseCode::AWAY, "server shutting down", None),
@@ -217,17 +255,6 @@ where
                 // Boxed: a write in progress needs a few hundred bytes that an idle
                 // connection should not carry (one allocation per batch written).
                 if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx)).await {
-                    break end;
-                }
-            }
-            _ = ping.tick() => {
-                if awaiting_pong {
-                    ctx.metrics.dropped(DropReason::PingTimeout);
-                    tracing::debug!("no pong since the last ping; dropping the peer");
-                    break End::Terminate;
-                }
-                awaiting_pong = true;
-                if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PING, &[]), ctx.config.limits.write_timeout, &ctx)).await {
                     break end;
                 }
             }
@@ -258,7 +285,11 @@ where
                     };
                     break End::Close(err.close_code(), reason, None);
                 }
-                Inbound::Message(Message::Pong(_)) => awaiting_pong = false,
+                Inbound::Message(Message::Pong(_)) => {
+                    if ping == Ping::Awaiting {
+                        ping = Ping::Answered;
+                    }
+                }
                 Inbound::Message(Message::Ping(payload)) => {
                     if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
                         break end;
