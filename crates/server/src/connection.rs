@@ -32,6 +32,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use livequery_protocol::ClientId;
 use livequery_protocol::websocket_frame::{
     CLOSE, CloseCode, PING, PONG, close_frame, control_frame, text_frame_header,
 };
@@ -42,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::client::ClientState;
 use crate::frame_writer::FrameWriter;
@@ -73,8 +74,8 @@ struct Socket<S> {
 enum Inbound {
     /// A whole message.
     Message(Message),
-    /// The peer closed the TCP connection (or the read failed).
-    Gone,
+    /// The peer closed the TCP connection, or the read failed (with this error).
+    Gone(Option<io::Error>),
     /// The peer violated the protocol: close with the error's code.
     Violation(ReadError),
 }
@@ -98,12 +99,9 @@ where
             let mut buf = ReadBuf::new(&mut chunk);
             match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(err)) => {
-                    tracing::debug!(error = %err, "websocket read failed");
-                    return Poll::Ready(Inbound::Gone);
-                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Inbound::Gone(Some(err))),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    return Poll::Ready(Inbound::Gone);
+                    return Poll::Ready(Inbound::Gone(None));
                 }
                 Poll::Ready(Ok(())) => {}
             }
@@ -174,8 +172,6 @@ pub fn serve(
     peer: SocketAddr,
 ) -> impl Future<Output = ()> {
     ctx.metrics.connections_accepted.fetch_add(1, Relaxed);
-    // At info: the connection's lines (connected, closed and why) carry who it was.
-    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
     // The client port serves plain TCP: read and write the socket itself rather than
     // hyper's boxed stream with its rewind buffer, starting with the bytes hyper read past
     // the handshake (a client may send its `connect` right behind the upgrade request).
@@ -183,16 +179,25 @@ pub fn serve(
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let already_read = parts.read_buf.to_vec();
-            Either::Left(run(parts.io.into_inner(), already_read, ctx).instrument(span))
+            Either::Left(run(parts.io.into_inner(), already_read, ctx, peer))
         }
-        Err(upgraded) => {
-            Either::Right(run(TokioIo::new(upgraded), Vec::new(), ctx).instrument(span))
-        }
+        Err(upgraded) => Either::Right(run(TokioIo::new(upgraded), Vec::new(), ctx, peer)),
     }
 }
 
+/// The span of a connection's log lines, at info: who it is (`peer`, and `client_id` once
+/// connected). Made when a line is logged or a frame handled, not held: an idle
+/// connection keeps no span (with its entry in the subscriber's registry) alive.
+fn span(peer: SocketAddr, client_id: Option<&ClientId>) -> Span {
+    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
+    if let Some(id) = client_id {
+        span.record("client_id", tracing::field::display(id));
+    }
+    span
+}
+
 /// The connection's future: everything in it is held for the connection's whole life.
-async fn run<S>(stream: S, already_read: Vec<u8>, ctx: Arc<ServerState>)
+async fn run<S>(stream: S, already_read: Vec<u8>, ctx: Arc<ServerState>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -230,7 +235,9 @@ where
                 Ping::Joined => ping = Ping::Answered,
                 Ping::Awaiting => {
                     ctx.metrics.dropped(DropReason::PingTimeout);
-                    tracing::debug!("no pong since the last ping; dropping the peer");
+                    span(peer, client.client_id()).in_scope(|| {
+                        tracing::debug!("no pong since the last ping; dropping the peer");
+                    });
                     break End::Terminate;
                 }
                 Ping::Answered => {
@@ -254,7 +261,8 @@ where
             () = outbox.notified() => {
                 // Boxed: a write in progress needs a few hundred bytes that an idle
                 // connection should not carry (one allocation per batch written).
-                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx)).await {
+                let log_span = || span(peer, client.client_id());
+                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx, &log_span)).await {
                     break end;
                 }
             }
@@ -267,7 +275,14 @@ where
                 );
             }
             inbound = ws.inbound() => match inbound {
-                Inbound::Gone => break End::Peer,
+                Inbound::Gone(error) => {
+                    if let Some(error) = error {
+                        span(peer, client.client_id()).in_scope(|| {
+                            tracing::debug!(%error, "websocket read failed");
+                        });
+                    }
+                    break End::Peer;
+                }
                 Inbound::Violation(ReadError::MessageTooLarge { limit }) => {
                     ctx.metrics.dropped(DropReason::MessageTooLarge);
                     break End::Close(
@@ -277,7 +292,9 @@ where
                     );
                 }
                 Inbound::Violation(err) => {
-                    tracing::debug!(error = %err, "websocket protocol violation");
+                    span(peer, client.client_id()).in_scope(|| {
+                        tracing::debug!(error = %err, "websocket protocol violation");
+                    });
                     let reason = if err.close_code() == CloseCode::INVALID_PAYLOAD {
                         "invalid payload"
                     } else {
@@ -307,7 +324,8 @@ where
                 Inbound::Message(Message::Text(text)) => {
                     // Boxed: a frame's handling (auth lookups included) can need a large
                     // future; kept inline it would enlarge every idle connection's task.
-                    match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx)).await {
+                    let span = span(peer, client.client_id());
+                    match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx).instrument(span)).await {
                         Ok(Handled::Connected) => connect_deadline = None,
                         Ok(Handled::Done) => {}
                         Err(end) => break end,
@@ -317,14 +335,17 @@ where
         }
     };
 
-    client.disconnect();
-    outbox.close();
-    tracing::info!(
-        reason = end.reason(),
-        duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "connection closed"
-    );
-    Box::pin(finish(&mut ws, end, &ctx)).await;
+    let span = span(peer, client.client_id());
+    span.in_scope(|| {
+        client.disconnect();
+        outbox.close();
+        tracing::info!(
+            reason = end.reason(),
+            duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "connection closed"
+        );
+    });
+    Box::pin(finish(&mut ws, end, &ctx).instrument(span)).await;
     ctx.metrics.connections.fetch_sub(1, Relaxed);
 }
 
@@ -358,18 +379,18 @@ where
                 biased;
                 () = &mut handled => break,
                 () = closing.cancelled() => return Err(End::Close(CloseCode::AWAY, "server shutting down", None)),
-                () = outbox.notified() => flush_outbox(ws, outbox, ctx).await?,
+                () = outbox.notified() => flush_outbox(ws, outbox, ctx, &Span::current).await?,
             }
         }
     }
     let mut handled = Handled::Done;
     if !was_connected && let Some(id) = client.client_id() {
         // This future runs inside the connection's span.
-        tracing::Span::current().record("client_id", tracing::field::display(id));
+        Span::current().record("client_id", tracing::field::display(id));
         tracing::info!("client connected");
         handled = Handled::Connected;
     }
-    flush_outbox(ws, outbox, ctx).await?;
+    flush_outbox(ws, outbox, ctx, &Span::current).await?;
     Ok(handled)
 }
 
@@ -410,7 +431,13 @@ where
 }
 
 /// Writes every queued frame, in batches of vectored writes straight to the socket.
-async fn flush_outbox<S>(ws: &mut Socket<S>, outbox: &Outbox, ctx: &ServerState) -> Result<(), End>
+/// `log_span` makes the span of the (rare) lines this logs: none is made per batch.
+async fn flush_outbox<S>(
+    ws: &mut Socket<S>,
+    outbox: &Outbox,
+    ctx: &ServerState,
+    log_span: &(dyn Fn() -> Span + Sync),
+) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -426,7 +453,9 @@ where
             Drain::Open => {}
             Drain::Closed => return Err(End::Terminate),
             Drain::Overflowed => {
-                tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                log_span().in_scope(|| {
+                    tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                });
                 return Err(End::Close(
                     CloseCode::POLICY,
                     "client too slow",
@@ -452,7 +481,9 @@ where
                 result = write => break result,
                 () = &mut deadline => {
                     ctx.metrics.dropped(DropReason::SlowConsumerWrite);
-                    tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
+                    log_span().in_scope(|| {
+                        tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
+                    });
                     // The socket cannot take more data: an error frame could not get through.
                     return Err(End::Terminate);
                 }
@@ -464,7 +495,9 @@ where
                         let end = match outbox.drain_into(&mut Vec::<Bytes>::new(), &mut Vec::<std::time::Instant>::new(), 0) {
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
-                                tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                                log_span().in_scope(|| {
+                                    tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                                });
                                 End::Close(CloseCode::POLICY, "client too slow", Some(WireError::slow_consumer()))
                             }
                         };
@@ -477,7 +510,7 @@ where
             }
         };
         if let Err(err) = result {
-            tracing::debug!(error = %err, "websocket write failed");
+            log_span().in_scope(|| tracing::debug!(error = %err, "websocket write failed"));
             return Err(End::Terminate);
         }
         if let Some(end) = ending {
@@ -532,7 +565,7 @@ async fn close<S>(
         // Read until the peer's close reply, or the end of the stream.
         loop {
             match ws.inbound().await {
-                Inbound::Message(Message::Close(_)) | Inbound::Gone | Inbound::Violation(_) => {
+                Inbound::Message(Message::Close(_)) | Inbound::Gone(_) | Inbound::Violation(_) => {
                     break;
                 }
                 Inbound::Message(_) => {}
