@@ -21,9 +21,9 @@
 //! - [`hub`]: the subscription registry and the fan-out of one event.
 //! - [`outbox`]: the bounded per-connection queue; overflow cuts a slow client off.
 //! - [`connection`]: the task owning one socket ([`frame_writer`] writes its queued
-//!   frames straight to the socket; [`ping`] tells it when to ping); [`client`]: the protocol state of one
-//!   client (`connect`, `subscribe`, `update`, `unsubscribe`, `query`); [`client_keys`]: the
-//!   `keyPairs` check.
+//!   frames straight to the socket; [`ping`] tells it when to ping); [`client`]: the
+//!   protocol state of one client (`connect`, `subscribe`, `update`, `unsubscribe`,
+//!   `query`); [`client_keys`]: the `keyPairs` check.
 //! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/livez`,
 //!   `/readyz`, `/health`, `/metrics`, the embedded source's ingest API).
 //!
