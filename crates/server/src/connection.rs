@@ -178,10 +178,22 @@ pub fn serve(
     // Copied: they are a slice of hyper's read buffer, which must not stay alive.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let already_read = parts.read_buf.to_vec();
-            Either::Left(run(parts.io.into_inner(), already_read, ctx, peer))
+            let mut reader = MessageReader::new(ctx.config.limits.max_message_bytes);
+            // Decoded first: a `connect` may be among them.
+            reader.buffer(&parts.read_buf);
+            let ws = Socket {
+                stream: parts.io.into_inner(),
+                reader,
+            };
+            Either::Left(run(ws, ctx, peer))
         }
-        Err(upgraded) => Either::Right(run(TokioIo::new(upgraded), Vec::new(), ctx, peer)),
+        Err(upgraded) => {
+            let ws = Socket {
+                stream: TokioIo::new(upgraded),
+                reader: MessageReader::new(ctx.config.limits.max_message_bytes),
+            };
+            Either::Right(run(ws, ctx, peer))
+        }
     }
 }
 
@@ -197,156 +209,157 @@ fn span(peer: SocketAddr, client_id: Option<&ClientId>) -> Span {
 }
 
 /// The connection's future: everything in it is held for the connection's whole life.
-async fn run<S>(stream: S, already_read: Vec<u8>, ctx: Arc<ServerState>, peer: SocketAddr)
+///
+/// An `async move` block rather than an `async fn`: the block uses what it captures in place,
+/// where an `async fn` would keep its arguments beside the locals moved out of them.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the async fn would hold its arguments twice"
+)]
+fn run<S>(mut ws: Socket<S>, ctx: Arc<ServerState>, peer: SocketAddr) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let opened = Instant::now();
-    let limits = &ctx.config.limits;
-    let mut ws = Socket {
-        stream,
-        reader: MessageReader::new(limits.max_message_bytes),
-    };
-    // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
-    let closing = ctx.drain.join();
-    // The bytes hyper read past the handshake are decoded first (a `connect` may be among
-    // them).
-    ws.reader.buffer(&already_read);
-    drop(already_read);
-    let outbox = Arc::new(Outbox::new(
-        limits.outbound_queue_frames,
-        limits.outbound_queue_bytes,
-    ));
-    let mut client = ClientState::new(ctx.clone(), outbox.clone());
-    // Woken once per `websocket_timeout` by the shared clock, through the outbox (no timer
-    // of our own).
-    ctx.pings.join(&outbox);
-    let mut ping = Ping::Joined;
-    // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
-    let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
+    async move {
+        let opened = Instant::now();
+        let limits = &ctx.config.limits;
+        // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
+        let closing = ctx.drain.join();
+        let outbox = Arc::new(Outbox::new(
+            limits.outbound_queue_frames,
+            limits.outbound_queue_bytes,
+        ));
+        let mut client = ClientState::new(ctx.clone(), outbox.clone());
+        // Woken once per `websocket_timeout` by the shared clock, through the outbox (no timer
+        // of our own).
+        ctx.pings.join(&outbox);
+        let mut ping = Ping::Joined;
+        // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
+        let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
 
-    let end = loop {
-        // A ping request wakes the outbox branch below; it is handled here, after whatever
-        // woke the task, so a request that came during a frame's handling is not lost.
-        if outbox.take_ping_request() {
-            match ping {
-                // Joined part-way through the clock's period: the first ping waits for a
-                // whole one, so every ping gets a whole period to be answered.
-                Ping::Joined => ping = Ping::Answered,
-                Ping::Awaiting => {
-                    ctx.metrics.dropped(DropReason::PingTimeout);
-                    span(peer, client.client_id()).in_scope(|| {
-                        tracing::debug!("no pong since the last ping; dropping the peer");
-                    });
-                    break End::Terminate;
+        let end = loop {
+            // A ping request wakes the outbox branch below; it is handled here, after whatever
+            // woke the task, so a request that came during a frame's handling is not lost.
+            if outbox.take_ping_request() {
+                match ping {
+                    // Joined part-way through the clock's period: the first ping waits for a
+                    // whole one, so every ping gets a whole period to be answered.
+                    Ping::Joined => ping = Ping::Answered,
+                    Ping::Awaiting => {
+                        ctx.metrics.dropped(DropReason::PingTimeout);
+                        span(peer, client.client_id()).in_scope(|| {
+                            tracing::debug!("no pong since the last ping; dropping the peer");
+                        });
+                        break End::Terminate;
+                    }
+                    Ping::Answered => {
+                        ping = Ping::Awaiting;
+                        if let Err(end) = Box::pin(write_with_timeout(
+                            &mut ws,
+                            &control_frame(PING, &[]),
+                            ctx.config.limits.write_timeout,
+                            &ctx,
+                        ))
+                        .await
+                        {
+                            break end;
+                        }
+                    }
                 }
-                Ping::Answered => {
-                    ping = Ping::Awaiting;
-                    if let Err(end) = Box::pin(write_with_timeout(
-                        &mut ws,
-                        &control_frame(PING, &[]),
-                        ctx.config.limits.write_timeout,
-                        &ctx,
-                    ))
-                    .await
-                    {
+            }
+            tokio::select! {
+                biased;
+                () = closing.cancelled() => break End::Close(CloseCode::AWAY, "server shutting down", None),
+                () = outbox.notified() => {
+                    // Boxed: a write in progress needs a few hundred bytes that an idle
+                    // connection should not carry (one allocation per batch written).
+                    let log_span = || span(peer, client.client_id());
+                    if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx, &log_span)).await {
                         break end;
                     }
                 }
-            }
-        }
-        tokio::select! {
-            biased;
-            () = closing.cancelled() => break End::Close(CloseCode::AWAY, "server shutting down", None),
-            () = outbox.notified() => {
-                // Boxed: a write in progress needs a few hundred bytes that an idle
-                // connection should not carry (one allocation per batch written).
-                let log_span = || span(peer, client.client_id());
-                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx, &log_span)).await {
-                    break end;
-                }
-            }
-            () = async { connect_deadline.as_mut().expect("checked by the guard").await }, if connect_deadline.is_some() => {
-                ctx.metrics.dropped(DropReason::ConnectTimeout);
-                break End::Close(
-                    CloseCode::POLICY,
-                    "connect timeout",
-                    Some(WireError::connect_timeout()),
-                );
-            }
-            inbound = ws.inbound() => match inbound {
-                Inbound::Gone(error) => {
-                    if let Some(error) = error {
-                        span(peer, client.client_id()).in_scope(|| {
-                            tracing::debug!(%error, "websocket read failed");
-                        });
-                    }
-                    break End::Peer;
-                }
-                Inbound::Violation(ReadError::MessageTooLarge { limit }) => {
-                    ctx.metrics.dropped(DropReason::MessageTooLarge);
+                () = async { connect_deadline.as_mut().expect("checked by the guard").await }, if connect_deadline.is_some() => {
+                    ctx.metrics.dropped(DropReason::ConnectTimeout);
                     break End::Close(
-                        CloseCode::TOO_BIG,
-                        "message too large",
-                        Some(WireError::frame_too_large(limit)),
+                        CloseCode::POLICY,
+                        "connect timeout",
+                        Some(WireError::connect_timeout()),
                     );
                 }
-                Inbound::Violation(err) => {
-                    span(peer, client.client_id()).in_scope(|| {
-                        tracing::debug!(error = %err, "websocket protocol violation");
-                    });
-                    let reason = if err.close_code() == CloseCode::INVALID_PAYLOAD {
-                        "invalid payload"
-                    } else {
-                        "protocol error"
-                    };
-                    break End::Close(err.close_code(), reason, None);
-                }
-                Inbound::Message(Message::Pong(_)) => {
-                    if ping == Ping::Awaiting {
-                        ping = Ping::Answered;
+                inbound = ws.inbound() => match inbound {
+                    Inbound::Gone(error) => {
+                        if let Some(error) = error {
+                            span(peer, client.client_id()).in_scope(|| {
+                                tracing::debug!(%error, "websocket read failed");
+                            });
+                        }
+                        break End::Peer;
                     }
-                }
-                Inbound::Message(Message::Ping(payload)) => {
-                    if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
-                        break end;
+                    Inbound::Violation(ReadError::MessageTooLarge { limit }) => {
+                        ctx.metrics.dropped(DropReason::MessageTooLarge);
+                        break End::Close(
+                            CloseCode::TOO_BIG,
+                            "message too large",
+                            Some(WireError::frame_too_large(limit)),
+                        );
                     }
-                }
-                Inbound::Message(Message::Close(frame)) => {
-                    // Echo the peer's code (none for an empty close), then finish.
-                    let reply = match frame {
-                        Some(frame) => close_frame(frame.code, ""),
-                        None => control_frame(CLOSE, &[]),
-                    };
-                    break End::CloseReply(reply);
-                }
-                Inbound::Message(Message::Binary(payload)) => client.handle_binary(&payload),
-                Inbound::Message(Message::Text(text)) => {
-                    // Boxed: a frame's handling (auth lookups included) can need a large
-                    // future; kept inline it would enlarge every idle connection's task.
-                    let span = span(peer, client.client_id());
-                    match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx).instrument(span)).await {
-                        Ok(Handled::Connected) => connect_deadline = None,
-                        Ok(Handled::Done) => {}
-                        Err(end) => break end,
+                    Inbound::Violation(err) => {
+                        span(peer, client.client_id()).in_scope(|| {
+                            tracing::debug!(error = %err, "websocket protocol violation");
+                        });
+                        let reason = if err.close_code() == CloseCode::INVALID_PAYLOAD {
+                            "invalid payload"
+                        } else {
+                            "protocol error"
+                        };
+                        break End::Close(err.close_code(), reason, None);
                     }
-                }
-            },
-        }
-    };
+                    Inbound::Message(Message::Pong(_)) => {
+                        if ping == Ping::Awaiting {
+                            ping = Ping::Answered;
+                        }
+                    }
+                    Inbound::Message(Message::Ping(payload)) => {
+                        if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
+                            break end;
+                        }
+                    }
+                    Inbound::Message(Message::Close(frame)) => {
+                        // Echo the peer's code (none for an empty close), then finish.
+                        let reply = match frame {
+                            Some(frame) => close_frame(frame.code, ""),
+                            None => control_frame(CLOSE, &[]),
+                        };
+                        break End::CloseReply(reply);
+                    }
+                    Inbound::Message(Message::Binary(payload)) => client.handle_binary(&payload),
+                    Inbound::Message(Message::Text(text)) => {
+                        // Boxed: a frame's handling (auth lookups included) can need a large
+                        // future; kept inline it would enlarge every idle connection's task.
+                        let span = span(peer, client.client_id());
+                        match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx).instrument(span)).await {
+                            Ok(Handled::Connected) => connect_deadline = None,
+                            Ok(Handled::Done) => {}
+                            Err(end) => break end,
+                        }
+                    }
+                },
+            }
+        };
 
-    let span = span(peer, client.client_id());
-    span.in_scope(|| {
-        client.disconnect();
-        outbox.close();
-        tracing::info!(
-            reason = end.reason(),
-            duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "connection closed"
-        );
-    });
-    Box::pin(finish(&mut ws, end, &ctx).instrument(span)).await;
-    ctx.metrics.connections.fetch_sub(1, Relaxed);
+        let span = span(peer, client.client_id());
+        span.in_scope(|| {
+            client.disconnect();
+            outbox.close();
+            tracing::info!(
+                reason = end.reason(),
+                duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "connection closed"
+            );
+        });
+        Box::pin(finish(&mut ws, end, &ctx).instrument(span)).await;
+        ctx.metrics.connections.fetch_sub(1, Relaxed);
+    }
 }
 
 /// What a text frame's handling did.
