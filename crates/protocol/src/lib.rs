@@ -21,7 +21,10 @@
 //! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript), [`ClientId`] and
 //!   [`ClassName`].
 //! - [`websocket_frame`]: the header of a server text frame (RFC 6455), so the server can
-//!   write a pre-encoded frame's bytes to the socket behind it without copying them.
+//!   write a pre-encoded frame's bytes to the socket behind it without copying them; the
+//!   server's control frames and the close codes.
+//! - [`websocket_read`]: a client's frames decoded into whole messages, every rule of
+//!   RFC 6455 a server enforces checked, each violation mapped to its close code.
 //!
 //! ## Invariants
 //! - Decoding never panics, whatever the input; invalid JSON yields
@@ -41,6 +44,7 @@ pub mod request;
 pub mod response;
 mod schema;
 pub mod websocket_frame;
+pub mod websocket_read;
 
 pub use error::{ErrorCode, NotConnected, ProtocolError, WireError};
 pub use id::{ClassName, ClientId, RequestId};

@@ -1,6 +1,12 @@
 //! The task that owns one WebSocket: it reads frames into the [`ClientState`], writes the
 //! connection's outbox to the socket, pings, and enforces the per-connection limits.
 //!
+//! The task speaks WebSocket itself, on the bare socket: a read lands in a buffer on the
+//! stack of the poll that reads, and [`MessageReader`] decodes it at once, keeping only an
+//! incomplete frame's bytes, so an idle connection owns no read buffer. Everything the
+//! server writes goes out whole between the frames of [`crate::frame_writer`]'s batches:
+//! pongs, pings and close frames are written only when no data frame is partly written.
+//!
 //! One task per connection, holding its socket and client state. Inbound frames are
 //! handled one at a time, in order; while a frame's handling waits (an auth lookup), the
 //! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
@@ -14,33 +20,32 @@
 //! boxes.
 
 use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::ready;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use futures_util::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use livequery_protocol::ClientId;
+use livequery_protocol::websocket_frame::{
+    CLOSE, CloseCode, PING, PONG, close_frame, control_frame, text_frame_header,
+};
+use livequery_protocol::websocket_read::{Message, MessageReader, ReadError};
 use livequery_protocol::{ServerMessage, WireError};
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::client::ClientState;
-use crate::config::Limits;
 use crate::frame_writer::FrameWriter;
 use crate::metrics::DropReason;
 use crate::outbox::{Drain, Outbox};
@@ -52,15 +57,84 @@ const WRITE_BATCH: usize = 256;
 /// Frames (and receipt times) a write batch holds without a heap allocation of its own.
 const INLINE_BATCH: usize = 8;
 
-/// The WebSocket settings: small read buffers (idle connections are cheap; a larger frame
-/// grows its connection's buffer as needed) and the configured size limits.
-fn websocket_config(limits: &Limits) -> WebSocketConfig {
-    let max = limits.max_message_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(64 * 1024)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+/// Bytes read from the socket per read, into a buffer on the stack of the poll that reads.
+const READ_CHUNK: usize = 4096;
+
+/// Reads per poll before the task yields to others (a peer that keeps the socket full
+/// must not monopolize its worker thread).
+const READS_PER_POLL: usize = 16;
+
+/// The connection's socket and the decoder of what it reads.
+struct Socket<S> {
+    stream: S,
+    reader: MessageReader,
+}
+
+/// What a read from the peer gave.
+enum Inbound {
+    /// A whole message.
+    Message(Message),
+    /// The peer closed the TCP connection, or the read failed (with this error).
+    Gone(Option<io::Error>),
+    /// The peer violated the protocol: close with the error's code.
+    Violation(ReadError),
+}
+
+impl<S> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The next message, reading the socket as needed. Cancel-safe: what a read returned
+    /// is decoded (and kept by the reader) within the same poll.
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.reader.has_buffered() {
+            match self.reader.read(&[]) {
+                Ok(Some(message)) => return Poll::Ready(Inbound::Message(message)),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Inbound::Violation(err)),
+            }
+        }
+        for _ in 0..READS_PER_POLL {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => return Poll::Ready(Inbound::Gone(Some(err))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Poll::Ready(Inbound::Gone(None));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            match self.reader.read(buf.filled()) {
+                Ok(Some(message)) => return Poll::Ready(Inbound::Message(message)),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Inbound::Violation(err)),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    async fn inbound(&mut self) -> Inbound {
+        poll_fn(|cx| self.poll_inbound(cx)).await
+    }
+
+    /// Writes `bytes` (whole frames) and flushes.
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+}
+
+/// Where a connection is in its ping cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    /// Opened since the clock's last tick for it: no ping yet.
+    Joined,
+    /// The last ping was answered (or none was sent): ping at the next tick.
+    Answered,
+    /// A ping is unanswered: drop the peer at the next tick.
+    Awaiting,
 }
 
 /// Why a connection ended.
@@ -70,6 +144,8 @@ enum End {
     Peer,
     /// We close with a code (after an optional error frame).
     Close(CloseCode, &'static str, Option<WireError>),
+    /// The peer sent a close frame: answer it with this one, then end.
+    CloseReply(Vec<u8>),
     /// Drop the TCP connection without a close handshake (dead or stuck peer).
     Terminate,
     /// The server ends the connection with this frame (e.g. events were lost), then
@@ -81,7 +157,7 @@ impl End {
     /// Why, in the words of the connection's closing log line.
     fn reason(&self) -> &'static str {
         match self {
-            Self::Peer => "peer closed",
+            Self::Peer | Self::CloseReply(_) => "peer closed",
             Self::Close(_, reason, _) => reason,
             Self::Terminate => "dropped (dead, stuck or failed peer)",
             Self::Abort(_) => "events lost",
@@ -96,126 +172,194 @@ pub fn serve(
     peer: SocketAddr,
 ) -> impl Future<Output = ()> {
     ctx.metrics.connections_accepted.fetch_add(1, Relaxed);
-    // At info: the connection's lines (connected, closed and why) carry who it was.
-    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
     // The client port serves plain TCP: read and write the socket itself rather than
     // hyper's boxed stream with its rewind buffer, starting with the bytes hyper read past
     // the handshake (a client may send its `connect` right behind the upgrade request).
     // Copied: they are a slice of hyper's read buffer, which must not stay alive.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let already_read = parts.read_buf.to_vec();
-            Either::Left(run(parts.io.into_inner(), already_read, ctx).instrument(span))
+            let mut reader = MessageReader::new(ctx.config.limits.max_message_bytes);
+            // Decoded first: a `connect` may be among them.
+            reader.buffer(&parts.read_buf);
+            let ws = Socket {
+                stream: parts.io.into_inner(),
+                reader,
+            };
+            Either::Left(run(ws, ctx, peer))
         }
         Err(upgraded) => {
-            Either::Right(run(TokioIo::new(upgraded), Vec::new(), ctx).instrument(span))
+            let ws = Socket {
+                stream: TokioIo::new(upgraded),
+                reader: MessageReader::new(ctx.config.limits.max_message_bytes),
+            };
+            Either::Right(run(ws, ctx, peer))
         }
     }
 }
 
+/// The span of a connection's log lines, at info: who it is (`peer`, and `client_id` once
+/// connected). Made when a line is logged or a frame handled, not held: an idle
+/// connection keeps no span (with its entry in the subscriber's registry) alive.
+fn span(peer: SocketAddr, client_id: Option<&ClientId>) -> Span {
+    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
+    if let Some(id) = client_id {
+        span.record("client_id", tracing::field::display(id));
+    }
+    span
+}
+
 /// The connection's future: everything in it is held for the connection's whole life.
-async fn run<S>(stream: S, already_read: Vec<u8>, ctx: Arc<ServerState>)
+///
+/// An `async move` block rather than an `async fn`: the block uses what it captures in place,
+/// where an `async fn` would keep its arguments beside the locals moved out of them.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the async fn would hold its arguments twice"
+)]
+fn run<S>(mut ws: Socket<S>, ctx: Arc<ServerState>, peer: SocketAddr) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let opened = Instant::now();
-    let mut ws = WebSocketStream::from_partially_read(
-        stream,
-        already_read,
-        Role::Server,
-        Some(websocket_config(&ctx.config.limits)),
-    )
-    .await;
-    // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
-    let closing = ctx.drain.join();
-    let limits = &ctx.config.limits;
-    let outbox = Arc::new(Outbox::new(
-        limits.outbound_queue_frames,
-        limits.outbound_queue_bytes,
-    ));
-    let mut client = ClientState::new(ctx.clone(), outbox.clone());
-    let period = ctx.config.websocket_timeout;
-    let mut ping = interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut awaiting_pong = false;
-    // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
-    let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
+    async move {
+        let opened = Instant::now();
+        let limits = &ctx.config.limits;
+        // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
+        let closing = ctx.drain.join();
+        let outbox = Arc::new(Outbox::new(
+            limits.outbound_queue_frames,
+            limits.outbound_queue_bytes,
+        ));
+        let mut client = ClientState::new(ctx.clone(), outbox.clone());
+        // Woken once per `websocket_timeout` by the shared clock, through the outbox (no timer
+        // of our own).
+        ctx.pings.join(&outbox);
+        let mut ping = Ping::Joined;
+        // Boxed and dropped once connected: an idle connection keeps no timer it does not need.
+        let mut connect_deadline = Some(Box::pin(sleep(limits.connect_timeout)));
 
-    let end = loop {
-        tokio::select! {
-            biased;
-            () = closing.cancelled() => break End::Close(CloseCode::Away, "server shutting down", None),
-            () = outbox.notified() => {
-                // Boxed: a write in progress needs a few hundred bytes that an idle
-                // connection should not carry (one allocation per batch written).
-                if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx)).await {
-                    break end;
-                }
-            }
-            _ = ping.tick() => {
-                if awaiting_pong {
-                    ctx.metrics.dropped(DropReason::PingTimeout);
-                    tracing::debug!("no pong since the last ping; dropping the peer");
-                    break End::Terminate;
-                }
-                awaiting_pong = true;
-                if let Err(end) = Box::pin(write_with_timeout(&mut ws, Message::Ping(Bytes::new()), ctx.config.limits.write_timeout, &ctx)).await {
-                    break end;
-                }
-            }
-            () = async { connect_deadline.as_mut().expect("checked by the guard").await }, if connect_deadline.is_some() => {
-                ctx.metrics.dropped(DropReason::ConnectTimeout);
-                break End::Close(
-                    CloseCode::Policy,
-                    "connect timeout",
-                    Some(WireError::connect_timeout()),
-                );
-            }
-            inbound = ws.next() => match inbound {
-                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::Peer,
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                    ctx.metrics.dropped(DropReason::MessageTooLarge);
-                    let limit = ctx.config.limits.max_message_bytes;
-                    break End::Close(
-                        CloseCode::Size,
-                        "message too large",
-                        Some(WireError::frame_too_large(limit)),
-                    );
-                }
-                Some(Err(err)) => {
-                    tracing::debug!(error = %err, "websocket read failed");
-                    break End::Terminate;
-                }
-                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite queued the close reply; flush it and finish.
-                    let _ = Box::pin(tokio::time::timeout(ctx.config.limits.write_timeout, ws.flush())).await;
-                    break End::Peer;
-                }
-                Some(Ok(Message::Binary(payload))) => client.handle_binary(&payload),
-                Some(Ok(Message::Text(text))) => {
-                    // Boxed: a frame's handling (auth lookups included) can need a large
-                    // future; kept inline it would enlarge every idle connection's task.
-                    match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx)).await {
-                        Ok(Handled::Connected) => connect_deadline = None,
-                        Ok(Handled::Done) => {}
-                        Err(end) => break end,
+        let end = loop {
+            // A ping request wakes the outbox branch below; it is handled here, after whatever
+            // woke the task, so a request that came during a frame's handling is not lost.
+            if outbox.take_ping_request() {
+                match ping {
+                    // Joined part-way through the clock's period: the first ping waits for a
+                    // whole one, so every ping gets a whole period to be answered.
+                    Ping::Joined => ping = Ping::Answered,
+                    Ping::Awaiting => {
+                        ctx.metrics.dropped(DropReason::PingTimeout);
+                        span(peer, client.client_id()).in_scope(|| {
+                            tracing::debug!("no pong since the last ping; dropping the peer");
+                        });
+                        break End::Terminate;
+                    }
+                    Ping::Answered => {
+                        ping = Ping::Awaiting;
+                        if let Err(end) = Box::pin(write_with_timeout(
+                            &mut ws,
+                            &control_frame(PING, &[]),
+                            ctx.config.limits.write_timeout,
+                            &ctx,
+                        ))
+                        .await
+                        {
+                            break end;
+                        }
                     }
                 }
-            },
-        }
-    };
+            }
+            tokio::select! {
+                biased;
+                () = closing.cancelled() => break End::Close(CloseCode::AWAY, "server shutting down", None),
+                () = outbox.notified() => {
+                    // Boxed: a write in progress needs a few hundred bytes that an idle
+                    // connection should not carry (one allocation per batch written).
+                    let log_span = || span(peer, client.client_id());
+                    if let Err(end) = Box::pin(flush_outbox(&mut ws, &outbox, &ctx, &log_span)).await {
+                        break end;
+                    }
+                }
+                () = async { connect_deadline.as_mut().expect("checked by the guard").await }, if connect_deadline.is_some() => {
+                    ctx.metrics.dropped(DropReason::ConnectTimeout);
+                    break End::Close(
+                        CloseCode::POLICY,
+                        "connect timeout",
+                        Some(WireError::connect_timeout()),
+                    );
+                }
+                inbound = ws.inbound() => match inbound {
+                    Inbound::Gone(error) => {
+                        if let Some(error) = error {
+                            span(peer, client.client_id()).in_scope(|| {
+                                tracing::debug!(%error, "websocket read failed");
+                            });
+                        }
+                        break End::Peer;
+                    }
+                    Inbound::Violation(ReadError::MessageTooLarge { limit }) => {
+                        ctx.metrics.dropped(DropReason::MessageTooLarge);
+                        break End::Close(
+                            CloseCode::TOO_BIG,
+                            "message too large",
+                            Some(WireError::frame_too_large(limit)),
+                        );
+                    }
+                    Inbound::Violation(err) => {
+                        span(peer, client.client_id()).in_scope(|| {
+                            tracing::debug!(error = %err, "websocket protocol violation");
+                        });
+                        let reason = if err.close_code() == CloseCode::INVALID_PAYLOAD {
+                            "invalid payload"
+                        } else {
+                            "protocol error"
+                        };
+                        break End::Close(err.close_code(), reason, None);
+                    }
+                    Inbound::Message(Message::Pong(_)) => {
+                        if ping == Ping::Awaiting {
+                            ping = Ping::Answered;
+                        }
+                    }
+                    Inbound::Message(Message::Ping(payload)) => {
+                        if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
+                            break end;
+                        }
+                    }
+                    Inbound::Message(Message::Close(frame)) => {
+                        // Echo the peer's code (none for an empty close), then finish.
+                        let reply = match frame {
+                            Some(frame) => close_frame(frame.code, ""),
+                            None => control_frame(CLOSE, &[]),
+                        };
+                        break End::CloseReply(reply);
+                    }
+                    Inbound::Message(Message::Binary(payload)) => client.handle_binary(&payload),
+                    Inbound::Message(Message::Text(text)) => {
+                        // Boxed: a frame's handling (auth lookups included) can need a large
+                        // future; kept inline it would enlarge every idle connection's task.
+                        let span = span(peer, client.client_id());
+                        match Box::pin(handle_text(&mut ws, &mut client, &outbox, &closing, text, &ctx).instrument(span)).await {
+                            Ok(Handled::Connected) => connect_deadline = None,
+                            Ok(Handled::Done) => {}
+                            Err(end) => break end,
+                        }
+                    }
+                },
+            }
+        };
 
-    client.disconnect();
-    outbox.close();
-    tracing::info!(
-        reason = end.reason(),
-        duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "connection closed"
-    );
-    Box::pin(finish(&mut ws, end, &ctx)).await;
-    ctx.metrics.connections.fetch_sub(1, Relaxed);
+        let span = span(peer, client.client_id());
+        span.in_scope(|| {
+            client.disconnect();
+            outbox.close();
+            tracing::info!(
+                reason = end.reason(),
+                duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "connection closed"
+            );
+        });
+        Box::pin(finish(&mut ws, end, &ctx).instrument(span)).await;
+        ctx.metrics.connections.fetch_sub(1, Relaxed);
+    }
 }
 
 /// What a text frame's handling did.
@@ -229,11 +373,11 @@ enum Handled {
 /// Handles one text frame, keeping the socket serviced while its handling waits, then
 /// writes its replies.
 async fn handle_text<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Socket<S>,
     client: &mut ClientState,
     outbox: &Outbox,
     closing: &CancellationToken,
-    text: Utf8Bytes,
+    text: String,
     ctx: &ServerState,
 ) -> Result<Handled, End>
 where
@@ -241,43 +385,47 @@ where
 {
     let was_connected = client.is_connected();
     {
-        let handled = client.handle_text(text.as_str());
+        let handled = client.handle_text(&text);
         tokio::pin!(handled);
         loop {
             tokio::select! {
                 biased;
                 () = &mut handled => break,
-                () = closing.cancelled() => return Err(End::Close(CloseCode::Away, "server shutting down", None)),
-                () = outbox.notified() => flush_outbox(ws, outbox, ctx).await?,
+                () = closing.cancelled() => return Err(End::Close(CloseCode::AWAY, "server shutting down", None)),
+                () = outbox.notified() => flush_outbox(ws, outbox, ctx, &Span::current).await?,
             }
         }
     }
     let mut handled = Handled::Done;
     if !was_connected && let Some(id) = client.client_id() {
         // This future runs inside the connection's span.
-        tracing::Span::current().record("client_id", tracing::field::display(id));
+        Span::current().record("client_id", tracing::field::display(id));
         tracing::info!("client connected");
         handled = Handled::Connected;
     }
-    flush_outbox(ws, outbox, ctx).await?;
+    flush_outbox(ws, outbox, ctx, &Span::current).await?;
     Ok(handled)
 }
 
 /// Ends the connection as `end` says (boxed by the caller: an idle connection carries none
 /// of the close handshake's state).
-async fn finish<S>(ws: &mut WebSocketStream<S>, end: End, ctx: &ServerState)
+async fn finish<S>(ws: &mut Socket<S>, end: End, ctx: &ServerState)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match end {
         End::Peer | End::Terminate => {}
+        End::CloseReply(reply) => {
+            let timeout = ctx.config.limits.write_timeout;
+            let _ = tokio::time::timeout(timeout, ws.write_all(&reply)).await;
+        }
         End::Abort(frame) => {
             let grace = ctx.config.limits.write_timeout;
-            close(ws, CloseCode::Restart, "events lost", Some(frame), grace).await;
+            close(ws, CloseCode::RESTART, "events lost", Some(frame), grace).await;
         }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
-            let grace = if code == CloseCode::Away {
+            let grace = if code == CloseCode::AWAY {
                 ctx.config.shutdown_grace
             } else {
                 ctx.config.limits.write_timeout
@@ -296,10 +444,12 @@ where
 }
 
 /// Writes every queued frame, in batches of vectored writes straight to the socket.
+/// `log_span` makes the span of the (rare) lines this logs: none is made per batch.
 async fn flush_outbox<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Socket<S>,
     outbox: &Outbox,
     ctx: &ServerState,
+    log_span: &(dyn Fn() -> Span + Sync),
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -316,9 +466,11 @@ where
             Drain::Open => {}
             Drain::Closed => return Err(End::Terminate),
             Drain::Overflowed => {
-                tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                log_span().in_scope(|| {
+                    tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                });
                 return Err(End::Close(
-                    CloseCode::Policy,
+                    CloseCode::POLICY,
                     "client too slow",
                     Some(WireError::slow_consumer()),
                 ));
@@ -328,31 +480,23 @@ where
         if batch.is_empty() {
             return Ok(());
         }
-        // Frames go straight to the socket behind tungstenite, once what tungstenite
-        // buffered (a pong, say) is out: the two never interleave inside a frame.
+        // Control frames are written whole between batches: never inside a data frame.
         let mut writer = FrameWriter::new(&batch);
-        let mut tungstenite_flushed = false;
         // Set when the connection must end while a frame is partly written: that frame is
         // finished first, so the close handshake starts on a frame boundary.
         let mut ending: Option<End> = None;
         let deadline = sleep(ctx.config.limits.write_timeout);
         tokio::pin!(deadline);
         let result = loop {
-            let write = poll_fn(|cx| {
-                if !tungstenite_flushed {
-                    ready!(Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx))?;
-                    tungstenite_flushed = true;
-                }
-                writer
-                    .poll_write(cx, Pin::new(ws.get_mut()))
-                    .map_err(WsError::Io)
-            });
+            let write = poll_fn(|cx| writer.poll_write(cx, Pin::new(&mut ws.stream)));
             tokio::select! {
                 biased;
                 result = write => break result,
                 () = &mut deadline => {
                     ctx.metrics.dropped(DropReason::SlowConsumerWrite);
-                    tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
+                    log_span().in_scope(|| {
+                        tracing::info!(timeout = ?ctx.config.limits.write_timeout, "client too slow: write blocked; disconnecting");
+                    });
                     // The socket cannot take more data: an error frame could not get through.
                     return Err(End::Terminate);
                 }
@@ -364,8 +508,10 @@ where
                         let end = match outbox.drain_into(&mut Vec::<Bytes>::new(), &mut Vec::<std::time::Instant>::new(), 0) {
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
-                                tracing::info!("client too slow: outbound queue overflow; disconnecting");
-                                End::Close(CloseCode::Policy, "client too slow", Some(WireError::slow_consumer()))
+                                log_span().in_scope(|| {
+                                    tracing::info!("client too slow: outbound queue overflow; disconnecting");
+                                });
+                                End::Close(CloseCode::POLICY, "client too slow", Some(WireError::slow_consumer()))
                             }
                         };
                         if !writer.stop_after_current() {
@@ -377,7 +523,7 @@ where
             }
         };
         if let Err(err) = result {
-            tracing::debug!(error = %err, "websocket write failed");
+            log_span().in_scope(|| tracing::debug!(error = %err, "websocket write failed"));
             return Err(End::Terminate);
         }
         if let Some(end) = ending {
@@ -389,16 +535,17 @@ where
     }
 }
 
+/// Writes whole control frames, within `timeout`.
 async fn write_with_timeout<S>(
-    ws: &mut WebSocketStream<S>,
-    message: Message,
+    ws: &mut Socket<S>,
+    frames: &[u8],
     timeout: Duration,
     ctx: &ServerState,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, ws.send(message)).await {
+    match tokio::time::timeout(timeout, ws.write_all(frames)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Terminate),
         Err(_) => {
@@ -411,7 +558,7 @@ where
 /// The one close handshake: sends an optional final frame (an error) and a close frame,
 /// then waits at most `grace` for the peer's close reply.
 async fn close<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Socket<S>,
     code: CloseCode,
     reason: &'static str,
     final_frame: Option<Bytes>,
@@ -420,23 +567,24 @@ async fn close<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = async {
+        let mut frames = Vec::new();
         if let Some(frame) = final_frame {
-            let text = Utf8Bytes::try_from(frame)
-                .map_err(|_| WsError::Utf8("frame is not UTF-8".into()))?;
-            ws.feed(Message::Text(text)).await?;
+            let (header, used) = text_frame_header(frame.len());
+            frames.extend_from_slice(&header[..used]);
+            frames.extend_from_slice(&frame);
         }
-        ws.send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await?;
-        // Read until the peer's close reply ends the stream.
-        while let Some(message) = ws.next().await {
-            if message.is_err() {
-                break;
+        frames.extend_from_slice(&close_frame(code, reason));
+        ws.write_all(&frames).await?;
+        // Read until the peer's close reply, or the end of the stream.
+        loop {
+            match ws.inbound().await {
+                Inbound::Message(Message::Close(_)) | Inbound::Gone(_) | Inbound::Violation(_) => {
+                    break;
+                }
+                Inbound::Message(_) => {}
             }
         }
-        Ok::<(), WsError>(())
+        Ok::<(), io::Error>(())
     };
     let _ = tokio::time::timeout(grace, handshake).await;
 }

@@ -10,9 +10,8 @@
 //! frame's bytes are not copied: its header goes to the staging buffer and its shared
 //! bytes follow as a slice of their own.
 //!
-//! The connection task uses this between tungstenite's operations on the same socket
-//! (tungstenite keeps reading, pings, pongs and the close handshake), after flushing what
-//! tungstenite buffered, so the two never interleave bytes inside a frame.
+//! The connection task writes its control frames (pings, pongs, the close handshake) whole
+//! between batches, so they never interleave bytes inside a data frame.
 //!
 //! A write can be interrupted (the caller stops polling it) and resumed where it stopped,
 //! even in the middle of a slice; [`FrameWriter::stop_after_current`] lets a caller that

@@ -21,9 +21,9 @@
 //! - [`hub`]: the subscription registry and the fan-out of one event.
 //! - [`outbox`]: the bounded per-connection queue; overflow cuts a slow client off.
 //! - [`connection`]: the task owning one socket ([`frame_writer`] writes its queued
-//!   frames straight to the socket); [`client`]: the protocol state of one
-//!   client (`connect`, `subscribe`, `update`, `unsubscribe`, `query`); [`client_keys`]: the
-//!   `keyPairs` check.
+//!   frames straight to the socket; [`ping`] tells it when to ping); [`client`]: the
+//!   protocol state of one client (`connect`, `subscribe`, `update`, `unsubscribe`,
+//!   `query`); [`client_keys`]: the `keyPairs` check.
 //! - [`listener`] and [`http`]: the accept loops and the HTTP endpoints (`/livez`,
 //!   `/readyz`, `/health`, `/metrics`, the embedded source's ingest API).
 //!
@@ -71,6 +71,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod parse_rest;
+pub mod ping;
 pub mod process;
 pub mod pubsub;
 pub mod readiness;
@@ -394,6 +395,7 @@ impl Server {
             )
         });
         let drain = Arc::new(drain::Drain::new(&stop));
+        let pings = Arc::new(ping::PingClock::new());
         let (shards, workers) = Workers::start(
             hub.clone(),
             metrics.clone(),
@@ -417,6 +419,7 @@ impl Server {
             source_name: components.source.name(),
             shutdown: stop.clone(),
             drain: drain.clone(),
+            pings: pings.clone(),
             tracker: tracker.clone(),
             capacity,
         });
@@ -438,6 +441,11 @@ impl Server {
             }
         });
         let refresher = tokio::spawn(identities.clone().run_refresher(stop.clone()));
+        let pinger = tokio::spawn({
+            let stop = stop.clone();
+            let period = config.websocket_timeout;
+            async move { pings.run(period, stop).await }
+        });
         let drainer = tokio::spawn(drain.run(
             config.drain_period,
             ctx.readiness.clone(),
@@ -486,6 +494,7 @@ impl Server {
         }
         let _ = source_task.await;
         let _ = refresher.await;
+        let _ = pinger.await;
         workers.join().await;
         tracing::info!("stopped");
         Ok(())

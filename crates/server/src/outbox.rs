@@ -8,6 +8,7 @@
 //! for a few instructions and never across an `.await`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -60,6 +61,8 @@ pub struct Outbox {
     max_frames: usize,
     /// `limits.outbound_queue_bytes`.
     max_bytes: usize,
+    /// The ping clock asked for a ping ([`crate::ping`]).
+    ping_requested: AtomicBool,
 }
 
 impl Outbox {
@@ -74,6 +77,7 @@ impl Outbox {
             notify: Notify::new(),
             max_frames,
             max_bytes,
+            ping_requested: AtomicBool::new(false),
         }
     }
 
@@ -168,6 +172,22 @@ impl Outbox {
     /// Waits until a push or a state change happened since the last wait.
     pub async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// Asks the connection task for a ping (it is woken). Returns whether the connection is
+    /// still open, i.e. worth asking again.
+    pub fn request_ping(&self) -> bool {
+        if self.inner.lock().state == Drain::Closed {
+            return false;
+        }
+        self.ping_requested.store(true, Relaxed);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Whether a ping was asked for since the last call.
+    pub fn take_ping_request(&self) -> bool {
+        self.ping_requested.swap(false, Relaxed)
     }
 
     /// Marks the queue closed: later pushes are refused and queued frames released.

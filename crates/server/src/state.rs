@@ -14,6 +14,7 @@ use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
+use crate::ping::PingClock;
 use crate::readiness::Readiness;
 use crate::source::embedded::EmbeddedSource;
 
@@ -43,6 +44,8 @@ pub struct ServerState {
     pub shutdown: CancellationToken,
     /// The graceful drain's waves: each connection closes when its wave's token is cancelled.
     pub drain: Arc<Drain>,
+    /// Tells the connections when to ping.
+    pub pings: Arc<PingClock>,
     /// Every connection task.
     pub tracker: TaskTracker,
     /// Connection pools of the ports.

@@ -1,6 +1,11 @@
 //! Protocol state rules and error frames (`protocol-spec/frames.md`, `protocol-spec/errors.md`).
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::support::{Client, TestServer, object};
 
@@ -475,4 +480,66 @@ async fn regex_can_be_disabled_except_for_master() {
     master
         .subscribe(1, "M", json!({"name": {"$regex": "^A"}}))
         .await;
+}
+
+/// A client frame through tungstenite's raw-frame path (masked like any client frame, but
+/// neither validated nor assembled).
+async fn send_frame(client: &mut Client, payload: &[u8], opcode: OpCode, fin: bool) {
+    let frame = Frame::message(payload.to_vec(), opcode, fin);
+    client.ws.send(Message::Frame(frame)).await.expect("send");
+}
+
+#[tokio::test]
+async fn fragmented_messages_are_reassembled_and_pings_between_them_answered() {
+    let server = TestServer::start("").await;
+    let mut client = server.client().await;
+    let connect = json!({"op": "connect", "applicationId": "x"}).to_string();
+    let (head, tail) = connect.as_bytes().split_at(10);
+    send_frame(&mut client, head, OpCode::Data(Data::Text), false).await;
+    client
+        .ws
+        .send(Message::Ping(b"between".to_vec().into()))
+        .await
+        .expect("send");
+    send_frame(&mut client, tail, OpCode::Data(Data::Continue), true).await;
+    let pong = tokio::time::timeout(std::time::Duration::from_secs(5), client.ws.next())
+        .await
+        .expect("a pong in time")
+        .expect("open")
+        .expect("a frame");
+    assert_eq!(pong, Message::Pong(b"between".to_vec().into()));
+    assert_eq!(client.recv().await["op"], "connected");
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002() {
+    let server = TestServer::start("").await;
+    // An unmasked client frame.
+    let mut client = server.connected(None).await;
+    client
+        .ws
+        .get_mut()
+        .write_all(&[0x81, 0x01, b'x'])
+        .await
+        .expect("write");
+    assert_eq!(client.closed().await, Some(1002));
+    // A continuation with no message to continue.
+    let mut client = server.connected(None).await;
+    send_frame(&mut client, b"x", OpCode::Data(Data::Continue), true).await;
+    assert_eq!(client.closed().await, Some(1002));
+    // A reserved opcode.
+    let mut client = server.connected(None).await;
+    send_frame(&mut client, b"x", OpCode::Data(Data::Reserved(3)), true).await;
+    assert_eq!(client.closed().await, Some(1002));
+    // The server still serves others.
+    let mut client = server.connected(None).await;
+    client.subscribe(1, "M", json!({})).await;
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_closes_with_1007() {
+    let server = TestServer::start("").await;
+    let mut client = server.connected(None).await;
+    send_frame(&mut client, &[b'{', 0xff], OpCode::Data(Data::Text), true).await;
+    assert_eq!(client.closed().await, Some(1007));
 }
