@@ -19,7 +19,7 @@
 //! than the subscription index needs when no subscription may be concerned
 //! ([`Hub::may_concern`]): it is counted and dropped before its objects are read. Its
 //! permissions (parse-server sends the class's with every message) are read once per
-//! distinct text ([`PermissionTexts`]) and still recorded for every message.
+//! distinct text (`PermissionTexts`) and still recorded for every message.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
