@@ -427,6 +427,41 @@ struct ClassIndex {
 }
 
 impl ClassIndex {
+    /// Calls `found` with every query posted under a value of one of `objects` (an equality
+    /// posting or an overlapping interval); a query may come more than once. The scanned
+    /// queries are the caller's.
+    fn indexed_candidates(&self, objects: &[&Map<String, Value>], found: &mut impl FnMut(QueryId)) {
+        for (field, by_key) in &self.postings {
+            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
+            for object in objects {
+                value_keys(object.get(&**field), date_strings, &mut |key| {
+                    if let Some(list) = by_key.get(&key) {
+                        list.iter().copied().for_each(&mut *found);
+                    }
+                });
+            }
+        }
+        for (field, trees) in &self.ranges {
+            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
+            for object in objects {
+                // A missing field satisfies no range predicate.
+                let Some(value) = object.get(&**field) else {
+                    continue;
+                };
+                let spans = Spans::of(value, date_strings);
+                if let Some((min, max)) = spans.num {
+                    trees.num.overlapping(&min, &max, found);
+                }
+                if let Some((min, max)) = spans.str {
+                    trees.str.overlapping(min, max, found);
+                }
+                if let Some((min, max)) = spans.date {
+                    trees.date.overlapping(&min, &max, found);
+                }
+            }
+        }
+    }
+
     fn posting_len(&self, field: &str, key: KeyRef<'_>) -> usize {
         self.postings
             .get(field)
@@ -760,44 +795,11 @@ impl<S: PartialEq> SubscriptionIndex<S> {
                 out.push(id);
             }
         }
-        for (field, by_key) in &class.postings {
-            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
-            for object in objects {
-                value_keys(object.get(&**field), date_strings, &mut |key| {
-                    if let Some(list) = by_key.get(&key) {
-                        for &id in list {
-                            if scratch.first_visit(id) {
-                                out.push(id);
-                            }
-                        }
-                    }
-                });
-            }
-        }
-        let mut found = |id| {
+        class.indexed_candidates(objects, &mut |id| {
             if scratch.first_visit(id) {
                 out.push(id);
             }
-        };
-        for (field, trees) in &class.ranges {
-            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
-            for object in objects {
-                // A missing field satisfies no range predicate.
-                let Some(value) = object.get(&**field) else {
-                    continue;
-                };
-                let spans = Spans::of(value, date_strings);
-                if let Some((min, max)) = spans.num {
-                    trees.num.overlapping(&min, &max, &mut found);
-                }
-                if let Some((min, max)) = spans.str {
-                    trees.str.overlapping(min, max, &mut found);
-                }
-                if let Some((min, max)) = spans.date {
-                    trees.date.overlapping(&min, &max, &mut found);
-                }
-            }
-        }
+        });
     }
 
     /// What [`SubscriptionIndex::candidates`] reads of an object of `class_name`: lets a
@@ -812,7 +814,7 @@ impl<S: PartialEq> SubscriptionIndex<S> {
     }
 
     /// Whether [`SubscriptionIndex::candidates`] would find any query of `class_name` for
-    /// `objects`: the same lookups, stopped at the first hit, without a [`Scratch`].
+    /// `objects`: the same lookups, without a [`Scratch`] or a list.
     pub fn has_candidates(&self, class_name: &str, objects: &[&Map<String, Value>]) -> bool {
         let Some(class) = self.classes.get(class_name) else {
             return false;
@@ -820,38 +822,8 @@ impl<S: PartialEq> SubscriptionIndex<S> {
         if !class.scan.is_empty() {
             return true;
         }
-        for (field, by_key) in &class.postings {
-            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
-            for object in objects {
-                let mut hit = false;
-                value_keys(object.get(&**field), date_strings, &mut |key| {
-                    hit = hit || by_key.get(&key).is_some_and(|list| !list.is_empty());
-                });
-                if hit {
-                    return true;
-                }
-            }
-        }
         let mut hit = false;
-        let mut found = |_| hit = true;
-        for (field, trees) in &class.ranges {
-            let date_strings = matches!(&**field, "createdAt" | "updatedAt");
-            for object in objects {
-                let Some(value) = object.get(&**field) else {
-                    continue;
-                };
-                let spans = Spans::of(value, date_strings);
-                if let Some((min, max)) = spans.num {
-                    trees.num.overlapping(&min, &max, &mut found);
-                }
-                if let Some((min, max)) = spans.str {
-                    trees.str.overlapping(min, max, &mut found);
-                }
-                if let Some((min, max)) = spans.date {
-                    trees.date.overlapping(&min, &max, &mut found);
-                }
-            }
-        }
+        class.indexed_candidates(objects, &mut |_| hit = true);
         hit
     }
 
