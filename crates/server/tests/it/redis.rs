@@ -76,6 +76,13 @@ async fn publish(port: u16, channel: &str, message: &serde_json::Value) {
         .unwrap();
 }
 
+/// A server fed by the Redis at `url` (channels prefixed `lqApp`), with no sessions.
+async fn server_fed_by(url: &str) -> TestServer {
+    let source = RedisSource::new(url, "lqApp").expect("valid URL");
+    let components = Components::redis(source, Arc::new(MemoryIdentities::new()));
+    TestServer::start_components("", components, true).await
+}
+
 async fn health(server: &TestServer) -> u16 {
     server
         .http("GET", "/health", None, None)
@@ -226,11 +233,7 @@ async fn a_burst_from_redis_arrives_whole_and_in_order() {
     const BURST: usize = 1500;
     let port = free_port();
     let _redis = redis_server(port).await;
-    let components = Components::redis(
-        RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
-        Arc::new(MemoryIdentities::new()),
-    );
-    let server = TestServer::start_components("", components, true).await;
+    let server = server_fed_by(&format!("redis://127.0.0.1:{port}")).await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({"room": "r"})).await;
     let redis = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
@@ -589,11 +592,7 @@ async fn a_redis_on_a_unix_socket_feeds_subscribers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for url in [format!("redis+unix://{path}"), format!("unix://{path}")] {
-        let components = Components::redis(
-            RedisSource::new(&url, "lqApp").expect("valid URL"),
-            Arc::new(MemoryIdentities::new()),
-        );
-        let server = TestServer::start_components("", components, true).await;
+        let server = server_fed_by(&url).await;
         let mut client = server.connected(None).await;
         client.subscribe(1, "Message", json!({"room": "r"})).await;
         publish(
@@ -622,11 +621,7 @@ async fn a_redis_on_a_unix_socket_feeds_subscribers() {
 async fn feed_messages_are_read_as_far_as_subscriptions_need() {
     let port = free_port();
     let _redis = redis_server(port).await;
-    let components = Components::redis(
-        RedisSource::new(&format!("redis://127.0.0.1:{port}"), "lqApp").expect("valid URL"),
-        Arc::new(MemoryIdentities::new()),
-    );
-    let server = TestServer::start_components("", components, true).await;
+    let server = server_fed_by(&format!("redis://127.0.0.1:{port}")).await;
     let mut client = server.connected(None).await;
     client.subscribe(1, "Message", json!({"room": "r"})).await;
     let since = json!({"$gte": {"__type": "Date", "iso": "2026-01-01T00:00:00.000Z"}});
@@ -685,32 +680,25 @@ async fn feed_messages_are_read_as_far_as_subscriptions_need() {
     .await;
 
     let left = client.recv().await;
-    assert_eq!(
-        (&left["op"], &left["requestId"], &left["object"]["objectId"]),
-        (&json!("leave"), &json!(1), &json!("m1")),
-        "{left}"
-    );
+    assert_event(&left, "leave", 1, "m1");
     assert_eq!(left["object"]["room"], "x");
     let created = client.recv().await;
-    assert_eq!(
-        (
-            &created["op"],
-            &created["requestId"],
-            &created["object"]["objectId"]
-        ),
-        (&json!("create"), &json!(2), &json!("d1")),
-        "{created}"
-    );
+    assert_event(&created, "create", 2, "d1");
     assert_eq!(created["object"]["updatedAt"], "2026-11-22T09:13:04.224Z");
     let created = client.recv().await;
+    assert_event(&created, "create", 1, "m2");
+    assert_eq!(created["object"]["room"], "r");
+}
+
+/// Asserts that `event` is an `op` event of subscription `request_id` about `object_id`.
+fn assert_event(event: &Value, op: &str, request_id: u32, object_id: &str) {
     assert_eq!(
         (
-            &created["op"],
-            &created["requestId"],
-            &created["object"]["objectId"]
+            &event["op"],
+            &event["requestId"],
+            &event["object"]["objectId"]
         ),
-        (&json!("create"), &json!(1), &json!("m2")),
-        "{created}"
+        (&json!(op), &json!(request_id), &json!(object_id)),
+        "{event}"
     );
-    assert_eq!(created["object"]["room"], "r");
 }
