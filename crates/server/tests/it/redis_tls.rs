@@ -271,37 +271,7 @@ async fn a_certificate_from_another_ca_is_reported_as_an_error_naming_the_settin
     let (port, tls_port) = (free_port(), free_port());
     let _redis = tls_redis(&certs, port, tls_port).await;
     let config = tls_config(&certs, tls_port, "other-ca.crt");
-    let mut child = livequery(&[
-        ("PARSE_LIVE_QUERY_SERVER_APP_ID", "lqApp".to_owned()),
-        (
-            "PARSE_LIVE_QUERY_SERVER_MASTER_KEY",
-            "tls-test-master".to_owned(),
-        ),
-        ("PARSE_LIVE_QUERY_SERVER_REDIS_URL", config.url.clone()),
-        (
-            "LIVEQUERY__SERVER__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        ),
-        ("LIVEQUERY__SOURCE__REDIS_TLS_CA_FILE", config.tls_ca_file),
-        (
-            "LIVEQUERY__SOURCE__REDIS_TLS_CERT_FILE",
-            config.tls_cert_file,
-        ),
-        ("LIVEQUERY__SOURCE__REDIS_TLS_KEY_FILE", config.tls_key_file),
-        ("LIVEQUERY__LOG__FORMAT", "json".to_owned()),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("run livequery");
-    let lines = output_until(&mut child, |line| line.contains("redis_tls_ca_file"));
-    let _ = child.kill();
-    let _ = child.wait();
-    let report = lines
-        .iter()
-        .find(|line| line.contains("redis_tls_ca_file"))
-        .unwrap_or_else(|| panic!("no certificate error in:\n{}", lines.join("\n")));
-    let report: serde_json::Value = serde_json::from_str(report).expect("a JSON log line");
+    let (report, lines) = first_log_line_with(config.url.clone(), config, "redis_tls_ca_file");
     assert_eq!(report["level"], "ERROR", "{report}");
     assert!(
         report["error"]
@@ -353,16 +323,38 @@ async fn a_refused_password_is_reported_as_an_error_naming_the_settings() {
     let (port, tls_port) = (free_port(), free_port());
     let _redis = tls_redis(&certs, port, tls_port).await;
     let config = tls_config(&certs, tls_port, "ca.crt");
+    let url = format!("rediss://{USER}:{WRONG}@127.0.0.1:{tls_port}");
+    let (report, lines) = first_log_line_with(url, config, "credentials");
+    assert_eq!(report["level"], "ERROR", "{report}");
+    assert!(
+        report["fields"]["message"]
+            .as_str()
+            .or(report["message"].as_str())
+            .is_some_and(|m| m.contains("source.redis_url")),
+        "{report}"
+    );
+    let all = lines.join("\n");
+    assert!(!all.contains(WRONG), "the password leaked: {all}");
+    assert!(
+        !all.contains("tls-test-master"),
+        "the master key leaked: {all}"
+    );
+}
+
+/// Runs livequery on the Redis at `url` with `config`'s certificates (JSON logs) until a
+/// log line contains `needle`: that line, parsed, and every line logged until then.
+fn first_log_line_with(
+    url: String,
+    config: RedisConfig,
+    needle: &str,
+) -> (serde_json::Value, Vec<String>) {
     let mut child = livequery(&[
         ("PARSE_LIVE_QUERY_SERVER_APP_ID", "lqApp".to_owned()),
         (
             "PARSE_LIVE_QUERY_SERVER_MASTER_KEY",
             "tls-test-master".to_owned(),
         ),
-        (
-            "PARSE_LIVE_QUERY_SERVER_REDIS_URL",
-            format!("rediss://{USER}:{WRONG}@127.0.0.1:{tls_port}"),
-        ),
+        ("PARSE_LIVE_QUERY_SERVER_REDIS_URL", url),
         (
             "LIVEQUERY__SERVER__LISTEN",
             format!("127.0.0.1:{}", free_port()),
@@ -379,26 +371,13 @@ async fn a_refused_password_is_reported_as_an_error_naming_the_settings() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("run livequery");
-    let lines = output_until(&mut child, |line| line.contains("credentials"));
+    let lines = output_until(&mut child, |line| line.contains(needle));
     let _ = child.kill();
     let _ = child.wait();
     let report = lines
         .iter()
-        .find(|line| line.contains("credentials"))
-        .unwrap_or_else(|| panic!("no credentials error in:\n{}", lines.join("\n")));
-    let report: serde_json::Value = serde_json::from_str(report).expect("a JSON log line");
-    assert_eq!(report["level"], "ERROR", "{report}");
-    assert!(
-        report["fields"]["message"]
-            .as_str()
-            .or(report["message"].as_str())
-            .is_some_and(|m| m.contains("source.redis_url")),
-        "{report}"
-    );
-    let all = lines.join("\n");
-    assert!(!all.contains(WRONG), "the password leaked: {all}");
-    assert!(
-        !all.contains("tls-test-master"),
-        "the master key leaked: {all}"
-    );
+        .find(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", lines.join("\n")));
+    let report = serde_json::from_str(report).expect("a JSON log line");
+    (report, lines)
 }
