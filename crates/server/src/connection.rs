@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +68,101 @@ const READS_PER_POLL: usize = 16;
 struct Socket<S> {
     stream: S,
     reader: MessageReader,
+}
+
+/// A TCP socket held by the connection's [`Outbox`] (which writes events to it directly when
+/// the way is clear), read and written by the connection task through it.
+struct SharedTcp(Arc<Outbox>);
+
+impl SharedTcp {
+    fn tcp(&self) -> &TcpStream {
+        self.0
+            .socket()
+            .expect("a SharedTcp is made only of an outbox that holds its socket")
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let tcp = self.tcp();
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            // Zeroed only once the socket is readable: a poll that finds nothing to read
+            // (most of them) clears nothing.
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let tcp = self.tcp();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let tcp = self.tcp();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write_vectored(bufs) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    // Writes go straight to the socket: nothing to flush.
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    // The connection never half-closes: it ends with the close handshake, and the socket is
+    // closed when the outbox holding it is dropped.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The rest of a frame a direct write left partly written, with its header.
+fn unfinished(partial: Option<(Bytes, usize)>) -> Vec<u8> {
+    let Some((frame, skip)) = partial else {
+        return Vec::new();
+    };
+    let (header, used) = text_frame_header(frame.len());
+    let mut bytes = Vec::with_capacity(used + frame.len());
+    bytes.extend_from_slice(&header[..used]);
+    bytes.extend_from_slice(&frame);
+    bytes.drain(..skip);
+    bytes
 }
 
 /// What a read from the peer gave.
@@ -178,23 +273,34 @@ pub fn serve(
     // hyper's boxed stream with its rewind buffer, starting with the bytes hyper read past
     // the handshake (a client may send its `connect` right behind the upgrade request).
     // Copied: they are a slice of hyper's read buffer, which must not stay alive.
+    let limits = &ctx.config.limits;
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let mut reader = MessageReader::new(ctx.config.limits.max_message_bytes);
+            let mut reader = MessageReader::new(limits.max_message_bytes);
             // Decoded first: a `connect` may be among them.
             reader.buffer(&parts.read_buf);
+            // The outbox holds the socket: workers write events to it directly.
+            let outbox = Arc::new(Outbox::with_socket(
+                limits.outbound_queue_frames,
+                limits.outbound_queue_bytes,
+                Some(parts.io.into_inner()),
+            ));
             let ws = Socket {
-                stream: parts.io.into_inner(),
+                stream: SharedTcp(outbox.clone()),
                 reader,
             };
-            Either::Left(run(ws, ctx, peer))
+            Either::Left(run(ws, outbox, ctx, peer))
         }
         Err(upgraded) => {
+            let outbox = Arc::new(Outbox::new(
+                limits.outbound_queue_frames,
+                limits.outbound_queue_bytes,
+            ));
             let ws = Socket {
                 stream: TokioIo::new(upgraded),
-                reader: MessageReader::new(ctx.config.limits.max_message_bytes),
+                reader: MessageReader::new(limits.max_message_bytes),
             };
-            Either::Right(run(ws, ctx, peer))
+            Either::Right(run(ws, outbox, ctx, peer))
         }
     }
 }
@@ -218,7 +324,12 @@ fn span(peer: SocketAddr, client_id: Option<&ClientId>) -> Span {
     clippy::manual_async_fn,
     reason = "the async fn would hold its arguments twice"
 )]
-fn run<S>(mut ws: Socket<S>, ctx: Arc<ServerState>, peer: SocketAddr) -> impl Future<Output = ()>
+fn run<S>(
+    mut ws: Socket<S>,
+    outbox: Arc<Outbox>,
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -227,10 +338,6 @@ where
         let limits = &ctx.config.limits;
         // Cancelled when the graceful drain reaches this connection's wave, or on a stop.
         let closing = ctx.drain.join();
-        let outbox = Arc::new(Outbox::new(
-            limits.outbound_queue_frames,
-            limits.outbound_queue_bytes,
-        ));
         let mut client = ClientState::new(ctx.clone(), outbox.clone());
         // Woken once per `websocket_timeout` by the shared clock, through the outbox (no timer
         // of our own).
@@ -258,6 +365,7 @@ where
                         ping = Ping::Awaiting;
                         if let Err(end) = Box::pin(write_with_timeout(
                             &mut ws,
+                            &outbox,
                             &control_frame(PING, &[]),
                             ctx.config.limits.write_timeout,
                             &ctx,
@@ -322,7 +430,7 @@ where
                         }
                     }
                     Inbound::Message(Message::Ping(payload)) => {
-                        if let Err(end) = Box::pin(write_with_timeout(&mut ws, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
+                        if let Err(end) = Box::pin(write_with_timeout(&mut ws, &outbox, &control_frame(PONG, &payload), ctx.config.limits.write_timeout, &ctx)).await {
                             break end;
                         }
                     }
@@ -359,7 +467,7 @@ where
                 "connection closed"
             );
         });
-        Box::pin(finish(&mut ws, end, &ctx).instrument(span)).await;
+        Box::pin(finish(&mut ws, &outbox, end, &ctx).instrument(span)).await;
         ctx.metrics.connections.fetch_sub(1, Relaxed);
     }
 }
@@ -411,19 +519,32 @@ where
 
 /// Ends the connection as `end` says (boxed by the caller: an idle connection carries none
 /// of the close handshake's state).
-async fn finish<S>(ws: &mut Socket<S>, end: End, ctx: &ServerState)
+async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, end: End, ctx: &ServerState)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The outbox is closed: no worker writes any more. A frame a direct write left partly
+    // written is finished first, so the close handshake starts on a frame boundary.
+    let partial = unfinished(outbox.begin_write());
     match end {
         End::Peer | End::Terminate => {}
         End::CloseReply(reply) => {
             let timeout = ctx.config.limits.write_timeout;
-            let _ = tokio::time::timeout(timeout, ws.write_all(&reply)).await;
+            let mut frames = partial;
+            frames.extend_from_slice(&reply);
+            let _ = tokio::time::timeout(timeout, ws.write_all(&frames)).await;
         }
         End::Abort(frame) => {
             let grace = ctx.config.limits.write_timeout;
-            close(ws, CloseCode::RESTART, "events lost", Some(frame), grace).await;
+            close(
+                ws,
+                partial,
+                CloseCode::RESTART,
+                "events lost",
+                Some(frame),
+                grace,
+            )
+            .await;
         }
         End::Close(code, reason, error) => {
             tracing::debug!(?code, reason, "closing");
@@ -440,7 +561,7 @@ where
                 }
                 .encode()
             });
-            close(ws, code, reason, frame, grace).await;
+            close(ws, partial, code, reason, frame, grace).await;
         }
     }
 }
@@ -464,29 +585,31 @@ where
     loop {
         batch.clear();
         received.clear();
-        match outbox.drain_into(&mut batch, &mut received, WRITE_BATCH) {
-            Drain::Open => {}
+        let (state, skip) = outbox.drain_into(&mut batch, &mut received, WRITE_BATCH);
+        // Set when the connection must end while a frame is partly written: that frame is
+        // finished first, so the close handshake starts on a frame boundary. (A queue that
+        // overflowed or was aborted keeps only a frame a direct write left partly written.)
+        let mut ending: Option<End> = match state {
+            Drain::Open => None,
             Drain::Closed => return Err(End::Terminate),
             Drain::Overflowed => {
                 log_span().in_scope(|| {
                     tracing::info!("client too slow: outbound queue overflow; disconnecting");
                 });
-                return Err(End::Close(
+                Some(End::Close(
                     CloseCode::POLICY,
                     "client too slow",
                     Some(WireError::slow_consumer()),
-                ));
+                ))
             }
-            Drain::Abort(frame) => return Err(End::Abort(frame)),
-        }
+            Drain::Abort(frame) => Some(End::Abort(frame)),
+        };
         if batch.is_empty() {
-            return Ok(());
+            return ending.map_or(Ok(()), Err);
         }
         // Control frames are written whole between batches: never inside a data frame.
         let mut writer = FrameWriter::new(&batch);
-        // Set when the connection must end while a frame is partly written: that frame is
-        // finished first, so the close handshake starts on a frame boundary.
-        let mut ending: Option<End> = None;
+        writer.skip(skip);
         let deadline = sleep(ctx.config.limits.write_timeout);
         tokio::pin!(deadline);
         let result = loop {
@@ -507,7 +630,7 @@ where
                 () = outbox.notified(), if ending.is_none() => {
                     if outbox.is_ending() {
                         // Overflow or abort while a write is blocked: stop waiting.
-                        let end = match outbox.drain_into(&mut Vec::<Bytes>::new(), &mut Vec::<std::time::Instant>::new(), 0) {
+                        let end = match outbox.state() {
                             Drain::Abort(frame) => End::Abort(frame),
                             _ => {
                                 log_span().in_scope(|| {
@@ -537,9 +660,11 @@ where
     }
 }
 
-/// Writes whole control frames, within `timeout`.
+/// Writes whole control frames, within `timeout` (after the rest of a frame a direct write
+/// left partly written, if any); no worker writes meanwhile.
 async fn write_with_timeout<S>(
     ws: &mut Socket<S>,
+    outbox: &Outbox,
     frames: &[u8],
     timeout: Duration,
     ctx: &ServerState,
@@ -547,7 +672,13 @@ async fn write_with_timeout<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, ws.write_all(frames)).await {
+    let mut bytes = unfinished(outbox.begin_write());
+    bytes.extend_from_slice(frames);
+    let written = tokio::time::timeout(timeout, ws.write_all(&bytes)).await;
+    if matches!(written, Ok(Ok(()))) {
+        outbox.end_write();
+    }
+    match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Terminate),
         Err(_) => {
@@ -561,6 +692,7 @@ where
 /// then waits at most `grace` for the peer's close reply.
 async fn close<S>(
     ws: &mut Socket<S>,
+    unfinished: Vec<u8>,
     code: CloseCode,
     reason: &'static str,
     final_frame: Option<Bytes>,
@@ -569,7 +701,7 @@ async fn close<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = async {
-        let mut frames = Vec::new();
+        let mut frames = unfinished;
         if let Some(frame) = final_frame {
             let (header, used) = text_frame_header(frame.len());
             frames.extend_from_slice(&header[..used]);

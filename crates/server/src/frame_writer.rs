@@ -108,6 +108,18 @@ impl<'a> FrameWriter<'a> {
         }
     }
 
+    /// Accounts for the first `n` bytes as written by someone else (the rest of a frame a
+    /// direct write cut short); `n` is at most the first frame's length on the wire.
+    pub fn skip(&mut self, n: usize) {
+        debug_assert!(
+            self.frames
+                .first()
+                .is_none_or(|frame| n <= text_frame_header(frame.len()).1 + frame.len()),
+            "only the first frame can be partly written"
+        );
+        self.advance(n);
+    }
+
     /// Whether every frame to write is written.
     pub fn is_done(&self) -> bool {
         self.written >= self.limit

@@ -263,10 +263,14 @@ impl Hub {
         Ok(index.has_candidates(class_name, probes))
     }
 
-    /// Delivers one event to every subscription it concerns.
-    pub fn fan_out(&self, event: &ChangeEvent, scratch: &mut FanOutScratch) {
+    /// Delivers one event to every subscription it concerns. `write_through`: the caller
+    /// has no other event waiting, so a frame is written straight to its client's socket
+    /// when nothing is queued for it ([`Outbox::deliver_event`]); otherwise frames are
+    /// queued, and a backlog goes out several events per write.
+    pub fn fan_out(&self, event: &ChangeEvent, scratch: &mut FanOutScratch, write_through: bool) {
         let index = self.index.read();
         let mut fan_out = EventFanOut {
+            write_through,
             change: event.change(),
             encoded: HashMap::new(),
             last_encoded: [None, None],
@@ -367,6 +371,8 @@ struct EventFanOut<'e> {
     received: std::time::Instant,
     /// The class's `afterLiveQueryEvent` hook, if it has one.
     hooked: Option<Hooked<'e>>,
+    /// Write frames straight to the sockets when the way is clear.
+    write_through: bool,
 }
 
 impl<'e> EventFanOut<'e> {
@@ -444,7 +450,13 @@ impl<'e> EventFanOut<'e> {
             return;
         }
         let len = frame.len();
-        match sub.outbox.push_event(frame, self.received) {
+        let pushed = if self.write_through {
+            sub.outbox
+                .deliver_event(frame, self.received, &self.metrics.delivery_latency)
+        } else {
+            sub.outbox.push_event(frame, self.received)
+        };
+        match pushed {
             Push::Queued => self.delivered.add(op, len),
             Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
             Push::Closed => {}

@@ -1,19 +1,37 @@
-//! The bounded outbound queue of one connection.
+//! The bounded outbound queue of one connection, and the way around it.
 //!
 //! The dispatch workers push pre-encoded frames from any thread without waiting; the
-//! connection task drains them into its socket. The queue is bounded in frames and bytes:
+//! connection task drains them into its socket. When the way is clear (nothing queued, the
+//! connection task not writing, the socket a TCP stream), a worker delivering an event
+//! writes its frame to the socket itself ([`Outbox::deliver_event`]): one non-blocking
+//! write under this lock, no wake-up of the connection task. A write cut short (the socket's
+//! buffer is full) leaves the rest of the frame at the front of the queue, marked as partly
+//! written; the connection task finishes it before it writes anything else, so frames never
+//! interleave and order is kept. The connection task announces its own writes (batches,
+//! pings, pongs) under the same lock ([`Outbox::begin_write`]), and no worker writes once
+//! the connection ends.
+//! The queue is bounded in frames and bytes:
 //! the push that would exceed a bound marks the client as too slow, drops what was queued
 //! (so a stuck client cannot hold memory) and wakes the connection task, which sends the
 //! slow-consumer error and closes. A blocking (parking_lot) mutex is right here: it is held
 //! for a few instructions and never across an `.await`.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
 use bytes::Bytes;
+use livequery_protocol::websocket_frame::{MAX_HEADER_LEN, text_frame_header};
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use crate::metrics::Histogram;
+
+/// Frames up to this size are written directly from a copy on the stack, header and payload
+/// in one slice; larger ones in a vectored write of two slices.
+const DIRECT_COPY_MAX: usize = 1024;
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +66,25 @@ struct Inner {
     bytes: usize,
     /// Open, or why the connection ends.
     state: Drain,
+    /// Bytes (header included) of the front frame already on the socket: a direct write
+    /// was cut short, and the connection task writes the rest before anything else.
+    front_written: usize,
+    /// The connection task is writing (a batch in hand, a ping or a pong): no direct write.
+    writing: bool,
+}
+
+impl Inner {
+    /// Drops the queued frames, but keeps a partly written front frame: the socket must be
+    /// left on a frame boundary before the connection closes.
+    fn clear(&mut self) {
+        if self.front_written > 0 {
+            self.queue.truncate(1);
+            self.bytes = self.queue.front().map_or(0, |(frame, _)| frame.len());
+        } else {
+            self.queue = VecDeque::new();
+            self.bytes = 0;
+        }
+    }
 }
 
 /// A connection's outbound queue.
@@ -63,22 +100,65 @@ pub struct Outbox {
     max_bytes: usize,
     /// The ping clock asked for a ping ([`crate::ping`]).
     ping_requested: AtomicBool,
+    /// The connection's socket when it is a TCP stream: read and written by the connection
+    /// task, written directly by the workers when the way is clear.
+    socket: Option<TcpStream>,
 }
 
 impl Outbox {
-    /// An empty queue with the given bounds (it allocates nothing until used).
+    /// An empty queue with the given bounds (it allocates nothing until used), for a
+    /// connection that writes every frame itself.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self::with_socket(max_frames, max_bytes, None)
+    }
+
+    /// An empty queue with the given bounds that holds the connection's TCP socket, so that
+    /// workers can write events to it directly.
+    pub fn with_socket(max_frames: usize, max_bytes: usize, socket: Option<TcpStream>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 bytes: 0,
                 state: Drain::Open,
+                front_written: 0,
+                writing: false,
             }),
             notify: Notify::new(),
             max_frames,
             max_bytes,
             ping_requested: AtomicBool::new(false),
+            socket,
         }
+    }
+
+    /// The connection's TCP socket, if the outbox holds it.
+    pub fn socket(&self) -> Option<&TcpStream> {
+        self.socket.as_ref()
+    }
+
+    /// Delivers the frame of an event the source handed over at `received`: written to the
+    /// socket at once when nothing is queued and the connection task is not writing (its
+    /// latency then recorded in `latency`), queued otherwise. A direct write cut short
+    /// queues the rest, to be written first.
+    pub fn deliver_event(&self, frame: Bytes, received: Instant, latency: &Histogram) -> Push {
+        let mut inner = self.inner.lock();
+        if let Some(socket) = &self.socket
+            && inner.state == Drain::Open
+            && inner.queue.is_empty()
+            && !inner.writing
+            && frame.len() <= self.max_bytes
+            && self.max_frames > 0
+        {
+            let whole = text_frame_header(frame.len()).1 + frame.len();
+            let written = write_now(socket, &frame);
+            if written == whole {
+                drop(inner);
+                latency.observe(received.elapsed());
+                return Push::Queued;
+            }
+            inner.front_written = written;
+        }
+        self.enqueue(inner, frame, Some(received))
     }
 
     /// Queues a frame without waiting.
@@ -92,15 +172,22 @@ impl Outbox {
     }
 
     fn push_stamped(&self, frame: Bytes, received: Option<Instant>) -> Push {
-        let mut inner = self.inner.lock();
+        self.enqueue(self.inner.lock(), frame, received)
+    }
+
+    fn enqueue(
+        &self,
+        mut inner: parking_lot::MutexGuard<'_, Inner>,
+        frame: Bytes,
+        received: Option<Instant>,
+    ) -> Push {
         match inner.state {
             Drain::Open => {}
             Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Push::Closed,
         }
         if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
             inner.state = Drain::Overflowed;
-            inner.queue = VecDeque::new();
-            inner.bytes = 0;
+            inner.clear();
             drop(inner);
             self.notify.notify_one();
             return Push::Overflowed;
@@ -123,15 +210,23 @@ impl Outbox {
     }
 
     /// Moves up to `max` frames into `out`, and the receipt times of the events among them
-    /// into `received`.
+    /// into `received`; returns the state and how many bytes of the first frame moved are
+    /// already on the socket (to be skipped). The caller writes what it took: while it has
+    /// frames in hand no worker writes directly; a drain that takes nothing ends that.
     pub fn drain_into(
         &self,
         out: &mut impl Extend<Bytes>,
         received: &mut impl Extend<Instant>,
         max: usize,
-    ) -> Drain {
+    ) -> (Drain, usize) {
         let mut inner = self.inner.lock();
         let n = inner.queue.len().min(max);
+        inner.writing = n > 0;
+        let skip = if n > 0 {
+            std::mem::take(&mut inner.front_written)
+        } else {
+            0
+        };
         let mut drained = 0;
         for (frame, stamp) in inner.queue.drain(..n) {
             drained += frame.len();
@@ -143,7 +238,39 @@ impl Outbox {
             // Give a burst's memory back once the client has caught up.
             inner.queue = VecDeque::new();
         }
-        inner.state.clone()
+        (inner.state.clone(), skip)
+    }
+
+    /// The connection's state, without taking anything.
+    pub fn state(&self) -> Drain {
+        self.inner.lock().state.clone()
+    }
+
+    /// The connection task is about to write a control frame: no worker writes until
+    /// [`Outbox::end_write`]. Returns the front frame if a direct write left it partly
+    /// written, with how many bytes of it are on the socket: to be finished first.
+    pub fn begin_write(&self) -> Option<(Bytes, usize)> {
+        let mut inner = self.inner.lock();
+        inner.writing = true;
+        if inner.front_written == 0 {
+            return None;
+        }
+        let skip = std::mem::take(&mut inner.front_written);
+        let (frame, _) = inner.queue.pop_front()?;
+        inner.bytes -= frame.len();
+        Some((frame, skip))
+    }
+
+    /// The connection task is done writing, on a frame boundary: workers may write
+    /// directly again (the task is woken if frames were queued meanwhile).
+    pub fn end_write(&self) {
+        let mut inner = self.inner.lock();
+        inner.writing = false;
+        let pending = !inner.queue.is_empty();
+        drop(inner);
+        if pending {
+            self.notify.notify_one();
+        }
     }
 
     /// Ends the connection with `frame` (an error frame): queued frames are dropped, later
@@ -152,8 +279,7 @@ impl Outbox {
         let mut inner = self.inner.lock();
         if inner.state == Drain::Open {
             inner.state = Drain::Abort(frame);
-            inner.queue = VecDeque::new();
-            inner.bytes = 0;
+            inner.clear();
             drop(inner);
             self.notify.notify_one();
         }
@@ -190,13 +316,30 @@ impl Outbox {
         self.ping_requested.swap(false, Relaxed)
     }
 
-    /// Marks the queue closed: later pushes are refused and queued frames released.
+    /// Marks the queue closed: later pushes are refused and queued frames released, except
+    /// a partly written front frame ([`Outbox::begin_write`] hands it over, to be finished
+    /// before the close handshake).
     pub fn close(&self) {
         let mut inner = self.inner.lock();
         inner.state = Drain::Closed;
-        inner.queue = VecDeque::new();
-        inner.bytes = 0;
+        inner.clear();
     }
+}
+
+/// Writes one text frame to `socket` without waiting; returns how many of its bytes (header
+/// included) were written: all, some, or none (the socket's buffer is full, or the write
+/// failed: the connection task's next write meets the error).
+fn write_now(socket: &TcpStream, frame: &[u8]) -> usize {
+    let (header, used) = text_frame_header(frame.len());
+    let written = if frame.len() <= DIRECT_COPY_MAX {
+        let mut staged = [0u8; MAX_HEADER_LEN + DIRECT_COPY_MAX];
+        staged[..used].copy_from_slice(&header[..used]);
+        staged[used..used + frame.len()].copy_from_slice(frame);
+        socket.try_write(&staged[..used + frame.len()])
+    } else {
+        socket.try_write_vectored(&[io::IoSlice::new(&header[..used]), io::IoSlice::new(frame)])
+    };
+    written.unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -213,7 +356,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(
             outbox.drain_into(&mut out, &mut Vec::<Instant>::new(), 10),
-            Drain::Overflowed
+            (Drain::Overflowed, 0)
         );
         assert!(out.is_empty(), "an overflowed queue releases its frames");
 
@@ -231,7 +374,10 @@ mod tests {
         outbox.push(Bytes::from_static(b"3"));
         let mut out = Vec::new();
         let mut stamps = Vec::new();
-        assert_eq!(outbox.drain_into(&mut out, &mut stamps, 2), Drain::Open);
+        assert_eq!(
+            outbox.drain_into(&mut out, &mut stamps, 2),
+            (Drain::Open, 0)
+        );
         assert_eq!(
             out,
             vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
@@ -245,7 +391,189 @@ mod tests {
         outbox.close();
         assert_eq!(outbox.push(Bytes::from_static(b"4")), Push::Closed);
         out.clear();
-        assert_eq!(outbox.drain_into(&mut out, &mut stamps, 10), Drain::Closed);
+        assert_eq!(
+            outbox.drain_into(&mut out, &mut stamps, 10),
+            (Drain::Closed, 0)
+        );
         assert!(out.is_empty());
+    }
+
+    /// A connected pair of sockets: the server's end and the peer's.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, peer)
+    }
+
+    /// Text frame `i` of the tests: `size` bytes of one letter.
+    fn frame(i: usize, size: usize) -> Bytes {
+        Bytes::from(vec![b'a' + (i % 26) as u8; size])
+    }
+
+    /// Reads `frames` whole text frames from `peer` and checks each is `frame(i, size)`.
+    async fn read_frames(peer: &mut TcpStream, frames: std::ops::Range<usize>, size: usize) {
+        use tokio::io::AsyncReadExt;
+        for i in frames {
+            let (header, used) = text_frame_header(size);
+            let mut head = vec![0u8; used];
+            peer.read_exact(&mut head).await.unwrap();
+            assert_eq!(head, header[..used], "frame {i} starts on a frame boundary");
+            let mut payload = vec![0u8; size];
+            peer.read_exact(&mut payload).await.unwrap();
+            assert!(payload == frame(i, size), "frame {i} is whole and in order");
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_written_directly_until_the_socket_is_full() {
+        let (server, mut peer) = socket_pair().await;
+        let outbox = Outbox::with_socket(1000, 1 << 30, Some(server));
+        let latency = Histogram::default();
+        let size = 100_000;
+        // Written directly while the socket takes them; the first one it cannot take whole
+        // is queued (its written part skipped later), and every later one queued behind it.
+        let mut direct = 0;
+        while !outbox.has_pending() {
+            assert_eq!(
+                outbox.deliver_event(frame(direct, size), Instant::now(), &latency),
+                Push::Queued
+            );
+            direct += 1;
+            assert!(direct < 10_000, "a socket nobody reads fills up");
+        }
+        for i in direct..direct + 3 {
+            outbox.deliver_event(frame(i, size), Instant::now(), &latency);
+        }
+        let outbox_bytes = outbox.inner.lock().bytes;
+        assert_eq!(outbox_bytes, 4 * size);
+
+        let mut batch = Vec::new();
+        let mut stamps = Vec::new();
+        let (state, skip) = outbox.drain_into(&mut batch, &mut stamps, 10);
+        assert_eq!(state, Drain::Open);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(stamps.len(), 4);
+        assert!(skip < text_frame_header(size).1 + size);
+        // While the connection task writes, workers queue.
+        assert_eq!(
+            outbox.deliver_event(frame(direct + 3, size), Instant::now(), &latency),
+            Push::Queued
+        );
+        assert!(outbox.has_pending());
+
+        // The connection task writes the batch, the rest of the cut frame first.
+        let mut wire = Vec::new();
+        for (i, frame) in batch.iter().enumerate() {
+            let (header, used) = text_frame_header(frame.len());
+            wire.extend_from_slice(&header[..used]);
+            wire.extend_from_slice(frame);
+            if i == 0 {
+                wire.drain(..skip);
+            }
+        }
+        let socket = outbox.socket().unwrap();
+        let writer = async {
+            let mut at = 0;
+            while at < wire.len() {
+                socket.writable().await.unwrap();
+                match socket.try_write(&wire[at..]) {
+                    Ok(n) => at += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => panic!("{err}"),
+                }
+            }
+        };
+        let reader = read_frames(&mut peer, 0..direct + 3, size);
+        tokio::join!(writer, reader);
+        // Then the frame queued during the write; afterwards the way is clear again.
+        let (_, skip) = outbox.drain_into(&mut batch, &mut stamps, 10);
+        assert_eq!(
+            skip, 0,
+            "a frame queued behind others is never written directly"
+        );
+        assert_eq!(
+            outbox.drain_into(&mut batch, &mut stamps, 10),
+            (Drain::Open, 0)
+        );
+        assert!(!outbox.has_pending());
+    }
+
+    /// An outbox of `max_frames` whose socket took only part of the front frame (a direct
+    /// write cut short), its peer (kept open), and the number of frames delivered.
+    async fn cut_short(max_frames: usize) -> (Outbox, TcpStream, usize) {
+        let latency = Histogram::default();
+        // A write can also stop on a frame boundary: then try another socket.
+        for _ in 0..20 {
+            let (server, peer) = socket_pair().await;
+            let outbox = Outbox::with_socket(max_frames, 1 << 30, Some(server));
+            let mut i = 0;
+            while !outbox.has_pending() {
+                outbox.deliver_event(frame(i, 100_001), Instant::now(), &latency);
+                i += 1;
+            }
+            if outbox.inner.lock().front_written > 0 {
+                return (outbox, peer, i);
+            }
+        }
+        panic!("no direct write was cut short inside a frame");
+    }
+
+    #[tokio::test]
+    async fn a_partly_written_frame_survives_overflow_abort_and_close() {
+        let latency = Histogram::default();
+        for end in ["overflow", "abort", "close"] {
+            let (outbox, _peer, delivered) = cut_short(3).await;
+            let partial = outbox.inner.lock().queue.front().unwrap().0.clone();
+            match end {
+                "overflow" => {
+                    for j in 0..3 {
+                        outbox.deliver_event(frame(delivered + j, 10), Instant::now(), &latency);
+                    }
+                    assert!(outbox.is_ending());
+                }
+                "abort" => outbox.abort(Bytes::from_static(b"{}")),
+                _ => outbox.close(),
+            }
+            assert!(
+                outbox.deliver_event(frame(0, 10), Instant::now(), &latency) == Push::Closed,
+                "{end}: nothing is written after the end"
+            );
+            assert_eq!(outbox.inner.lock().bytes, partial.len(), "{end}");
+            let (frame, skip) = outbox.begin_write().expect("the partly written frame");
+            assert!(frame == partial, "{end}");
+            assert!(skip > 0);
+            assert!(outbox.begin_write().is_none());
+            assert_eq!(outbox.inner.lock().bytes, 0, "{end}");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_direct_write_while_the_connection_task_writes() {
+        let (server, mut peer) = socket_pair().await;
+        let outbox = Outbox::with_socket(10, 1 << 20, Some(server));
+        let latency = Histogram::default();
+        assert!(outbox.begin_write().is_none());
+        outbox.deliver_event(frame(0, 10), Instant::now(), &latency);
+        assert!(outbox.has_pending(), "queued while the task writes");
+        outbox.end_write();
+        let mut batch = Vec::new();
+        assert_eq!(
+            outbox.drain_into(&mut batch, &mut Vec::new(), 10),
+            (Drain::Open, 0)
+        );
+        assert_eq!(
+            outbox.drain_into(&mut batch, &mut Vec::new(), 10),
+            (Drain::Open, 0)
+        );
+        outbox.deliver_event(frame(1, 10), Instant::now(), &latency);
+        assert!(
+            !outbox.has_pending(),
+            "written directly once the way is clear"
+        );
+        read_frames(&mut peer, 1..2, 10).await;
+        assert_eq!(latency.count(), 1);
     }
 }

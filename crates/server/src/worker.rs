@@ -156,7 +156,8 @@ async fn worker_loop(
         if received == 0 {
             return;
         }
-        for job in jobs.drain(..) {
+        let last = jobs.len();
+        for (i, job) in jobs.drain(..).enumerate() {
             let event = match job {
                 Job::Event(event) => event,
                 Job::Barrier(done) => {
@@ -169,7 +170,10 @@ async fn worker_loop(
             metrics
                 .dispatch_lag_ms
                 .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
-            hub.fan_out(&event, &mut scratch);
+            // The last event of a backlog is written straight to the sockets; those before
+            // it are queued, to go out together.
+            let write_through = i + 1 == last && rx.is_empty();
+            hub.fan_out(&event, &mut scratch, write_through);
             if on_runtime && started.saturating_duration_since(slice_start) >= SLICE {
                 tokio::task::yield_now().await;
                 slice_start = Instant::now();

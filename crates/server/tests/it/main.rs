@@ -5,6 +5,7 @@ mod attacks;
 mod auth;
 mod auth_backend;
 mod cli;
+mod direct_write;
 mod drain;
 mod events;
 mod hooks;
