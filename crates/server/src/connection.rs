@@ -7,7 +7,13 @@
 //! server writes goes out whole between the frames of [`crate::frame_writer`]'s batches:
 //! pongs, pings and close frames are written only when no data frame is partly written.
 //!
-//! One task per connection, holding its socket and client state. Inbound frames are
+//! A TCP socket is held by the connection's [`Outbox`], and this task reads and writes it
+//! through it (`SharedTcp`): a dispatch worker writes an event's frame to it directly when
+//! nothing is queued and this task is not writing (see [`crate::outbox`]). This task
+//! announces its own writes to the outbox and, before anything else it writes, finishes a
+//! frame a direct write left partly written. Other streams are written by this task only.
+//!
+//! One task per connection, holding its client state. Inbound frames are
 //! handled one at a time, in order; while a frame's handling waits (an auth lookup), the
 //! task keeps draining the outbox and pinging, so a slow lookup never makes a client look
 //! dead or too slow. Writes are batched (every queued frame, few vectored writes, see
