@@ -474,6 +474,7 @@ where
             );
         });
         Box::pin(finish(&mut ws, &outbox, end, &ctx).instrument(span)).await;
+        outbox.shut_down_socket();
         ctx.metrics.connections.fetch_sub(1, Relaxed);
     }
 }

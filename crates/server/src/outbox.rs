@@ -324,6 +324,18 @@ impl Outbox {
         inner.state = Drain::Closed;
         inner.clear();
     }
+
+    /// Shuts the socket down in both directions once the connection is over (the peer sees
+    /// the TCP connection end now). The descriptor itself is released with the last handle
+    /// on this outbox, which something else may still hold for a while (an
+    /// `afterLiveQueryEvent` hook call in flight): that must not keep the peer's connection
+    /// open.
+    pub fn shut_down_socket(&self) {
+        if let Some(socket) = &self.socket {
+            // Fails only if the peer is gone already: nothing to shut down then.
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Writes one text frame to `socket` without waiting; returns how many of its bytes (header
@@ -575,5 +587,22 @@ mod tests {
         );
         read_frames(&mut peer, 1..2, 10).await;
         assert_eq!(latency.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_peer_sees_the_end_while_another_handle_holds_the_outbox() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut peer) = socket_pair().await;
+        let outbox = std::sync::Arc::new(Outbox::with_socket(10, 1 << 20, Some(server)));
+        let held_elsewhere = outbox.clone();
+        outbox.close();
+        outbox.shut_down_socket();
+        drop(outbox);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), peer.read(&mut byte))
+            .await
+            .expect("the peer sees the connection end while the outbox is still held");
+        assert_eq!(read.unwrap(), 0, "end of stream");
+        drop(held_elsewhere);
     }
 }
