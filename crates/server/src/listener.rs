@@ -334,9 +334,7 @@ fn upgrade(
             }
         }
     };
-    let max = ctx.capacity.websockets as i64;
-    if ctx.metrics.connections.fetch_add(1, Relaxed) >= max {
-        ctx.metrics.connections.fetch_sub(1, Relaxed);
+    if !take_websocket_slot(&ctx) {
         ctx.metrics.dropped(DropReason::ConnectionLimit);
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
