@@ -41,14 +41,13 @@ const OFFLOAD_COMPILE_BYTES: usize = 64 * 1024;
 /// index entry).
 const SUBSCRIPTION_OVERHEAD: usize = 512;
 
-/// A connected client.
+/// A connected client. Held by every idle connection: its id and installation id are read
+/// from the envelope rather than kept twice.
 #[derive(Debug)]
 struct Connected {
-    id: ClientId,
     envelope: Arc<Envelope>,
     master: bool,
-    token: Option<String>,
-    installation_id: Option<String>,
+    token: Option<Box<str>>,
     subscriptions: Subscriptions,
     /// Bytes its subscriptions hold (sum of their footprints).
     held: usize,
@@ -155,7 +154,7 @@ impl ClientState {
 
     /// The client id, once connected.
     pub fn client_id(&self) -> Option<&ClientId> {
-        self.client.as_ref().map(|c| &c.id)
+        self.client.as_ref().map(|c| c.envelope.client_id())
     }
 
     fn send(&self, message: ServerMessage<'_>) {
@@ -246,11 +245,9 @@ impl ClientState {
         tracing::debug!(client_id = %id, master, "connected");
         self.ctx.metrics.clients.fetch_add(1, Relaxed);
         self.client = Some(Connected {
-            id,
             envelope,
             master,
-            token,
-            installation_id: request.installation_id,
+            token: token.map(String::into_boxed_str),
             subscriptions: Subscriptions::default(),
             held: 0,
         });
@@ -306,7 +303,7 @@ impl ClientState {
         let user_id = identity.session_user_id();
         let caller = Caller {
             master: connected.master,
-            installation_id: connected.installation_id.as_deref(),
+            installation_id: connected.envelope.installation_id(),
             session_token: token
                 .filter(|t| !t.is_empty())
                 .or(connected.token.as_deref()),
@@ -355,8 +352,10 @@ impl ClientState {
                 self.ctx.hub.remove(old.query_id, &old.subscription);
             }
             None => {
-                let error =
-                    WireError::subscription_not_found(client.id.as_str(), request.request_id);
+                let error = WireError::subscription_not_found(
+                    client.envelope.client_id().as_str(),
+                    request.request_id,
+                );
                 self.error(error, None);
             }
         }
@@ -609,7 +608,7 @@ impl ClientState {
             .encode(),
         );
         let query_id = self.ctx.hub.insert(subscription.clone(), prepared.query);
-        tracing::debug!(client_id = %connected.id, %request_id, class = %subscription.class_name, footprint = prepared.footprint, "subscribed");
+        tracing::debug!(client_id = %connected.envelope.client_id(), %request_id, class = %subscription.class_name, footprint = prepared.footprint, "subscribed");
         connected.held += prepared.footprint;
         connected.subscriptions.insert(
             request_id,
@@ -627,7 +626,10 @@ impl ClientState {
             return self.error(WireError::not_connected(NotConnected::Unsubscribing), None);
         };
         let Some(old) = client.subscriptions.remove(&request.request_id) else {
-            let error = WireError::subscription_not_found(client.id.as_str(), request.request_id);
+            let error = WireError::subscription_not_found(
+                client.envelope.client_id().as_str(),
+                request.request_id,
+            );
             return self.error(error, None);
         };
         client.held -= old.footprint;
@@ -645,7 +647,10 @@ impl ClientState {
             return self.error(WireError::not_connected(NotConnected::Querying), None);
         };
         let Some(registered) = client.subscriptions.get(&request_id) else {
-            let error = WireError::query_subscription_not_found(client.id.as_str(), request_id);
+            let error = WireError::query_subscription_not_found(
+                client.envelope.client_id().as_str(),
+                request_id,
+            );
             return self.error(error, None);
         };
         let (Some(reader), Some(where_text)) = (self.ctx.reader.clone(), &registered.where_text)
@@ -726,7 +731,7 @@ impl ClientState {
                     .remove(registered.query_id, &registered.subscription);
             }
             self.ctx.metrics.clients.fetch_sub(1, Relaxed);
-            tracing::debug!(client_id = %client.id, "client removed");
+            tracing::debug!(client_id = %client.envelope.client_id(), "client removed");
         }
     }
 }

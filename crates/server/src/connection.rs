@@ -311,6 +311,20 @@ pub fn serve(
     }
 }
 
+/// Serves a WebSocket whose handshake was answered on the bare socket
+/// ([`crate::listener`]); `read_ahead` holds what the client sent behind its request head.
+pub fn serve_socket(
+    stream: TcpStream,
+    read_ahead: &[u8],
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + use<> {
+    ctx.metrics.connections_accepted.fetch_add(1, Relaxed);
+    let mut reader = MessageReader::new(ctx.config.limits.max_message_bytes);
+    reader.buffer(read_ahead);
+    run(Socket { stream, reader }, ctx, peer)
+}
+
 /// The span of a connection's log lines, at info: who it is (`peer`, and `client_id` once
 /// connected). Made when a line is logged or a frame handled, not held: an idle
 /// connection keeps no span (with its entry in the subscriber's registry) alive.

@@ -81,6 +81,7 @@ pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_http;
+pub mod upgrade;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -3,8 +3,12 @@
 //! and the ingest API. During a graceful drain ([`crate::drain`]) both keep accepting, but
 //! WebSocket upgrades are refused with HTTP 503.
 //!
-//! Each TCP connection is served by hyper; an upgrade request becomes a WebSocket served by
-//! [`crate::connection::serve`] in its own task. Each port has a pool of connection permits
+//! On the client port a WebSocket upgrade is read and answered on the bare socket
+//! ([`crate::upgrade`]) and the socket handed to [`crate::connection::serve_socket`] in a task
+//! of its own; every other request (and any upgrade that module leaves alone or refuses) is
+//! served by hyper, which reads the connection from its first byte, so its answers are those
+//! of a connection it served from the start. An upgrade through hyper becomes a WebSocket
+//! served by [`crate::connection::serve`]. Each port has a pool of connection permits
 //! of its own, so clients that hold every connection of the client port (idle sockets or
 //! WebSockets) never starve operators and publishers on the admin port. The pools are sized
 //! within the process's open-file limit with a reserve for the admin port and the server's
@@ -14,8 +18,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,13 +36,25 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::http::{self, HttpResponse, Port, json_response};
 use crate::metrics::DropReason;
 use crate::state::ServerState;
+use crate::upgrade;
+
+/// How long a client may take to send its request head (hyper's `header_read_timeout` on
+/// the connections it serves).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes of a request head read at once (on the stack).
+const HEAD_CHUNK: usize = 2048;
+
+/// A request head longer than this is left to hyper (which has its own limits and answers).
+const MAX_FAST_HEAD: usize = 16 * 1024;
 
 /// Accepts connections on `port` until shutdown, at most `connections` at a time.
 pub async fn accept_loop(
@@ -66,35 +84,179 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let ctx2 = ctx.clone();
-        let ctx3 = ctx.clone();
-        ctx.tracker.spawn(async move {
-            let ctx = ctx3;
-            let io = TokioIo::new(stream);
-            let service = service_fn(move |request| {
-                let ctx = ctx2.clone();
-                async move { Ok::<_, Infallible>(route(request, ctx, peer, port).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let shutdown = ctx.shutdown.clone();
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(%peer, error = %err, "http connection ended with an error");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        match port {
+            Port::Client => ctx
+                .tracker
+                .spawn(serve_client(stream, ctx.clone(), peer, permit)),
+            Port::Admin => ctx.tracker.spawn(serve_http(
+                Replay::new(stream, Vec::new()),
+                ctx.clone(),
+                peer,
+                port,
+                permit,
+            )),
+        };
+    }
+}
+
+/// Serves a connection to the client port: a WebSocket upgrade is answered here on the bare
+/// socket ([`crate::upgrade`]); anything else is served by hyper, from the first byte read.
+///
+/// The handshake is boxed: hyper's state, when it serves the connection, is not part of the
+/// handshake's.
+async fn serve_client(
+    stream: TcpStream,
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some((stream, read, upgraded)) = Box::pin(handshake(stream, &ctx, peer)).await else {
+        return;
+    };
+    if !upgraded {
+        // Refusals (draining, full) and every other request are hyper's.
+        let replay = Replay::new(stream, read);
+        return Box::pin(serve_http(replay, ctx, peer, Port::Client, permit)).await;
+    }
+    // A WebSocket holds no permit of the HTTP pool (as one upgraded by hyper).
+    drop(permit);
+    // A task of its own: its cell then holds the connection's future itself, not this
+    // task's state and a box beside it, for the connection's whole life.
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(crate::connection::serve_socket(stream, &read, ctx, peer));
+}
+
+/// Reads the request head; when it is a WebSocket upgrade this server takes (not draining,
+/// below `limits.max_connections`), answers it and returns `true` with what the client sent
+/// behind its head; otherwise `false` with what was read. `None`: the peer closed, timed
+/// out or failed first.
+async fn handshake(
+    mut stream: TcpStream,
+    ctx: &ServerState,
+    peer: SocketAddr,
+) -> Option<(TcpStream, Vec<u8>, bool)> {
+    let take = || !ctx.readiness.is_draining() && take_websocket_slot(ctx);
+    let read = tokio::select! {
+        () = ctx.shutdown.cancelled() => return None,
+        read = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut stream, &take)) => read,
+    };
+    // A peer that never completes its head is closed without an answer, as hyper does.
+    let (read, upgrade) = read.ok()??;
+    let Some(upgrade) = upgrade else {
+        return Some((stream, read, false));
+    };
+    let response = upgrade.response();
+    // A fresh socket has room for the response: written at once, without a wait.
+    let written = match stream.try_write(&response) {
+        Ok(n) => n,
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(err) => {
+            ctx.metrics.connections.fetch_sub(1, Relaxed);
+            tracing::debug!(%peer, error = %err, "writing the websocket handshake failed");
+            return None;
+        }
+    };
+    if written < response.len()
+        && let Err(err) = stream.write_all(&response[written..]).await
+    {
+        ctx.metrics.connections.fetch_sub(1, Relaxed);
+        tracing::debug!(%peer, error = %err, "writing the websocket handshake failed");
+        return None;
+    }
+    Some((stream, read, true))
+}
+
+/// Reads a request head until it is complete or longer than [`MAX_FAST_HEAD`]. Returns the
+/// upgrade it asks for, if this module answers it and `take` agrees, with what the client
+/// sent behind the head; otherwise no upgrade, with the bytes read. `None` when the peer
+/// closed or the read failed first.
+///
+/// A head that comes in one read (nearly all) is read on the stack: no buffer of the
+/// handshake is left on the heap between the connection's long-lived allocations.
+async fn read_head(
+    stream: &mut TcpStream,
+    take: &(dyn Fn() -> bool + Sync),
+) -> Option<(Vec<u8>, Option<upgrade::Upgrade>)> {
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        stream.readable().await.ok()?;
+        let mut chunk = [0u8; HEAD_CHUNK];
+        let n = match stream.try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        };
+        let first = partial.is_empty();
+        let read: &[u8] = if first {
+            &chunk[..n]
+        } else {
+            partial.extend_from_slice(&chunk[..n]);
+            &partial
+        };
+        match upgrade::parse(read) {
+            upgrade::Head::Upgrade(upgrade) if take() => {
+                let read_ahead = read[upgrade.head_len..].to_vec();
+                return Some((read_ahead, Some(upgrade)));
+            }
+            upgrade::Head::Partial if read.len() < MAX_FAST_HEAD => {
+                if first {
+                    partial.extend_from_slice(&chunk[..n]);
                 }
             }
-            drop(permit);
+            upgrade::Head::Partial | upgrade::Head::Upgrade(_) | upgrade::Head::Other => {
+                let head = if first { chunk[..n].to_vec() } else { partial };
+                return Some((head, None));
+            }
+        }
+    }
+}
+
+/// Counts a WebSocket in `limits.max_connections`; `false` when there is no room (hyper's
+/// path then answers 503).
+fn take_websocket_slot(ctx: &ServerState) -> bool {
+    let max = ctx.capacity.websockets as i64;
+    if ctx.metrics.connections.fetch_add(1, Relaxed) >= max {
+        ctx.metrics.connections.fetch_sub(1, Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Serves HTTP on a connection (with WebSocket upgrades on the client port) until it closes.
+async fn serve_http(
+    stream: Replay,
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+    port: Port,
+    permit: OwnedSemaphorePermit,
+) {
+    {
+        let ctx2 = ctx.clone();
+        let io = TokioIo::new(stream);
+        let service = service_fn(move |request| {
+            let ctx = ctx2.clone();
+            async move { Ok::<_, Infallible>(route(request, ctx, peer, port).await) }
         });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let shutdown = ctx.shutdown.clone();
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "http connection ended with an error");
+                }
+            }
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+            }
+        }
+        drop(permit);
     }
 }
 
@@ -172,9 +334,7 @@ fn upgrade(
             }
         }
     };
-    let max = ctx.capacity.websockets as i64;
-    if ctx.metrics.connections.fetch_add(1, Relaxed) >= max {
-        ctx.metrics.connections.fetch_sub(1, Relaxed);
+    if !take_websocket_slot(&ctx) {
         ctx.metrics.dropped(DropReason::ConnectionLimit);
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -213,4 +373,138 @@ fn upgrade(
         headers.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, value);
     }
     response
+}
+
+/// A socket whose first bytes were already read: they are read again first (hyper then
+/// serves the connection as if it had read it from the start).
+struct Replay {
+    read: Vec<u8>,
+    replayed: usize,
+    stream: TcpStream,
+}
+
+impl Replay {
+    fn new(stream: TcpStream, read: Vec<u8>) -> Self {
+        Self {
+            read,
+            replayed: 0,
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.replayed < this.read.len() {
+            let left = &this.read[this.replayed..];
+            let n = left.len().min(buf.remaining());
+            buf.put_slice(&left[..n]);
+            this.replayed += n;
+            if this.replayed == this.read.len() {
+                // Replayed: the buffer is not kept for the connection's life.
+                this.read = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::read_head;
+
+    const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    /// A connected pair: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_head_split_over_reads_is_answered_with_what_follows_it() {
+        let (mut client, mut server) = pair().await;
+        let reading = tokio::spawn(async move { read_head(&mut server, &|| true).await });
+        client.write_all(&HEAD[..20]).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        client.write_all(&HEAD[20..]).await.unwrap();
+        client.write_all(b"\x81\x00").await.unwrap();
+        let (read_ahead, upgrade) = reading.await.unwrap().expect("a head");
+        let upgrade = upgrade.expect("an upgrade");
+        assert_eq!(upgrade.head_len, HEAD.len());
+        // What followed the head may come with it or not; it is never part of the head.
+        assert!(b"\x81\x00".starts_with(&read_ahead), "{read_ahead:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_returns_the_whole_head_for_hyper() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(HEAD).await.unwrap();
+        let (read, upgrade) = read_head(&mut server, &|| false).await.expect("a head");
+        assert!(upgrade.is_none());
+        assert_eq!(read, HEAD);
+    }
+
+    #[tokio::test]
+    async fn other_requests_return_what_was_read_for_hyper() {
+        let (mut client, mut server) = pair().await;
+        let request = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        let (read, upgrade) = read_head(&mut server, &|| true).await.expect("a head");
+        assert!(upgrade.is_none());
+        assert_eq!(read, request);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_before_its_head_ends_gets_nothing() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(&HEAD[..30]).await.unwrap();
+        drop(client);
+        assert!(read_head(&mut server, &|| true).await.is_none());
+    }
 }
