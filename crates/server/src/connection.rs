@@ -279,25 +279,10 @@ pub fn serve(
     // hyper's boxed stream with its rewind buffer, starting with the bytes hyper read past
     // the handshake (a client may send its `connect` right behind the upgrade request).
     // Copied: they are a slice of hyper's read buffer, which must not stay alive.
-    let limits = &ctx.config.limits;
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let mut reader = MessageReader::new(limits.max_message_bytes);
-            // Decoded first: a `connect` may be among them.
-            reader.buffer(&parts.read_buf);
-            // The outbox holds the socket: workers write events to it directly.
-            let outbox = Arc::new(Outbox::with_socket(
-                limits.outbound_queue_frames,
-                limits.outbound_queue_bytes,
-                Some(parts.io.into_inner()),
-            ));
-            let ws = Socket {
-                stream: SharedTcp(outbox.clone()),
-                reader,
-            };
-            Either::Left(run(ws, outbox, ctx, peer))
-        }
+        Ok(parts) => Either::Left(serve_tcp(parts.io.into_inner(), &parts.read_buf, ctx, peer)),
         Err(upgraded) => {
+            let limits = &ctx.config.limits;
             let outbox = Arc::new(Outbox::new(
                 limits.outbound_queue_frames,
                 limits.outbound_queue_bytes,
@@ -320,9 +305,31 @@ pub fn serve_socket(
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + use<> {
     ctx.metrics.connections_accepted.fetch_add(1, Relaxed);
-    let mut reader = MessageReader::new(ctx.config.limits.max_message_bytes);
+    serve_tcp(stream, read_ahead, ctx, peer)
+}
+
+/// Serves a WebSocket on a TCP socket, starting with the bytes read past its handshake
+/// (decoded first: a `connect` may be among them). The outbox holds the socket, so
+/// workers can write events to it directly.
+fn serve_tcp(
+    stream: TcpStream,
+    read_ahead: &[u8],
+    ctx: Arc<ServerState>,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + use<> {
+    let limits = &ctx.config.limits;
+    let mut reader = MessageReader::new(limits.max_message_bytes);
     reader.buffer(read_ahead);
-    run(Socket { stream, reader }, ctx, peer)
+    let outbox = Arc::new(Outbox::with_socket(
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+        Some(stream),
+    ));
+    let ws = Socket {
+        stream: SharedTcp(outbox.clone()),
+        reader,
+    };
+    run(ws, outbox, ctx, peer)
 }
 
 /// The span of a connection's log lines, at info: who it is (`peer`, and `client_id` once
