@@ -20,6 +20,7 @@ use livequery_matcher::gate::{
 use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
 use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use parking_lot::RwLock;
+use smallvec::SmallVec;
 
 use crate::event::ChangeEvent;
 use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
@@ -242,10 +243,11 @@ impl Hub {
             Reads::Everything => return Ok(true),
             Reads::Fields(fields) => fields,
         };
+        // Every key of the message is tested: against a list, not the index's maps.
+        let names: SmallVec<[&str; 8]> = fields.names().collect();
         // `updatedAt` defaults to `createdAt` when dated.
-        let wanted = |key: &str| {
-            fields.contains(key) || (key == "createdAt" && fields.contains("updatedAt"))
-        };
+        let dated = names.contains(&"updatedAt");
+        let wanted = |key: &str| names.contains(&key) || (dated && key == "createdAt");
         let Some(read) = message.read_fields(&wanted) else {
             return Ok(true);
         };
