@@ -600,12 +600,23 @@ pub enum Reads<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct IndexedFields<'a>(&'a ClassIndex);
 
-impl IndexedFields<'_> {
+impl<'a> IndexedFields<'a> {
     /// Whether a query is indexed on the top-level field `name`.
     pub fn contains(&self, name: &str) -> bool {
         // A class is indexed on a few fields: comparing them costs less than hashing `name`.
         self.0.postings.keys().any(|field| **field == *name)
             || self.0.ranges.keys().any(|field| **field == *name)
+    }
+
+    /// The fields (one indexed both ways comes twice), for a caller that tests many names
+    /// against them.
+    pub fn names(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        let class = self.0;
+        class
+            .postings
+            .keys()
+            .chain(class.ranges.keys())
+            .map(|field| &**field)
     }
 }
 

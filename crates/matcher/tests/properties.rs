@@ -150,6 +150,12 @@ fn index_agrees_with_brute_force(
                 index.candidates("C", &[&read], &mut scratch, &mut from_read);
                 from_read.sort();
                 prop_assert_eq!(&from_read, &sorted);
+                // Its list of names says the same as its test of a name.
+                let names: Vec<&str> = fields.names().collect();
+                prop_assert!(names.iter().all(|name| fields.contains(name)));
+                for key in object.keys() {
+                    prop_assert_eq!(names.contains(&key.as_str()), fields.contains(key));
+                }
             }
         }
         for (id, _) in &live {

@@ -20,13 +20,14 @@ use livequery_matcher::gate::{
 use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
 use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use parking_lot::RwLock;
+use smallvec::SmallVec;
 
 use crate::event::ChangeEvent;
 use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
 use crate::identity::IdentityCell;
 use crate::metrics::{DeliveryTally, DropReason, Metrics};
 use crate::outbox::{Outbox, Push};
-use crate::pubsub::Message;
+use crate::pubsub::ReadAhead;
 
 /// Who a subscription reads as.
 #[derive(Debug, Clone)]
@@ -229,12 +230,12 @@ impl Hub {
         outboxes.len()
     }
 
-    /// Whether a message whose objects are still text ([`Message::from_json`]) may concern
+    /// Whether a message whose objects are still text ([`crate::pubsub::MessageText`]) may concern
     /// a subscription: the index is asked with only the fields it reads of the class, read
     /// from the text and dated as the ingest dates whole objects. `false` means that
     /// [`Hub::fan_out`] would find no candidate for the whole event (the index reads no
     /// other field), so it need not be read. A message already read may concern anyone.
-    pub fn may_concern(&self, message: &Message) -> Result<bool, serde_json::Error> {
+    pub fn may_concern(&self, message: &impl ReadAhead) -> Result<bool, serde_json::Error> {
         let index = self.index.read();
         let class_name = message.class_name();
         let fields = match index.reads(class_name) {
@@ -242,10 +243,11 @@ impl Hub {
             Reads::Everything => return Ok(true),
             Reads::Fields(fields) => fields,
         };
+        // Every key of the message is tested: against a list, not the index's maps.
+        let names: SmallVec<[&str; 8]> = fields.names().collect();
         // `updatedAt` defaults to `createdAt` when dated.
-        let wanted = |key: &str| {
-            fields.contains(key) || (key == "createdAt" && fields.contains("updatedAt"))
-        };
+        let dated = names.contains(&"updatedAt");
+        let wanted = |key: &str| names.contains(&key) || (dated && key == "createdAt");
         let Some(read) = message.read_fields(&wanted) else {
             return Ok(true);
         };

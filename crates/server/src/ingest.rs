@@ -15,11 +15,12 @@
 //! implies (`_Session` and `_Role` objects); the MongoDB source reports the auth changes it
 //! reads from the change stream itself.
 //!
-//! A message read from text ([`Message::from_json`], the Redis feed) is read no further
-//! than the subscription index needs when no subscription may be concerned
-//! ([`Hub::may_concern`]): it is counted and dropped before its objects are read. Its
-//! permissions (parse-server sends the class's with every message) are read once per
-//! distinct text (`PermissionTexts`) and still recorded for every message.
+//! A message read from text ([`MessageText`], the Redis feed) is read no further than the
+//! subscription index needs when no subscription may be concerned ([`Hub::may_concern`]):
+//! it is counted and dropped before its text is copied or its objects read
+//! ([`Ingest::publish_feed_text`]). Its permissions (parse-server sends the class's with
+//! every message) are read once per distinct text (`PermissionTexts`) and still recorded
+//! for every message.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use crate::event::ChangeEvent;
 use crate::hub::Hub;
 use crate::identity::{IdentityCache, SessionRecord};
 use crate::metrics::Metrics;
-use crate::pubsub::Message;
+use crate::pubsub::{Message, MessageText};
 use crate::worker::Job;
 
 /// Something that changes how events are judged.
@@ -187,10 +188,7 @@ impl Ingest {
         message: &Message,
     ) -> Result<Option<Arc<ClassPermissions>>, serde_json::Error> {
         if let Some(text) = message.permissions_text() {
-            let raw = self.permission_texts.get(text)?;
-            return Ok(self
-                .identities
-                .event_permissions(message.class_name(), &raw));
+            return self.permissions_from_text(message.class_name(), text);
         }
         Ok(match &message.permissions {
             Some(raw) => self.identities.event_permissions(message.class_name(), raw),
@@ -198,9 +196,59 @@ impl Ingest {
         })
     }
 
+    /// The permissions of an event of `class_name` carrying them as `text`.
+    fn permissions_from_text(
+        &self,
+        class_name: &str,
+        text: &str,
+    ) -> Result<Option<Arc<ClassPermissions>>, serde_json::Error> {
+        let raw = self.permission_texts.get(text)?;
+        Ok(self.identities.shared_event_permissions(class_name, &raw))
+    }
+
     /// The permissions of a class now (looked up if not cached).
     pub async fn class_permissions(&self, class_name: &str) -> Option<Arc<ClassPermissions>> {
         self.identities.class_permissions(class_name).await
+    }
+
+    /// Publishes a message of parse-server's feed still as text, borrowed from the
+    /// source's buffer (the Redis feed): as [`Ingest::publish_feed_message`] would publish
+    /// it, but one that no subscription may concern ([`Hub::may_concern`]) is counted and
+    /// dropped, once its permissions are recorded, before its text is copied or its
+    /// objects read; one that is not valid JSON after all is dropped (as
+    /// [`MessageText::read`] refuses others).
+    pub async fn publish_feed_text(&self, text: MessageText<'_>) -> Result<(), IngestClosed> {
+        if matches!(text.class_name(), "_Session" | "_Role") {
+            return self.publish_feed_message(text.into_message()).await;
+        }
+        let permissions = match text
+            .permissions_text()
+            .map(|permissions| self.permissions_from_text(text.class_name(), permissions))
+        {
+            Some(Ok(permissions)) => permissions,
+            Some(Err(err)) => {
+                invalid_message(&err);
+                return Ok(());
+            }
+            None => self.identities.cached_permissions(text.class_name()),
+        };
+        match self.hub.may_concern(&text) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.metrics.events_in.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+            Err(err) => {
+                invalid_message(&err);
+                return Ok(());
+            }
+        }
+        let mut message = text.into_message();
+        if let Err(err) = message.read_objects() {
+            invalid_message(&err);
+            return Ok(());
+        }
+        self.dispatch(message, permissions).await
     }
 
     /// Delivers one message; waits while its dispatch worker's queue is full.
@@ -237,6 +285,15 @@ impl Ingest {
                 return Ok(());
             }
         }
+        self.dispatch(message, permissions).await
+    }
+
+    /// Dates a message's objects and hands it as an event to its dispatch worker.
+    async fn dispatch(
+        &self,
+        mut message: Message,
+        permissions: Option<Arc<ClassPermissions>>,
+    ) -> Result<(), IngestClosed> {
         normalize_object_dates(&mut message.current);
         // A partly known original lacks the fields that changed (`updatedAt` among them):
         // nothing may be filled in for it.

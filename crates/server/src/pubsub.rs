@@ -3,14 +3,16 @@
 //! source's ingest API and the MongoDB source's transform produce: `{currentParseObject,
 //! originalParseObject?, classLevelPermissions?}`.
 //!
-//! A message that arrives as text (the Redis feed) is read in two steps. [`Message::from_json`]
+//! A message that arrives as text (the Redis feed) is read in steps. [`MessageText::read`]
 //! checks the whole message and reads only what routing needs (the object's `className`
-//! and `objectId`), keeping its objects and permissions as text. The ingest then reads just
-//! the fields the subscription index looks at ([`Message::read_fields`]) and, only when
-//! some subscription may be concerned, the whole objects ([`Message::read_objects`]):
-//! most events of a feed concern nobody, and reading an object into a JSON tree (an
-//! allocation per key and per string) is most of what such an event costs. Keys a message
-//! drops on receipt are skipped while reading, whichever step reads them.
+//! and `objectId`), keeping its objects and permissions as spans of the text it borrows
+//! (the source's read buffer). The ingest then reads just the fields the subscription
+//! index looks at ([`MessageText::read_fields`]) and, only when some subscription may be
+//! concerned, copies the text into a [`Message`] ([`MessageText::into_message`]) and reads
+//! the whole objects ([`Message::read_objects`]): most events of a feed concern nobody,
+//! and reading an object into a JSON tree (an allocation per key and per string) is most of
+//! what such an event costs. Keys a message drops on receipt are skipped while reading,
+//! whichever step reads them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,11 +20,9 @@ use std::ops::Range;
 
 use livequery_matcher::ChangeKind;
 use livequery_matcher::gate::is_identifier;
-use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use smallvec::SmallVec;
 
 use crate::event::OriginalState;
 
@@ -67,36 +67,58 @@ pub struct Message {
 pub type ReadFields = (Map<String, Value>, Option<Map<String, Value>>);
 
 /// The parts of a message still as text (checked to be JSON, objects where objects are
-/// required, with the same `className` and `objectId`).
+/// required, with the same `className` and `objectId`): spans of `text`, or past its end
+/// of `unescaped`. `T` is the text, borrowed ([`MessageText`]) or owned ([`Message`]).
 #[derive(Debug)]
-pub(crate) struct Unread {
-    /// The parts' texts, one after the other.
-    text: String,
-    /// `currentParseObject.className` (unescaped) in `text`.
+pub(crate) struct Unread<T = String> {
+    /// The message's text.
+    text: T,
+    /// The keys and identity strings that hold escapes, unescaped, one after the other.
+    unescaped: String,
+    /// `currentParseObject.className` (unescaped).
     class_name: Range<usize>,
-    /// `currentParseObject.objectId` (unescaped) in `text`.
+    /// `currentParseObject.objectId` (unescaped).
     object_id: Range<usize>,
     /// The fields of `currentParseObject` with identifier-like keys, in order.
     current: Vec<Field>,
     /// The fields of `originalParseObject`: saves only, when it is an object.
     original: Option<Vec<Field>>,
-    /// `classLevelPermissions` in `text`, when it is an object.
+    /// `classLevelPermissions`, when it is an object.
     permissions: Option<Range<usize>>,
     /// Set by [`Message::read_objects`]: only the permissions are still text.
     objects_read: bool,
 }
 
 /// One top-level field of an object kept as text: its key (unescaped) and its value (JSON
-/// text) in [`Unread::text`].
+/// text), spans as in [`Unread`].
 #[derive(Debug)]
 struct Field {
     key: Range<usize>,
     value: Range<usize>,
 }
 
-impl Unread {
+impl<T: AsRef<str>> Unread<T> {
     fn str(&self, range: &Range<usize>) -> &str {
-        &self.text[range.clone()]
+        let text = self.text.as_ref();
+        if range.end <= text.len() {
+            &text[range.clone()]
+        } else {
+            &self.unescaped[range.start - text.len()..range.end - text.len()]
+        }
+    }
+
+    /// The same spans over another text (the same bytes, owned or borrowed).
+    fn with_text<U>(self, text: impl FnOnce(T) -> U) -> Unread<U> {
+        Unread {
+            text: text(self.text),
+            unescaped: self.unescaped,
+            class_name: self.class_name,
+            object_id: self.object_id,
+            current: self.current,
+            original: self.original,
+            permissions: self.permissions,
+            objects_read: self.objects_read,
+        }
     }
 
     /// Reads the fields whose key `wanted` accepts into an object (the last of repeated
@@ -120,8 +142,23 @@ impl Unread {
         Ok(object)
     }
 
+    /// The fields of the current object and of the original that `wanted` accepts (see
+    /// [`MessageText::read_fields`]).
+    fn read_fields(&self, wanted: &dyn Fn(&str) -> bool) -> Result<ReadFields, serde_json::Error> {
+        let current = self.read(&self.current, wanted, 0)?;
+        let original = match &self.original {
+            Some(fields) => {
+                let mut original = self.read(fields, wanted, 0)?;
+                self.complete_identity(&mut original, wanted);
+                Some(original)
+            }
+            None => None,
+        };
+        Ok((current, original))
+    }
+
     /// Gives an original without string `className`/`objectId` those of the current object
-    /// (parse-server's originals carry them; [`Message::from_json`] checked that an
+    /// (parse-server's originals carry them; [`MessageText::read`] checked that an
     /// original naming them names the same object).
     fn complete_identity(&self, original: &mut Map<String, Value>, wanted: &dyn Fn(&str) -> bool) {
         for (key, range) in [
@@ -132,6 +169,197 @@ impl Unread {
             if wanted(key) && original.get(key).and_then(Value::as_str).is_none() {
                 original.insert(key.to_owned(), Value::from(self.str(range)));
             }
+        }
+    }
+
+    /// The `className` and `objectId` of an object's fields when they are strings (the last
+    /// of repeated keys winning), unescaped into `unescaped` when they hold escapes.
+    fn identity(&mut self, fields: &[Field]) -> Result<Identity, serde_json::Error> {
+        let mut find = |key: &str| -> Result<Option<Range<usize>>, serde_json::Error> {
+            let Some(field) = fields
+                .iter()
+                .rev()
+                .find(|field| self.str(&field.key) == key)
+            else {
+                return Ok(None);
+            };
+            let value = self.str(&field.value);
+            if !value.starts_with('"') {
+                return Ok(None);
+            }
+            if value.contains('\\') {
+                let unescaped: String = serde_json::from_str(value)?;
+                return Ok(Some(place(
+                    self.text.as_ref(),
+                    &unescaped,
+                    &mut self.unescaped,
+                )));
+            }
+            Ok(Some(field.value.start + 1..field.value.end - 1))
+        };
+        Ok((find("className")?, find("objectId")?))
+    }
+}
+
+/// An object's `className` and `objectId` spans, when they are strings.
+type Identity = (Option<Range<usize>>, Option<Range<usize>>);
+
+/// Where `part` is, as an [`Unread`] span: in `text` when it is a slice of it, else
+/// appended to `unescaped`.
+fn place(text: &str, part: &str, unescaped: &mut String) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    if start <= text.len() && part.len() <= text.len() - start {
+        return start..start + part.len();
+    }
+    let start = text.len() + unescaped.len();
+    unescaped.push_str(part);
+    start..start + part.len()
+}
+
+/// What routing reads of a message ahead of its objects ([`Hub::may_concern`]).
+///
+/// [`Hub::may_concern`]: crate::hub::Hub::may_concern
+pub trait ReadAhead {
+    /// The class of the changed object.
+    fn class_name(&self) -> &str;
+    /// The fields for which `wanted` holds, of the current object and of the original;
+    /// `None` when the objects are already read.
+    fn read_fields(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Option<Result<ReadFields, serde_json::Error>>;
+}
+
+impl ReadAhead for Message {
+    fn class_name(&self) -> &str {
+        Message::class_name(self)
+    }
+    fn read_fields(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Option<Result<ReadFields, serde_json::Error>> {
+        Message::read_fields(self, wanted)
+    }
+}
+
+impl ReadAhead for MessageText<'_> {
+    fn class_name(&self) -> &str {
+        MessageText::class_name(self)
+    }
+    fn read_fields(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Option<Result<ReadFields, serde_json::Error>> {
+        Some(MessageText::read_fields(self, wanted))
+    }
+}
+
+/// A parse-server message checked and kept as the text it was read from (borrowed: the
+/// Redis source's read buffer), read only as far as routing needs ([`MessageText::read`]).
+#[derive(Debug)]
+pub struct MessageText<'a> {
+    kind: ChangeKind,
+    unread: Unread<&'a str>,
+}
+
+impl<'a> MessageText<'a> {
+    /// Checks parse-server's message in its JSON text as [`Message::parse`] would check its
+    /// JSON value (the values of the objects' fields only as JSON text), reading no field's
+    /// value but `className` and `objectId`. Text that is not UTF-8 is not JSON (checked
+    /// once, for the whole text).
+    pub fn read(kind: ChangeKind, text: &'a [u8]) -> Result<Self, FromJsonError> {
+        let text = std::str::from_utf8(text).map_err(|err| {
+            FromJsonError::Json(de::Error::custom(format_args!("not UTF-8: {err}")))
+        })?;
+        let mut unescaped = String::new();
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let parts = RawPartsSeed {
+            text,
+            unescaped: &mut unescaped,
+        }
+        .deserialize(&mut reader)
+        .map_err(FromJsonError::Json)?;
+        reader.end().map_err(FromJsonError::Json)?;
+        let message = |error| FromJsonError::Message(error);
+        let Part::Object(current) = parts.current else {
+            return Err(message(MessageError::NoCurrentObject));
+        };
+        let permissions = match raw_part(parts.permissions) {
+            Part::Absent => None,
+            Part::Object(permissions) => Some(place(text, permissions, &mut unescaped)),
+            Part::NotAnObject => None,
+        };
+        let mut unread = Unread {
+            text,
+            unescaped,
+            class_name: 0..0,
+            object_id: 0..0,
+            current: Vec::new(),
+            original: None,
+            permissions,
+            objects_read: false,
+        };
+        let current_identity = unread.identity(&current).map_err(FromJsonError::Json)?;
+        let (Some(class_name), Some(object_id)) = current_identity.clone() else {
+            return Err(message(MessageError::NoIdentity));
+        };
+        unread.class_name = class_name;
+        unread.object_id = object_id;
+        unread.original = match (kind, parts.original) {
+            (ChangeKind::Save, Part::Object(original)) => {
+                let (c, i) = unread.identity(&original).map_err(FromJsonError::Json)?;
+                let named =
+                    |span: &Option<Range<usize>>| span.as_ref().map(|span| unread.str(span));
+                if (c.is_some() || i.is_some())
+                    && (named(&c), named(&i))
+                        != (named(&current_identity.0), named(&current_identity.1))
+                {
+                    return Err(message(MessageError::Mismatch));
+                }
+                Some(original)
+            }
+            (_, Part::Absent) | (ChangeKind::Delete, Part::Object(_)) => None,
+            (_, Part::NotAnObject) => {
+                return Err(message(MessageError::NotAnObject("originalParseObject")));
+            }
+        };
+        if matches!(raw_part(parts.permissions), Part::NotAnObject) {
+            return Err(message(MessageError::NotAnObject("classLevelPermissions")));
+        }
+        unread.current = current;
+        Ok(Self { kind, unread })
+    }
+
+    /// The class of the changed object.
+    pub fn class_name(&self) -> &str {
+        self.unread.str(&self.unread.class_name)
+    }
+
+    /// The `classLevelPermissions`, as text (checked to be a JSON object).
+    pub fn permissions_text(&self) -> Option<&str> {
+        Some(self.unread.str(self.unread.permissions.as_ref()?))
+    }
+
+    /// The top-level fields of the current object and of the original for which `wanted`
+    /// holds (top-level keys sanitised, the last of repeated keys winning); the original
+    /// gets the current object's `className` and `objectId` when it lacks them, as
+    /// [`Message::read_objects`] gives it.
+    pub fn read_fields(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<ReadFields, serde_json::Error> {
+        self.unread.read_fields(wanted)
+    }
+
+    /// The message, its text copied, its objects still text ([`Message::read_objects`]).
+    pub fn into_message(self) -> Message {
+        Message {
+            kind: self.kind,
+            current: Map::new(),
+            original: None,
+            permissions: None,
+            original_state: OriginalState::Exact,
+            unread: Some(Box::new(self.unread.with_text(str::to_owned))),
         }
     }
 }
@@ -202,93 +430,10 @@ impl Message {
         )
     }
 
-    /// Reads parse-server's message from its JSON text: checks it as [`Message::parse`]
-    /// would check its JSON value (the values of the objects' fields only as JSON text),
-    /// reading no field's value but `className` and `objectId`; the objects' fields and the
-    /// permissions are kept as text for [`Message::read_fields`] and
-    /// [`Message::read_objects`]. Until then `current` is empty.
+    /// Reads parse-server's message from its JSON text ([`MessageText::read`]), keeping a
+    /// copy of the text: until [`Message::read_objects`], `current` is empty.
     pub fn from_json(kind: ChangeKind, text: &[u8]) -> Result<Self, FromJsonError> {
-        let mut reader = serde_json::Deserializer::from_slice(text);
-        let parts = RawParts::deserialize(&mut reader).map_err(FromJsonError::Json)?;
-        reader.end().map_err(FromJsonError::Json)?;
-        let message = |error| FromJsonError::Message(error);
-        let Part::Object(current) = parts.current else {
-            return Err(message(MessageError::NoCurrentObject));
-        };
-        let current_identity = identity_text(&current).map_err(FromJsonError::Json)?;
-        let (Some(class_name), Some(object_id)) = &current_identity else {
-            return Err(message(MessageError::NoIdentity));
-        };
-        let original = match (kind, parts.original) {
-            (ChangeKind::Save, Part::Object(original)) => {
-                let (c, i) = identity_text(&original).map_err(FromJsonError::Json)?;
-                if (c.is_some() || i.is_some())
-                    && (&c, &i) != (&current_identity.0, &current_identity.1)
-                {
-                    return Err(message(MessageError::Mismatch));
-                }
-                Some(original)
-            }
-            (_, Part::Absent) | (ChangeKind::Delete, Part::Object(_)) => None,
-            (_, Part::NotAnObject) => {
-                return Err(message(MessageError::NotAnObject("originalParseObject")));
-            }
-        };
-        let permissions = match raw_part(parts.permissions) {
-            Part::Absent => None,
-            Part::Object(text) => Some(text),
-            Part::NotAnObject => {
-                return Err(message(MessageError::NotAnObject("classLevelPermissions")));
-            }
-        };
-        let fields_len = |fields: &Captured<'_>| {
-            fields
-                .iter()
-                .map(|(key, value)| key.len() + value.get().len())
-                .sum::<usize>()
-        };
-        let mut unread = String::with_capacity(
-            class_name.len()
-                + object_id.len()
-                + fields_len(&current)
-                + original.as_ref().map_or(0, fields_len)
-                + permissions.map_or(0, str::len),
-        );
-        let mut append = |part: &str| {
-            let start = unread.len();
-            unread.push_str(part);
-            start..unread.len()
-        };
-        let class_name = append(class_name);
-        let object_id = append(object_id);
-        let mut fields = |captured: &Captured<'_>| -> Vec<Field> {
-            captured
-                .iter()
-                .map(|(key, value)| Field {
-                    key: append(key),
-                    value: append(value.get()),
-                })
-                .collect()
-        };
-        let current = fields(&current);
-        let original = original.as_ref().map(&mut fields);
-        let permissions = permissions.map(&mut append);
-        Ok(Self {
-            kind,
-            current: Map::new(),
-            original: None,
-            permissions: None,
-            original_state: OriginalState::Exact,
-            unread: Some(Box::new(Unread {
-                text: unread,
-                class_name,
-                object_id,
-                current,
-                original,
-                permissions,
-                objects_read: false,
-            })),
-        })
+        MessageText::read(kind, text).map(MessageText::into_message)
     }
 
     /// The parts [`Message::from_json`] kept whose objects are not read yet.
@@ -317,20 +462,7 @@ impl Message {
         &self,
         wanted: &dyn Fn(&str) -> bool,
     ) -> Option<Result<ReadFields, serde_json::Error>> {
-        let unread = self.unread_objects()?;
-        let read = || {
-            let current = unread.read(&unread.current, wanted, 0)?;
-            let original = match &unread.original {
-                Some(fields) => {
-                    let mut original = unread.read(fields, wanted, 0)?;
-                    unread.complete_identity(&mut original, wanted);
-                    Some(original)
-                }
-                None => None,
-            };
-            Ok((current, original))
-        };
-        Some(read())
+        Some(self.unread_objects()?.read_fields(wanted))
     }
 
     /// Reads the objects [`Message::from_json`] kept as text; `current` and `original` are
@@ -445,20 +577,27 @@ enum Part<T> {
 /// The three parts of a message as text (the last of repeated keys winning).
 #[derive(Debug, Default)]
 struct RawParts<'de> {
-    current: Part<Captured<'de>>,
-    original: Part<Captured<'de>>,
+    current: Part<Vec<Field>>,
+    original: Part<Vec<Field>>,
     permissions: Option<&'de RawValue>,
 }
 
-impl<'de> Deserialize<'de> for RawParts<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(RawPartsVisitor)
+/// Reads a message's parts as spans of `text` (the text being read), keys with escapes
+/// unescaped into `unescaped`.
+struct RawPartsSeed<'de, 'u> {
+    text: &'de str,
+    unescaped: &'u mut String,
+}
+
+impl<'de> DeserializeSeed<'de> for RawPartsSeed<'de, '_> {
+    type Value = RawParts<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct RawPartsVisitor;
-
-impl<'de> Visitor<'de> for RawPartsVisitor {
+impl<'de> Visitor<'de> for RawPartsSeed<'de, '_> {
     type Value = RawParts<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -492,9 +631,13 @@ impl<'de> Visitor<'de> for RawPartsVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut parts = RawParts::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
+            let object = ObjectSeed {
+                text: self.text,
+                unescaped: &mut *self.unescaped,
+            };
             match &*key {
-                "currentParseObject" => parts.current = map.next_value_seed(ObjectSeed)?,
-                "originalParseObject" => parts.original = map.next_value_seed(ObjectSeed)?,
+                "currentParseObject" => parts.current = map.next_value_seed(object)?,
+                "originalParseObject" => parts.original = map.next_value_seed(object)?,
                 "classLevelPermissions" => parts.permissions = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -512,32 +655,6 @@ fn raw_part(part: Option<&RawValue>) -> Part<&str> {
         Some(text) if text.starts_with('{') => Part::Object(text),
         Some(_) => Part::NotAnObject,
     }
-}
-
-/// The fields of an object with identifier-like keys (see [`sanitise`]), values as JSON
-/// text, in order; the others are skipped unread.
-type Captured<'de> = SmallVec<[(Cow<'de, str>, &'de RawValue); TYPICAL_FIELDS]>;
-
-/// An object's `className` and `objectId`, when they are strings.
-type Identity<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
-
-/// The `className` and `objectId` of an object's fields when they are strings (the last of
-/// repeated keys winning), unescaped.
-fn identity_text<'a>(fields: &'a Captured<'_>) -> Result<Identity<'a>, serde_json::Error> {
-    let text = |key: &str| -> Result<Option<Cow<'a, str>>, serde_json::Error> {
-        let Some((_, value)) = fields.iter().rev().find(|(k, _)| k == key) else {
-            return Ok(None);
-        };
-        let value = value.get();
-        if !value.starts_with('"') {
-            return Ok(None);
-        }
-        if value.contains('\\') {
-            return Ok(Some(Cow::Owned(serde_json::from_str(value)?)));
-        }
-        Ok(Some(Cow::Borrowed(&value[1..value.len() - 1])))
-    };
-    Ok((text("className")?, text("objectId")?))
 }
 
 /// A key, borrowed from the text unless it holds escapes.
@@ -570,24 +687,26 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
-/// A Parse object of a message, captured as its fields' texts ([`Captured`]).
-struct ObjectSeed;
+/// A Parse object of a message: its fields with identifier-like keys (see [`sanitise`]),
+/// values as JSON text, in order, as spans of `text`; the others are skipped unread.
+struct ObjectSeed<'de, 'u> {
+    text: &'de str,
+    unescaped: &'u mut String,
+}
 
 /// Room for a typical Parse object's fields without growing the map while reading it.
 const TYPICAL_FIELDS: usize = 16;
 
-impl<'de> DeserializeSeed<'de> for ObjectSeed {
-    type Value = Part<Captured<'de>>;
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'de, '_> {
+    type Value = Part<Vec<Field>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(ObjectVisitor)
+        deserializer.deserialize_any(self)
     }
 }
 
-struct ObjectVisitor;
-
-impl<'de> Visitor<'de> for ObjectVisitor {
-    type Value = Part<Captured<'de>>;
+impl<'de> Visitor<'de> for ObjectSeed<'de, '_> {
+    type Value = Part<Vec<Field>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a Parse object")
@@ -616,11 +735,14 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = Captured::new();
+        let mut fields = Vec::with_capacity(TYPICAL_FIELDS);
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if is_identifier(&key) {
                 let value: &'de RawValue = map.next_value()?;
-                fields.push((key, value));
+                fields.push(Field {
+                    key: place(self.text, &key, self.unescaped),
+                    value: place(self.text, value.get(), self.unescaped),
+                });
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -716,6 +838,9 @@ mod tests {
             r#"{"currentParseObject": {"className": "T", "objectId": "a"}, "classLevelPermissions": 5}"#,
             r#"{"currentParseObject": {"className": "T"}}"#,
             r#"{"currentParseObject": {"className": 1, "objectId": "a"}}"#,
+            r#"{"currentParseObject": {"class\u004eame": "\u0054", "objectId": "a\"b", "r\u006fom": 1}, "originalParseObject": {"className": "T", "objectId": "a\u0022b"}}"#,
+            r#"{"currentParseObject": {"className": "T\u00e9", "objectId": "a"}, "originalParseObject": {"className": "T\u00e8", "objectId": "a"}}"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "a"}, "classLevelPermissions": {"find": {"r\u00f4le": true}}, "classLevelPermissions": [1]}"#,
             r#"{"currentParseObject": [{"className": "T", "objectId": "a"}]}"#,
             r#"{"currentParseObject": null}"#,
             r#"{}"#,
@@ -738,6 +863,15 @@ mod tests {
             return;
         };
         let (current, original) = message.read_fields(wanted).unwrap().unwrap();
+        // Borrowed or copied, the text reads alike.
+        let borrowed = MessageText::read(ChangeKind::Save, text.as_bytes()).unwrap();
+        assert_eq!(borrowed.class_name(), message.class_name(), "{text}");
+        assert_eq!(borrowed.permissions_text(), message.permissions_text());
+        assert_eq!(
+            borrowed.read_fields(wanted).unwrap(),
+            (current.clone(), original.clone()),
+            "{text}"
+        );
         let mut whole = Message::from_json(ChangeKind::Save, text.as_bytes()).unwrap();
         whole.read_objects().unwrap();
         assert!(whole.read_fields(wanted).is_none(), "already read");
@@ -759,6 +893,7 @@ mod tests {
             r#"{"currentParseObject": {"className": "T", "objectId": "o", "room": {"a": 1}}, "originalParseObject": {"className": 5, "room": null, "objectId": "o"}}"#,
             r#"{"currentParseObject": {"className": "T", "objectId": "o"}, "originalParseObject": {"className": "T", "objectId": "o", "score": 1}}"#,
             r#"{"currentParseObject": {"className": "T", "objectId": "o", "createdAt": "2020-01-01T00:00:00Z"}}"#,
+            r#"{"currentParseObject": {"class\u004eame": "\u0054", "objectId": "o\"", "r\u006fom": 1, "room": 2}, "originalParseObject": {"objectId": "o\u0022", "className": "T"}}"#,
         ];
         let wanted: [&dyn Fn(&str) -> bool; 4] = [
             &|key| key == "room",
@@ -814,14 +949,26 @@ mod tests {
         /// An object's text: entries in order, repeated keys kept (as text can have them).
         fn object_text() -> impl Strategy<Value = String> {
             (
-                prop::collection::vec((key(), value()), 0..6),
-                prop::option::of("[a-c]"),
-                prop::option::of("[a-c]"),
+                prop::collection::vec((key(), value(), any::<bool>()), 0..6),
+                // Identities sometimes with an escape (`\u0061` is `a`).
+                prop::option::of("[a-c]|\\\\u0061"),
+                prop::option::of("[a-c]|\\\\u0061"),
             )
                 .prop_map(|(entries, class_name, object_id)| {
                     let mut fields: Vec<String> = entries
                         .iter()
-                        .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+                        .map(|(key, value, escaped)| {
+                            // Keys are sometimes written with an escape (`r\u006fom`).
+                            let mut chars = key.chars();
+                            match (chars.next(), chars.next()) {
+                                (Some(first), Some(second)) if *escaped => format!(
+                                    "\"{first}\\u{:04x}{}\":{value}",
+                                    u32::from(second),
+                                    chars.as_str()
+                                ),
+                                _ => format!("{}:{value}", Value::from(key.as_str())),
+                            }
+                        })
                         .collect();
                     if let Some(class_name) = class_name {
                         fields.push(format!("\"className\":\"{class_name}\""));
@@ -890,13 +1037,19 @@ mod tests {
                 "{text}"
             );
         }
-        assert!(matches!(
-            Message::from_json(
-                ChangeKind::Save,
-                b"{\"currentParseObject\": {\"className\": \"T\", \"objectId\": \"\xff\"}}"
-            ),
-            Err(FromJsonError::Json(_))
-        ));
+        // Text that is not UTF-8 is not JSON, wherever the bytes are (even in a value that
+        // would be skipped unread).
+        for text in [
+            &b"{\"currentParseObject\": {\"className\": \"T\", \"objectId\": \"\xff\"}}"[..],
+            b"{\"currentParseObject\": {\"className\": \"T\", \"objectId\": \"a\", \"_rperm\": [\"\xc3\"]}}",
+            b"{\"other\": \"\xed\xa0\x80\", \"currentParseObject\": {\"className\": \"T\", \"objectId\": \"a\"}}",
+        ] {
+            assert!(matches!(
+                Message::from_json(ChangeKind::Save, text),
+                Err(FromJsonError::Json(_))
+            ));
+            assert!(serde_json::from_slice::<Value>(text).is_err());
+        }
     }
 
     #[test]

@@ -48,9 +48,10 @@ impl ClassKind {
 
 /// `^[A-Za-z][0-9A-Za-z_]*$`: the only top-level keys that ever reach a client.
 pub fn is_identifier(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    // Bytes, not chars: every byte of a non-ASCII char fails the test, as the char would.
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The top-level field a dotted path starts with (`authData.facebook.id` → `authData`).
@@ -175,6 +176,27 @@ mod tests {
 
     fn map(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    proptest::proptest! {
+        /// Read byte by byte, a key is an identifier exactly when its chars make one.
+        #[test]
+        fn identifiers_are_told_by_their_chars(key in "[a-zA-Z0-9_é€-]{0,5}") {
+            let mut chars = key.chars();
+            let by_chars = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            proptest::prop_assert_eq!(is_identifier(&key), by_chars, "{}", key);
+        }
+    }
+
+    #[test]
+    fn identifiers() {
+        for key in ["a", "room", "a_1", "Z9"] {
+            assert!(is_identifier(key), "{key}");
+        }
+        for key in ["", "_a", "1a", "a-b", "é", "aé", "a\u{0}", "__type"] {
+            assert!(!is_identifier(key), "{key}");
+        }
     }
 
     #[test]

@@ -189,8 +189,9 @@ enum SchemaOrigin {
 #[derive(Debug)]
 struct SchemaEntry {
     permissions: Option<Arc<ClassPermissions>>,
-    /// The raw CLP it was parsed from (to recognise repeats without re-parsing).
-    raw: Option<Value>,
+    /// The raw CLP it was parsed from (to recognise repeats without re-parsing; shared, so
+    /// that a repeat handed over as the same `Arc` is recognised without comparing trees).
+    raw: Option<Arc<Value>>,
     origin: SchemaOrigin,
     fetched: Instant,
     /// Last time a subscription or an event needed it; unused entries are evicted.
@@ -541,15 +542,45 @@ impl IdentityCache {
         class_name: &str,
         raw: &Value,
     ) -> Option<Arc<ClassPermissions>> {
-        if let Some(entry) = self.schemas.lock().get_mut(class_name)
-            && entry.raw.as_ref() == Some(raw)
+        if let Some(permissions) = self.repeated_event_permissions(class_name, |known| known == raw)
         {
-            entry.fetched = Instant::now();
-            entry.used = entry.fetched;
-            entry.origin = SchemaOrigin::Event;
-            return entry.permissions.clone();
+            return permissions;
+        }
+        self.store_schema(class_name, Some(Arc::new(raw.clone())), SchemaOrigin::Event)
+    }
+
+    /// [`IdentityCache::event_permissions`] for permissions shared by many events (the ingest
+    /// reads a CLP text once): the same `Arc` as last time is recognised without comparing
+    /// the trees.
+    pub fn shared_event_permissions(
+        &self,
+        class_name: &str,
+        raw: &Arc<Value>,
+    ) -> Option<Arc<ClassPermissions>> {
+        if let Some(permissions) = self.repeated_event_permissions(class_name, |known| {
+            std::ptr::eq(known, &**raw) || known == &**raw
+        }) {
+            return permissions;
         }
         self.store_schema(class_name, Some(raw.clone()), SchemaOrigin::Event)
+    }
+
+    /// The permissions of a class whose cached raw CLP `same` recognises as an event's,
+    /// marked as delivered by the source; `None` when they are not cached.
+    fn repeated_event_permissions(
+        &self,
+        class_name: &str,
+        same: impl FnOnce(&Value) -> bool,
+    ) -> Option<Option<Arc<ClassPermissions>>> {
+        let mut schemas = self.schemas.lock();
+        let entry = schemas.get_mut(class_name)?;
+        if !entry.raw.as_deref().is_some_and(same) {
+            return None;
+        }
+        entry.fetched = Instant::now();
+        entry.used = entry.fetched;
+        entry.origin = SchemaOrigin::Event;
+        Some(entry.permissions.clone())
     }
 
     /// The last known permissions of a class, without any lookup (for the event path).
@@ -584,13 +615,13 @@ impl IdentityCache {
             entry.used = entry.fetched;
             return entry.permissions.clone();
         }
-        self.store_schema(class_name, raw, SchemaOrigin::Provider)
+        self.store_schema(class_name, raw.map(Arc::new), SchemaOrigin::Provider)
     }
 
     fn store_schema(
         &self,
         class_name: &str,
-        raw: Option<Value>,
+        raw: Option<Arc<Value>>,
         origin: SchemaOrigin,
     ) -> Option<Arc<ClassPermissions>> {
         let permissions = match &raw {

@@ -45,7 +45,7 @@ use super::redis_link::{ClosedByRedis, Endpoint, Incoming, Link, RefusedCredenti
 use super::resp::RespError;
 use crate::config::RedisConfig;
 use crate::ingest::{AuthChange, Ingest};
-use crate::pubsub::{FromJsonError, Message};
+use crate::pubsub::{FromJsonError, MessageText};
 use crate::retry::{Backoff, sleep_unless_shutdown};
 
 /// How often the subscribed connection is pinged.
@@ -360,7 +360,7 @@ impl RedisSource {
             }
             _ => return Ok(()),
         };
-        let message = match Message::from_json(kind, payload) {
+        let message = match MessageText::read(kind, payload) {
             Ok(message) => message,
             Err(FromJsonError::Json(err)) => {
                 tracing::warn!(channel, error = %err, "ignoring a Redis message that is not JSON");
@@ -371,7 +371,7 @@ impl RedisSource {
                 return Ok(());
             }
         };
-        ingest.publish_feed_message(message).await
+        ingest.publish_feed_text(message).await
     }
 }
 
