@@ -206,6 +206,23 @@ impl Ingest {
         Ok(self.identities.shared_event_permissions(class_name, &raw))
     }
 
+    /// Whether a message still text may concern a subscription ([`Hub::may_concern`]); one
+    /// that may not is counted as received, one that is not valid JSON logged; both are
+    /// then dropped by the caller.
+    fn may_concern(&self, message: &impl crate::pubsub::ReadAhead) -> bool {
+        match self.hub.may_concern(message) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.metrics.events_in.fetch_add(1, Relaxed);
+                false
+            }
+            Err(err) => {
+                invalid_message(&err);
+                false
+            }
+        }
+    }
+
     /// The permissions of a class now (looked up if not cached).
     pub async fn class_permissions(&self, class_name: &str) -> Option<Arc<ClassPermissions>> {
         self.identities.class_permissions(class_name).await
@@ -232,16 +249,8 @@ impl Ingest {
             }
             None => self.identities.cached_permissions(text.class_name()),
         };
-        match self.hub.may_concern(&text) {
-            Ok(true) => {}
-            Ok(false) => {
-                self.metrics.events_in.fetch_add(1, Relaxed);
-                return Ok(());
-            }
-            Err(err) => {
-                invalid_message(&err);
-                return Ok(());
-            }
+        if !self.may_concern(&text) {
+            return Ok(());
         }
         let mut message = text.into_message();
         if let Err(err) = message.read_objects() {
@@ -269,16 +278,8 @@ impl Ingest {
             }
         };
         if message.is_unread() {
-            match self.hub.may_concern(&message) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.metrics.events_in.fetch_add(1, Relaxed);
-                    return Ok(());
-                }
-                Err(err) => {
-                    invalid_message(&err);
-                    return Ok(());
-                }
+            if !self.may_concern(&message) {
+                return Ok(());
             }
             if let Err(err) = message.read_objects() {
                 invalid_message(&err);
