@@ -5,10 +5,12 @@ use std::fs;
 /// Kernel clock ticks per second (`CLK_TCK`), 100 on every Linux this runs on.
 const CLK_TCK: f64 = 100.0;
 
-/// A process to sample: `self` or a pid.
+/// A process to sample: `self`, the calling thread, or a pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proc {
     Me,
+    /// The calling thread alone (`/proc/thread-self`).
+    ThisThread,
     Pid(u32),
 }
 
@@ -16,6 +18,7 @@ impl Proc {
     fn path(self, file: &str) -> String {
         match self {
             Self::Me => format!("/proc/self/{file}"),
+            Self::ThisThread => format!("/proc/thread-self/{file}"),
             Self::Pid(pid) => format!("/proc/{pid}/{file}"),
         }
     }

@@ -4,13 +4,18 @@
 //! never delay a publish. Event i is due at t0 + i/P and carries that *scheduled* time as
 //! `sentAt`: when the publisher falls behind, the delay shows up as latency instead of being
 //! hidden (no coordinated omission). Everything due is sent in one pipeline of at most
-//! [`BATCH`] PUBLISHes per round trip.
+//! [`BATCH`] PUBLISHes per round trip, packed here as RESP and written with one blocking
+//! write: at the matching sweep's rates (100k+ events/s) the publisher shares its core with
+//! Redis, and every microsecond it spends per event is one Redis cannot.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
+use redis::ConnectionLike as _;
 use tokio::sync::oneshot;
 
+use crate::procstat::Proc;
 use crate::workload::Workload;
 
 /// Most PUBLISH commands per pipeline round trip.
@@ -38,6 +43,9 @@ pub(crate) struct Outcome {
     pub(crate) max_lag: Duration,
     /// Events that Redis delivered to no subscriber at all.
     pub(crate) unheard: u64,
+    /// CPU time of the publisher's thread (packing and sending the pipelines), when readable:
+    /// whether the generator could keep a rate is a question about this thread.
+    pub(crate) cpu_seconds: Option<f64>,
 }
 
 /// A publisher connected to Redis and waiting for [`Publisher::run`].
@@ -62,30 +70,18 @@ impl Publisher {
         std::thread::Builder::new()
             .name("lq-publisher".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
+                let mut con = match connect(&plan.redis_url) {
+                    Ok(con) => con,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow!(e).context("publisher runtime")));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    let mut con = match connect(&plan.redis_url).await {
-                        Ok(con) => con,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    if go_rx.await.is_err() {
-                        return;
-                    }
-                    let _ = done_tx.send(publish(&plan, &mut con).await);
-                });
+                let _ = ready_tx.send(Ok(()));
+                if go_rx.blocking_recv().is_err() {
+                    return;
+                }
+                let _ = done_tx.send(publish(&plan, &mut con));
             })
             .context("spawning the publisher thread")?;
         ready_rx
@@ -104,26 +100,35 @@ impl Publisher {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+/// A blocking connection: the publisher thread does nothing else, and a blocking write of a
+/// whole pipeline is the cheapest way to hand it to Redis.
+fn connect(url: &str) -> anyhow::Result<redis::Connection> {
     let client = redis::Client::open(url)?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(60)));
     let mut con = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+        .get_connection_with_timeout(Duration::from_secs(5))
         .with_context(|| format!("connecting to {url}"))?;
+    con.set_read_timeout(Some(Duration::from_secs(60)))?;
     redis::cmd("PING")
-        .query_async::<String>(&mut con)
-        .await
+        .query::<String>(&mut con)
         .context("PING")?;
     Ok(con)
 }
 
-async fn publish(
-    plan: &Plan,
-    con: &mut redis::aio::MultiplexedConnection,
-) -> anyhow::Result<Outcome> {
+/// Appends `PUBLISH channel payload` to `out` in RESP, the form Redis reads (the redis
+/// crate's `Cmd` would copy each payload twice and allocate per command).
+fn pack_publish(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
+    fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "${}\r\n", bytes.len());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
+    bulk(out, channel);
+    bulk(out, payload);
+}
+
+fn publish(plan: &Plan, con: &mut redis::Connection) -> anyhow::Result<Outcome> {
     let total = plan.workload.events;
     let start_ns = now_ns();
     let t0 = Instant::now();
@@ -131,6 +136,7 @@ async fn publish(
     let mut unheard = 0u64;
     let mut i = 0u64;
     let mut payload = String::with_capacity(plan.workload.object_bytes + 512);
+    let mut pipeline = Vec::with_capacity(BATCH as usize * (plan.workload.object_bytes + 600));
     let interval_ns = if plan.rate > 0.0 {
         1e9 / plan.rate
     } else {
@@ -155,7 +161,7 @@ async fn publish(
             BATCH.min(total - i)
         };
         let batch_ns = now_ns();
-        let mut pipe = redis::pipe();
+        pipeline.clear();
         for e in i..i + n {
             let sent_at = if plan.rate > 0.0 {
                 start_ns + due(e).as_nanos() as u64
@@ -164,15 +170,20 @@ async fn publish(
             };
             payload.clear();
             plan.workload.encode_event(e, sent_at, &mut payload);
-            pipe.cmd("PUBLISH").arg(&plan.channel).arg(payload.as_str());
+            pack_publish(&mut pipeline, plan.channel.as_bytes(), payload.as_bytes());
         }
         // Each PUBLISH answers how many subscribers got the message: 0 means the server was
         // not subscribed (a wrong --app-id, or its Redis connection was down).
-        let receivers: Vec<u64> = pipe
-            .query_async(con)
-            .await
+        let receivers = con
+            .req_packed_commands(&pipeline, 0, n as usize)
             .with_context(|| format!("publishing events {i}..{}", i + n))?;
-        unheard += receivers.iter().filter(|&&r| r == 0).count() as u64;
+        for receiver in receivers {
+            match receiver {
+                redis::Value::Int(0) => unheard += 1,
+                redis::Value::Int(_) => {}
+                other => return Err(anyhow!("PUBLISH answered {other:?}")),
+            }
+        }
         i += n;
     }
     Ok(Outcome {
@@ -181,5 +192,25 @@ async fn publish(
         elapsed: t0.elapsed(),
         max_lag,
         unheard,
+        cpu_seconds: Proc::ThisThread.cpu_seconds(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_publish_is_the_resp_the_redis_crate_writes() {
+        let payload = "{\"currentParseObject\":{\"é\":\"x\\r\\n\"}}";
+        let mut ours = Vec::new();
+        pack_publish(&mut ours, b"app1LQBench", payload.as_bytes());
+        pack_publish(&mut ours, b"c", b"");
+        let mut theirs = redis::cmd("PUBLISH")
+            .arg("app1LQBench")
+            .arg(payload)
+            .get_packed_command();
+        theirs.extend(redis::cmd("PUBLISH").arg("c").arg("").get_packed_command());
+        assert_eq!(ours, theirs);
+    }
 }

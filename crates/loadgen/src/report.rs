@@ -29,6 +29,8 @@ pub(crate) struct Report {
     pub(crate) publish_seconds: f64,
     pub(crate) publish_rate: f64,
     pub(crate) publish_max_lag_ms: f64,
+    /// CPU time of the publisher thread alone (part of the generator's).
+    pub(crate) publisher_cpu_seconds: Option<f64>,
     pub(crate) expected_deliveries: u64,
     pub(crate) deliveries: u64,
     pub(crate) first_publish_to_last_receipt_seconds: Option<f64>,
@@ -264,6 +266,11 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Report {
         publish_seconds: round3(publish_seconds).unwrap_or(0.0),
         publish_rate: ratio(published as f64, publish_seconds).unwrap_or(0.0),
         publish_max_lag_ms: round3(max_lag_ms).unwrap_or(0.0),
+        publisher_cpu_seconds: inputs
+            .publish
+            .as_ref()
+            .and_then(|o| o.cpu_seconds)
+            .and_then(round3),
         expected_deliveries: expected,
         deliveries,
         first_publish_to_last_receipt_seconds: span.and_then(round3),
