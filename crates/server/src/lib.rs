@@ -14,6 +14,8 @@
 //! - [`source`]: the change sources (embedded HTTP ingest, parse-server's Redis feed,
 //!   MongoDB change streams), each one task with its own reconnect policy ([`retry`]).
 //! - [`pubsub`]: parse-server's pub/sub message format, which every source produces.
+//!   Its hot path finds a message's parts with `json_skim`, a validating skim of the text
+//!   that leaves to serde_json whatever it declines.
 //! - [`ingest`]: the one door into the server for every source — events, and the auth
 //!   changes (sessions, roles, schemas) that change how events are judged.
 //! - [`event`]: the event type the workers and the hub consume.
@@ -67,6 +69,7 @@ pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod ingest;
+mod json_skim;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;

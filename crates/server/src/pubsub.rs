@@ -22,6 +22,8 @@ use livequery_matcher::ChangeKind;
 use livequery_matcher::gate::is_identifier;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use crate::json_skim::Skim;
 use serde_json::{Map, Value};
 
 use crate::event::OriginalState;
@@ -91,7 +93,7 @@ pub(crate) struct Unread<T = String> {
 
 /// One top-level field of an object kept as text: its key (unescaped) and its value (JSON
 /// text), spans as in [`Unread`].
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct Field {
     key: Range<usize>,
     value: Range<usize>,
@@ -272,14 +274,10 @@ impl<'a> MessageText<'a> {
             FromJsonError::Json(de::Error::custom(format_args!("not UTF-8: {err}")))
         })?;
         let mut unescaped = String::new();
-        let mut reader = serde_json::Deserializer::from_str(text);
-        let parts = RawPartsSeed {
-            text,
-            unescaped: &mut unescaped,
-        }
-        .deserialize(&mut reader)
-        .map_err(FromJsonError::Json)?;
-        reader.end().map_err(FromJsonError::Json)?;
+        let parts = match skim_parts(text) {
+            Some(parts) => parts,
+            None => read_parts(text, &mut unescaped).map_err(FromJsonError::Json)?,
+        };
         let message = |error| FromJsonError::Message(error);
         let Part::Object(current) = parts.current else {
             return Err(message(MessageError::NoCurrentObject));
@@ -563,7 +561,7 @@ struct Parts {
 }
 
 /// An optional part of a message that must be an object when present.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 enum Part<T> {
     /// Absent or `null`.
     #[default]
@@ -575,11 +573,85 @@ enum Part<T> {
 }
 
 /// The three parts of a message as text (the last of repeated keys winning).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct RawParts<'de> {
     current: Part<Vec<Field>>,
     original: Part<Vec<Field>>,
-    permissions: Option<&'de RawValue>,
+    /// The JSON text of `classLevelPermissions`.
+    permissions: Option<&'de str>,
+}
+
+/// The parts of a message found by a skim of its text ([`json_skim`]), when the skim
+/// succeeds: then they are what [`RawPartsSeed`] reads. The skim declines keys with escapes,
+/// parts that are neither objects nor `null`, deep nesting and every error, for serde_json
+/// to read (or refuse) instead.
+fn skim_parts(text: &str) -> Option<RawParts<'_>> {
+    let mut skim = Skim::new(text);
+    let mut parts = RawParts::default();
+    skim.whitespace();
+    skim.expect(b'{')?;
+    skim.whitespace();
+    if !skim.eat(b'}') {
+        loop {
+            skim.whitespace();
+            let key = skim.plain_string()?;
+            skim.whitespace();
+            skim.expect(b':')?;
+            skim.whitespace();
+            match &text[key] {
+                "currentParseObject" => parts.current = skim_object(&mut skim, text)?,
+                "originalParseObject" => parts.original = skim_object(&mut skim, text)?,
+                "classLevelPermissions" => parts.permissions = Some(&text[skim.value()?]),
+                _ => {
+                    skim.value()?;
+                }
+            }
+            if !skim.comma_or(b'}')? {
+                break;
+            }
+        }
+    }
+    skim.whitespace();
+    skim.at_end().then_some(parts)
+}
+
+/// A Parse object's fields as [`ObjectSeed`] reads them, or `null`; anything else is
+/// declined.
+fn skim_object(skim: &mut Skim<'_>, text: &str) -> Option<Part<Vec<Field>>> {
+    if skim.peek() == Some(b'n') {
+        skim.value()?;
+        return Some(Part::Absent);
+    }
+    skim.expect(b'{')?;
+    let mut fields = Vec::with_capacity(TYPICAL_FIELDS);
+    skim.whitespace();
+    if skim.eat(b'}') {
+        return Some(Part::Object(fields));
+    }
+    loop {
+        skim.whitespace();
+        let key = skim.plain_string()?;
+        skim.whitespace();
+        skim.expect(b':')?;
+        let value = skim.value()?;
+        if is_identifier(&text[key.clone()]) {
+            fields.push(Field { key, value });
+        }
+        if !skim.comma_or(b'}')? {
+            return Some(Part::Object(fields));
+        }
+    }
+}
+
+/// Reads a message's parts with serde_json (what [`skim_parts`] declines).
+fn read_parts<'t>(
+    text: &'t str,
+    unescaped: &mut String,
+) -> Result<RawParts<'t>, serde_json::Error> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let parts = RawPartsSeed { text, unescaped }.deserialize(&mut reader)?;
+    reader.end()?;
+    Ok(parts)
 }
 
 /// Reads a message's parts as spans of `text` (the text being read), keys with escapes
@@ -638,7 +710,9 @@ impl<'de> Visitor<'de> for RawPartsSeed<'de, '_> {
             match &*key {
                 "currentParseObject" => parts.current = map.next_value_seed(object)?,
                 "originalParseObject" => parts.original = map.next_value_seed(object)?,
-                "classLevelPermissions" => parts.permissions = Some(map.next_value()?),
+                "classLevelPermissions" => {
+                    parts.permissions = Some(map.next_value::<&RawValue>()?.get());
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -649,8 +723,8 @@ impl<'de> Visitor<'de> for RawPartsSeed<'de, '_> {
 }
 
 /// A part's text as an optional part that must be an object.
-fn raw_part(part: Option<&RawValue>) -> Part<&str> {
-    match part.map(RawValue::get) {
+fn raw_part(part: Option<&str>) -> Part<&str> {
+    match part {
         None | Some("null") => Part::Absent,
         Some(text) if text.starts_with('{') => Part::Object(text),
         Some(_) => Part::NotAnObject,
@@ -1010,7 +1084,42 @@ mod tests {
                 })
         }
 
+        /// A message's text, sometimes with one byte cut, added or removed.
+        fn edited_message_text() -> impl Strategy<Value = String> {
+            (
+                message_text(),
+                any::<u8>(),
+                any::<prop::sample::Index>(),
+                0..4u8,
+            )
+                .prop_map(|(text, byte, at, edit)| {
+                    let mut bytes = text.into_bytes();
+                    let i = at.index(bytes.len() + 1);
+                    match edit {
+                        1 => bytes.truncate(i),
+                        2 => bytes.insert(i, byte),
+                        3 if i < bytes.len() => {
+                            bytes.remove(i);
+                        }
+                        _ => {}
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+        }
+
         proptest! {
+            /// The skim finds the parts serde_json finds, or declines: it never accepts text
+            /// serde_json refuses, nor reads it differently.
+            #[test]
+            fn a_skim_finds_the_parts_serde_json_finds(text in edited_message_text()) {
+                let mut unescaped = String::new();
+                let read = read_parts(&text, &mut unescaped);
+                if let Some(skimmed) = skim_parts(&text) {
+                    prop_assert_eq!(Some(skimmed), read.ok(), "{}", text);
+                    prop_assert!(unescaped.is_empty());
+                }
+            }
+
             #[test]
             fn read_in_steps_as_at_once(text in message_text()) {
                 assert_same_reading(ChangeKind::Save, &text);
@@ -1018,6 +1127,34 @@ mod tests {
                 assert_fields_read_alike(&text, &|key| matches!(key, "room" | "className"));
                 assert_fields_read_alike(&text, &|key| key.len() < 3);
             }
+        }
+    }
+
+    #[test]
+    fn the_skim_reads_parse_server_messages_itself() {
+        let texts = [
+            r#"{"currentParseObject":{"room":-1,"score":0.5,"seq":3,"sentAt":1,"body":"xx","createdAt":"2026-11-22T09:13:04.224Z","updatedAt":"2026-11-22T09:13:04.224Z","ACL":{"*":{"read":true}},"objectId":"br13","__type":"Object","className":"LQBench"},"classLevelPermissions":{"find":{"*":true},"protectedFields":{"*":[]}}}"#,
+            r#" { "currentParseObject" : { "className" : "T" , "objectId" : "a" , "_rperm" : [ "*" ] } , "originalParseObject" : null , "other" : [ 1e5 , -0.25 , true , "\u00e9\"" ] } "#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "a"}, "originalParseObject": {"className": "T", "objectId": "a", "n": 1, "n": 2}, "classLevelPermissions": {"find": {"r\u00f4le": true}}}"#,
+            r#"{}"#,
+        ];
+        for text in texts {
+            let mut unescaped = String::new();
+            let read = read_parts(text, &mut unescaped).unwrap();
+            assert_eq!(skim_parts(text), Some(read), "{text}");
+        }
+        // Declined, for serde_json to read: a key with an escape, a part neither an object
+        // nor null, a message that is not an object, and errors.
+        for text in [
+            r#"{"currentParseObject": {"class\u004eame": "T", "objectId": "a"}}"#,
+            r#"{"current\u0050arseObject": {"className": "T", "objectId": "a"}}"#,
+            r#"{"currentParseObject": [1]}"#,
+            r#"{"currentParseObject": 1e400}"#,
+            r#"[{"currentParseObject": {}}]"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "a"}} x"#,
+            r#"{"currentParseObject": {"className": "T", "objectId": "a",}}"#,
+        ] {
+            assert_eq!(skim_parts(text), None, "{text}");
         }
     }
 
