@@ -5,8 +5,9 @@
 //! a matching query the authorization gate ([`livequery_matcher::gate::judge`]) decides,
 //! with the subscriber's identity and the class's permissions now, which event it gets and
 //! which fields of which object — nothing about visibility is decided here. Each distinct
-//! [`VisibleObject`] is serialized once per event and shared; a recipient costs one small
-//! envelope and a copy into its bounded outbox. Nothing here awaits: identities were
+//! [`VisibleObject`] is serialized once per event and shared; a recipient's frame is an
+//! [`EventFrame`] in its bounded outbox: its op, envelope and request id, and handles to
+//! the shared bytes (no allocation, no copy of the object). Nothing here awaits: identities were
 //! resolved at subscribe time.
 
 use std::collections::HashMap;
@@ -18,7 +19,9 @@ use livequery_matcher::gate::{
     Change, EventType, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict, VisibleObject, judge,
 };
 use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
-use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
+use livequery_protocol::{
+    ClassName, EncodedObject, Envelope, EventFrame, EventOp, RequestId, ServerMessage,
+};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
@@ -426,15 +429,15 @@ impl<'e> EventFanOut<'e> {
         let object_bytes = self.encoded(object);
         let original_bytes = original.map(|original| self.encoded(original));
         let op = event_op(event);
-        let frame = ServerMessage::Event {
-            op,
-            envelope: &sub.envelope,
-            request_id: sub.request_id,
-            object: &object_bytes,
-            original: original_bytes.as_ref(),
-        }
-        .encode();
         if let Some(hooked) = &mut self.hooked {
+            let frame = ServerMessage::Event {
+                op,
+                envelope: &sub.envelope,
+                request_id: sub.request_id,
+                object: &object_bytes,
+                original: original_bytes.as_ref(),
+            }
+            .encode();
             let key = GroupKey {
                 op,
                 master: reader.master,
@@ -451,6 +454,13 @@ impl<'e> EventFanOut<'e> {
             );
             return;
         }
+        let frame = EventFrame::new(
+            op,
+            sub.envelope.clone(),
+            sub.request_id,
+            object_bytes,
+            original_bytes,
+        );
         let len = frame.len();
         let pushed = if self.write_through {
             sub.outbox
