@@ -8,7 +8,7 @@
 //! server's CPU in the kernel's copy with two slices per frame, 1.2 % with the staging
 //! buffer). An event frame ([`livequery_protocol::EventFrame`]) is written here for the
 //! first time: what it renders (op, envelope, request id, keys) is staged, and so are its
-//! objects of at most [`COPY_MAX`] bytes. Larger bytes are not copied: a large whole
+//! objects of at most `COPY_MAX` (1 KiB). Larger bytes are not copied: a large whole
 //! frame's payload, or a large object of an event frame, follows the staged bytes before
 //! it as a slice of its own.
 //!
