@@ -5,8 +5,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use livequery_protocol::{
-    ClientId, ClientMessage, EncodedObject, Envelope, ErrorCode, EventFrame, EventOp, RequestId,
-    ServerMessage, WireError,
+    ClientId, ClientMessage, EncodedObject, Envelope, ErrorCode, EventFrame, EventOp, FrameObjects,
+    RequestId, ServerMessage, WireError,
 };
 use serde_json::{Map, Value, json};
 use std::hint::black_box;
@@ -229,13 +229,13 @@ fn queue_and_stage(c: &mut Criterion) {
                 let mut staged = Vec::new();
                 b.iter(|| {
                     let encoded = EncodedObject::from_map(&object);
+                    let objects = Arc::new(FrameObjects::new(encoded.clone(), Some(encoded)));
                     for envelope in &envelopes[..n] {
                         queued.push(EventFrame::new(
                             EventOp::Update,
                             envelope.clone(),
                             RequestId::from(1),
-                            encoded.clone(),
-                            Some(encoded.clone()),
+                            objects.clone(),
                         ));
                     }
                     staged.clear();

@@ -2,9 +2,10 @@
 //!
 //! An event reaches many recipients with the same object bytes; only `op`, the
 //! connection's envelope and the `requestId` differ between their frames. An
-//! [`EventFrame`] holds those parts and reference-counted handles to the shared
-//! [`EncodedObject`]s, so queuing an event for one more recipient allocates nothing and
-//! copies no object: the frame's text is produced only when it is written, by
+//! [`EventFrame`] holds those parts and a reference-counted handle to the shared
+//! [`FrameObjects`] (the object and original, made once per event and view), so queuing an
+//! event for one more recipient allocates nothing, copies no object, and takes a few
+//! words of its queue: the frame's text is produced only when it is written, by
 //! [`EventFrame::write`], into whatever the writer stages (a buffer on the stack, a batch's
 //! staging buffer) or, for large objects, as slices of the objects' own bytes. Its length is
 //! known without writing it ([`EventFrame::len`]). The text is byte for byte what
@@ -42,14 +43,50 @@ impl FrameSink<'_> for Vec<u8> {
     }
 }
 
+/// The object and original an event frame carries, shared by every recipient that sees the
+/// same views of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameObjects {
+    object: EncodedObject,
+    original: Option<EncodedObject>,
+}
+
+impl FrameObjects {
+    /// The object (after the change; for `delete` the last state) and the original, if the
+    /// frame carries one.
+    pub fn new(object: EncodedObject, original: Option<EncodedObject>) -> Self {
+        Self { object, original }
+    }
+
+    /// The object.
+    pub fn object(&self) -> &EncodedObject {
+        &self.object
+    }
+
+    /// The original, if any.
+    pub fn original(&self) -> Option<&EncodedObject> {
+        self.original.as_ref()
+    }
+
+    /// Whether these are the very bytes of `object` and `original` (the same shared
+    /// buffers, not equal copies): a pointer comparison.
+    pub fn holds(&self, object: &EncodedObject, original: Option<&EncodedObject>) -> bool {
+        self.object.same_bytes(object)
+            && match (&self.original, original) {
+                (Some(mine), Some(theirs)) => mine.same_bytes(theirs),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
 /// One recipient's event frame: `{"op":…,<envelope>,"requestId":…,"object":…,"original":…}`,
 /// with the object (and original) shared with every other recipient that sees the same
 /// view of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventFrame {
     envelope: Arc<Envelope>,
-    object: EncodedObject,
-    original: Option<EncodedObject>,
+    objects: Arc<FrameObjects>,
     request_id: RequestId,
     /// The length of the text, computed once: queue bounds and metrics ask for it often.
     len: usize,
@@ -62,8 +99,7 @@ impl EventFrame {
         op: EventOp,
         envelope: Arc<Envelope>,
         request_id: RequestId,
-        object: EncodedObject,
-        original: Option<EncodedObject>,
+        objects: Arc<FrameObjects>,
     ) -> Self {
         let len = br#"{"op":""#.len()
             + op.as_str().len()
@@ -72,15 +108,15 @@ impl EventFrame {
             + br#","requestId":"#.len()
             + request_id.written_len()
             + br#","object":"#.len()
-            + object.len()
-            + original
+            + objects.object.len()
+            + objects
+                .original
                 .as_ref()
                 .map_or(0, |o| br#","original":"#.len() + o.len())
             + 1;
         Self {
             envelope,
-            object,
-            original,
+            objects,
             request_id,
             len,
             op,
@@ -109,12 +145,12 @@ impl EventFrame {
 
     /// The object carried.
     pub fn object(&self) -> &EncodedObject {
-        &self.object
+        &self.objects.object
     }
 
     /// The original carried, if any.
     pub fn original(&self) -> Option<&EncodedObject> {
-        self.original.as_ref()
+        self.objects.original.as_ref()
     }
 
     /// Hands the frame's text to `sink`, in order: what the frame renders (and objects of
@@ -131,8 +167,8 @@ impl EventFrame {
         let written = REQUEST_ID_ROOM - rest.len();
         sink.copy(&digits[..written]);
         sink.copy(br#","object":"#);
-        write_object(&self.object, copy_max, sink);
-        if let Some(original) = &self.original {
+        write_object(&self.objects.object, copy_max, sink);
+        if let Some(original) = &self.objects.original {
             sink.copy(br#","original":"#);
             write_object(original, copy_max, sink);
         }
@@ -242,7 +278,9 @@ mod tests {
                 original: original.as_ref(),
             }
             .encode();
-            let frame = EventFrame::new(op, envelope.clone(), request_id, object.clone(), original.clone());
+            let objects = Arc::new(FrameObjects::new(object.clone(), original.clone()));
+            prop_assert!(objects.holds(&object, original.as_ref()));
+            let frame = EventFrame::new(op, envelope.clone(), request_id, objects);
             prop_assert_eq!(frame.len(), expected.len());
             prop_assert_eq!(&frame.encode(), &expected);
             let mut recorder = Recorder::default();
@@ -259,6 +297,19 @@ mod tests {
                 prop_assert!(std::ptr::eq(*shared, *large), "shared, not copied");
             }
         }
+    }
+
+    #[test]
+    fn frame_objects_hold_the_very_bytes_not_equal_copies() {
+        let map = serde_json::json!({"a": 1});
+        let object = EncodedObject::from_map(map.as_object().unwrap());
+        let copy = EncodedObject::from_map(map.as_object().unwrap());
+        let objects = FrameObjects::new(object.clone(), Some(object.clone()));
+        assert!(objects.holds(&object, Some(&object)));
+        assert!(!objects.holds(&copy, Some(&object)));
+        assert!(!objects.holds(&object, Some(&copy)));
+        assert!(!objects.holds(&object, None));
+        assert!(FrameObjects::new(object.clone(), None).holds(&object, None));
     }
 
     #[test]

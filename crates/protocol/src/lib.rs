@@ -52,7 +52,7 @@ pub mod websocket_frame;
 pub mod websocket_read;
 
 pub use error::{ErrorCode, NotConnected, ProtocolError, WireError};
-pub use event_frame::{EventFrame, FrameSink};
+pub use event_frame::{EventFrame, FrameObjects, FrameSink};
 pub use id::{ClassName, ClientId, RequestId};
 pub use request::{
     ClientMessage, ConnectRequest, QueryRequest, QuerySpec, SubscribeRequest, UnsubscribeRequest,

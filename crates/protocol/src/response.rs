@@ -63,6 +63,12 @@ impl EncodedObject {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `other` shares these very bytes (a clone of this object), not merely equal
+    /// ones.
+    pub fn same_bytes(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0.as_ptr(), other.0.as_ptr()) && self.0.len() == other.0.len()
+    }
 }
 
 impl std::fmt::Debug for EncodedObject {

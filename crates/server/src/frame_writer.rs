@@ -227,7 +227,9 @@ impl<'a> FrameWriter<'a> {
 pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
-    use livequery_protocol::{ClientId, EncodedObject, Envelope, EventFrame, EventOp, RequestId};
+    use livequery_protocol::{
+        ClientId, EncodedObject, Envelope, EventFrame, EventOp, FrameObjects, RequestId,
+    };
     use std::future::poll_fn;
     use std::sync::Arc;
 
@@ -349,8 +351,10 @@ pub(crate) mod tests {
             },
             envelope,
             RequestId::from(request_id),
-            object_of(object),
-            original.map(object_of),
+            Arc::new(FrameObjects::new(
+                object_of(object),
+                original.map(object_of),
+            )),
         )
     }
 

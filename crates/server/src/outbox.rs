@@ -538,6 +538,13 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_event_frame_takes_a_few_words() {
+        // The queue of a backlog holds these, not copies of the objects.
+        let slot = std::mem::size_of::<(Frame, Option<Instant>)>();
+        assert!(slot <= 64, "a queue slot is {slot} bytes");
+    }
+
+    #[test]
     fn drains_in_order_and_closes() {
         let outbox = Outbox::new(10, 100);
         let received = Instant::now();
@@ -825,8 +832,10 @@ mod tests {
             livequery_protocol::EventOp::Create,
             envelope,
             livequery_protocol::RequestId::from(1),
-            crate::frame_writer::tests::object_of(20),
-            None,
+            std::sync::Arc::new(livequery_protocol::FrameObjects::new(
+                crate::frame_writer::tests::object_of(20),
+                None,
+            )),
         ));
         let (offered, written, _) = direct(&frame, usize::MAX);
         assert!(offered.is_empty());
