@@ -6,9 +6,9 @@
 //! with the subscriber's identity and the class's permissions now, which event it gets and
 //! which fields of which object — nothing about visibility is decided here. Each distinct
 //! [`VisibleObject`] is serialized once per event and shared; a recipient's frame is an
-//! [`EventFrame`] in its bounded outbox: its op, envelope and request id, and handles to
-//! the shared bytes (no allocation, no copy of the object). Nothing here awaits: identities were
-//! resolved at subscribe time.
+//! [`EventFrame`] in its bounded outbox: its op, envelope and request id, and a handle to
+//! the shared bytes (no allocation, no copy of the object). Nothing here awaits:
+//! identities were resolved at subscribe time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,9 +19,8 @@ use livequery_matcher::gate::{
     Change, EventType, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict, VisibleObject, judge,
 };
 use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
-use livequery_protocol::{
-    ClassName, EncodedObject, Envelope, EventFrame, EventOp, FrameObjects, RequestId, ServerMessage,
-};
+use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
+use livequery_protocol::{EventFrame, FrameObjects};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
