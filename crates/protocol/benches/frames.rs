@@ -1,13 +1,16 @@
 //! Decode/encode cost of every frame, and the fan-out encoding of one event to many
-//! recipients (object serialized once) against serializing the whole frame per recipient.
+//! recipients (object serialized once) against serializing the whole frame per recipient;
+//! and the server's way, queued frames then staged for a write: whole frames encoded per
+//! recipient against event frames (`EventFrame`) sharing the object bytes.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use livequery_protocol::{
-    ClientId, ClientMessage, EncodedObject, Envelope, ErrorCode, EventOp, RequestId, ServerMessage,
-    WireError,
+    ClientId, ClientMessage, EncodedObject, Envelope, ErrorCode, EventFrame, EventOp, FrameObjects,
+    RequestId, ServerMessage, WireError,
 };
 use serde_json::{Map, Value, json};
 use std::hint::black_box;
+use std::sync::Arc;
 
 const CONNECT: &str = r#"{"op":"connect","applicationId":"plqApp","javascriptKey":"plqJsKey","sessionToken":"r:f3e96e8dbe401afc8b41c72be3dddf67","installationId":"6067095f-bbe2-46b3-bd78-4eb5897c5203"}"#;
 const SUBSCRIBE: &str = r#"{"op":"subscribe","requestId":1,"query":{"className":"Message","where":{"room":"room-1795338841947","score":{"$gt":10}},"keys":["room","score"]},"sessionToken":"r:f3e96e8dbe401afc8b41c72be3dddf67"}"#;
@@ -174,5 +177,78 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode, fan_out);
+/// One `update` event queued for N recipients, then copied into a write's staging buffer
+/// (as the server does for frames of at most 1 KiB): a whole frame encoded per recipient,
+/// against an event frame per recipient holding the shared object bytes.
+fn queue_and_stage(c: &mut Criterion) {
+    let object = object();
+    let envelopes: Vec<Arc<Envelope>> = (0..1000)
+        .map(|i| {
+            Arc::new(Envelope::new(
+                ClientId::new(format!("client-{i:08}-0000-4000-8000-000000000000")),
+                None,
+            ))
+        })
+        .collect();
+    let mut group = c.benchmark_group("queue_and_stage_update");
+    for recipients in [1usize, 100, 1000] {
+        group.throughput(Throughput::Elements(recipients as u64));
+        group.bench_with_input(
+            BenchmarkId::new("whole_frames", recipients),
+            &recipients,
+            |b, &n| {
+                let mut queued = Vec::with_capacity(n);
+                let mut staged = Vec::new();
+                b.iter(|| {
+                    let encoded = EncodedObject::from_map(&object);
+                    for envelope in &envelopes[..n] {
+                        queued.push(
+                            ServerMessage::Event {
+                                op: EventOp::Update,
+                                envelope,
+                                request_id: RequestId::from(1),
+                                object: &encoded,
+                                original: Some(&encoded),
+                            }
+                            .encode(),
+                        );
+                    }
+                    staged.clear();
+                    for frame in queued.drain(..) {
+                        staged.extend_from_slice(&frame);
+                    }
+                    staged.len()
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("event_frames", recipients),
+            &recipients,
+            |b, &n| {
+                let mut queued = Vec::with_capacity(n);
+                let mut staged = Vec::new();
+                b.iter(|| {
+                    let encoded = EncodedObject::from_map(&object);
+                    let objects = Arc::new(FrameObjects::new(encoded.clone(), Some(encoded)));
+                    for envelope in &envelopes[..n] {
+                        queued.push(EventFrame::new(
+                            EventOp::Update,
+                            envelope.clone(),
+                            RequestId::from(1),
+                            objects.clone(),
+                        ));
+                    }
+                    staged.clear();
+                    for frame in queued.drain(..) {
+                        frame.write_to(&mut staged);
+                    }
+                    staged.len()
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, fan_out, queue_and_stage);
 criterion_main!(benches);

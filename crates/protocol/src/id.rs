@@ -4,6 +4,8 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use bytes::BufMut;
+
 /// A subscription's `requestId`, chosen by the client and scoped to its connection.
 ///
 /// The reference accepts any JSON number (0, negative and fractional ones included) and
@@ -36,7 +38,7 @@ impl RequestId {
     }
 
     /// Appends the JavaScript rendering of the number to `out`.
-    pub fn write_to(self, out: &mut Vec<u8>) {
+    pub fn write_to(self, out: &mut impl BufMut) {
         // Integers (what every SDK sends) print as plain digits below 1e21 in JavaScript;
         // stay well inside the exactly-representable range for the fast path.
         if self.0.fract() == 0.0 && self.0.abs() < 1e15 {
@@ -53,13 +55,13 @@ impl RequestId {
                 }
             }
             if value < 0 {
-                out.push(b'-');
+                out.put_u8(b'-');
             }
-            out.extend_from_slice(&digits[i..]);
+            out.put_slice(&digits[i..]);
             return;
         }
         let mut buf = ryu_js::Buffer::new();
-        out.extend_from_slice(buf.format_finite(self.0).as_bytes());
+        out.put_slice(buf.format_finite(self.0).as_bytes());
     }
 
     /// The length of what [`RequestId::write_to`] appends.

@@ -16,6 +16,9 @@
 //! - [`response`]: server → client frames: [`Envelope`] (rendered once per connection),
 //!   [`EncodedObject`] (an object serialized once, shared by every recipient),
 //!   [`ServerMessage`] (encoding) and [`ServerFrame`] (decoding, for Rust clients).
+//! - [`event_frame`]: [`EventFrame`], one recipient's event frame kept as its parts (op,
+//!   envelope, request id, shared objects) until it is written: no allocation and no copy of
+//!   the object per recipient.
 //! - [`handshake`]: the subprotocol a WebSocket handshake selects (the first offered, like
 //!   parse-server's `ws` server).
 //! - [`id`]: [`RequestId`] (any JSON number, printed like JavaScript), [`ClientId`] and
@@ -34,10 +37,12 @@
 //! - Encoded frames never contain `null` for an absent optional field, never carry
 //!   `clientId` on errors, and always echo the connection's `installationId`.
 //! - An event's object bytes are produced once ([`EncodedObject`]); a recipient's frame
-//!   costs one envelope write and one copy of those bytes.
+//!   ([`EventFrame`]) holds handles to them, and its text is produced only when written,
+//!   byte for byte what [`ServerMessage::Event`] encodes.
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod event_frame;
 pub mod handshake;
 pub mod id;
 pub mod request;
@@ -47,6 +52,7 @@ pub mod websocket_frame;
 pub mod websocket_read;
 
 pub use error::{ErrorCode, NotConnected, ProtocolError, WireError};
+pub use event_frame::{EventFrame, FrameObjects, FrameSink};
 pub use id::{ClassName, ClientId, RequestId};
 pub use request::{
     ClientMessage, ConnectRequest, QueryRequest, QuerySpec, SubscribeRequest, UnsubscribeRequest,

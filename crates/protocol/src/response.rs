@@ -4,6 +4,9 @@
 //! [`EncodedObject`] (shared, reference-counted bytes) and every recipient's frame is the
 //! object bytes framed by a tiny per-recipient envelope. The envelope of a connection
 //! (`clientId`, `installationId`) is rendered once, at `connect`, into an [`Envelope`].
+//! The server queues event frames as [`EventFrame`](crate::EventFrame)s, their parts, and
+//! writes their text only when it writes them to a socket; [`ServerMessage::Event`] encodes
+//! the same text whole.
 //!
 //! Shapes follow the reference byte for byte where it matters: keys in the order
 //! `op, clientId, installationId, requestId, object, original`; optional fields absent
@@ -60,6 +63,12 @@ impl EncodedObject {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `other` shares these very bytes (a clone of this object), not merely equal
+    /// ones.
+    pub fn same_bytes(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0.as_ptr(), other.0.as_ptr()) && self.0.len() == other.0.len()
+    }
 }
 
 impl std::fmt::Debug for EncodedObject {
@@ -114,6 +123,11 @@ impl Envelope {
 
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.rendered);
+    }
+
+    /// `"clientId":"…"` and the installation id, if any, as written in frames.
+    pub(crate) fn rendered(&self) -> &[u8] {
+        &self.rendered
     }
 }
 

@@ -54,7 +54,7 @@ use tracing::{Instrument, Span};
 use crate::client::ClientState;
 use crate::frame_writer::FrameWriter;
 use crate::metrics::DropReason;
-use crate::outbox::{Drain, Outbox};
+use crate::outbox::{Drain, Frame, Outbox};
 use crate::state::ServerState;
 
 /// Frames written per flush.
@@ -159,14 +159,11 @@ impl AsyncWrite for SharedTcp {
 }
 
 /// The rest of a frame a direct write left partly written, with its header.
-fn unfinished(partial: Option<(Bytes, usize)>) -> Vec<u8> {
+fn unfinished(partial: Option<(Frame, usize)>) -> Vec<u8> {
     let Some((frame, skip)) = partial else {
         return Vec::new();
     };
-    let (header, used) = text_frame_header(frame.len());
-    let mut bytes = Vec::with_capacity(used + frame.len());
-    bytes.extend_from_slice(&header[..used]);
-    bytes.extend_from_slice(&frame);
+    let mut bytes = frame.to_wire();
     bytes.drain(..skip);
     bytes
 }
@@ -608,7 +605,7 @@ where
     // The batch's frames and the receipt times of its events live in this (boxed, short-
     // lived) future: a small batch costs no allocation of its own, and an idle connection
     // keeps nothing.
-    let mut batch: SmallVec<[Bytes; INLINE_BATCH]> = SmallVec::new();
+    let mut batch: SmallVec<[Frame; INLINE_BATCH]> = SmallVec::new();
     let mut received: SmallVec<[std::time::Instant; INLINE_BATCH]> = SmallVec::new();
     loop {
         batch.clear();

@@ -1,4 +1,4 @@
-//! Writes a batch of pre-encoded text frames straight to a connection's socket.
+//! Writes a batch of queued text frames straight to a connection's socket.
 //!
 //! Frames go out in vectored writes, many per call: no UTF-8 check (the frames are the
 //! server's own JSON) and no per-frame allocation. A small frame is copied, behind its
@@ -6,9 +6,11 @@
 //! a vectored write separately, and a few-byte header slice per frame costs it more than
 //! the copy saves (profiled: a burst broadcast of 300-byte frames spent 12 % of the
 //! server's CPU in the kernel's copy with two slices per frame, 1.2 % with the staging
-//! buffer). A large
-//! frame's bytes are not copied: its header goes to the staging buffer and its shared
-//! bytes follow as a slice of their own.
+//! buffer). An event frame ([`livequery_protocol::EventFrame`]) is written here for the
+//! first time: what it renders (op, envelope, request id, keys) is staged, and so are its
+//! objects of at most `COPY_MAX` (1 KiB). Larger bytes are not copied: a large whole
+//! frame's payload, or a large object of an event frame, follows the staged bytes before
+//! it as a slice of its own.
 //!
 //! The connection task writes its control frames (pings, pongs, the close handshake) whole
 //! between batches, so they never interleave bytes inside a data frame.
@@ -23,33 +25,65 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use livequery_protocol::websocket_frame::text_frame_header;
+use livequery_protocol::FrameSink;
 use tokio::io::AsyncWrite;
 
-/// Frames up to this size are copied into the staging buffer; larger ones are written from
-/// their own bytes.
-const COPY_MAX: usize = 1024;
+use crate::outbox::Frame;
+
+/// Whole frames and event frames' objects up to this size are copied into the staging
+/// buffer; larger ones are written from their own bytes.
+pub(crate) const COPY_MAX: usize = 1024;
 
 /// Slices offered to one vectored write, within the 1024 (`IOV_MAX`) a `writev` accepts.
 const SLICES_PER_WRITE: usize = 512;
 
 /// A run of bytes to write, in order.
 #[derive(Debug)]
-enum Segment {
-    /// A range of the staging buffer (small frames, headers of large ones).
+enum Segment<'a> {
+    /// A range of the staging buffer (small frames, headers of large ones, what event
+    /// frames render).
     Staged(Range<usize>),
-    /// The bytes of frame `i` of the batch.
-    Shared(usize),
+    /// Bytes of a frame of the batch, written from where they are.
+    Shared(&'a [u8]),
+}
+
+/// Lays a batch's frames out as segments.
+struct Stager<'a, 's> {
+    staged: &'s mut Vec<u8>,
+    segments: &'s mut Vec<Segment<'a>>,
+    /// Where the staged run not yet made a segment starts.
+    run_start: usize,
+}
+
+impl Stager<'_, '_> {
+    fn end_staged_run(&mut self) {
+        if self.run_start < self.staged.len() {
+            self.segments
+                .push(Segment::Staged(self.run_start..self.staged.len()));
+            self.run_start = self.staged.len();
+        }
+    }
+}
+
+impl<'a> FrameSink<'a> for Stager<'a, '_> {
+    fn copy(&mut self, bytes: &[u8]) {
+        self.staged.extend_from_slice(bytes);
+    }
+
+    fn share(&mut self, bytes: &'a [u8]) {
+        self.end_staged_run();
+        self.segments.push(Segment::Shared(bytes));
+    }
 }
 
 /// The progress of writing a batch of frames.
 #[derive(Debug)]
 pub struct FrameWriter<'a> {
-    frames: &'a [Bytes],
-    /// Small frames with their headers, and the headers of large frames.
+    frames: &'a [Frame],
+    /// Small frames with their headers, the headers of large frames, and what event frames
+    /// render.
     staged: Vec<u8>,
-    segments: Vec<Segment>,
+    segments: Vec<Segment<'a>>,
     /// The segment being written, and how many of its bytes are written.
     segment: usize,
     segment_written: usize,
@@ -60,43 +94,30 @@ pub struct FrameWriter<'a> {
 
 impl<'a> FrameWriter<'a> {
     /// Ready to write `frames`, in order; each must be valid UTF-8 (text frames).
-    pub fn new(frames: &'a [Bytes]) -> Self {
+    pub fn new(frames: &'a [Frame]) -> Self {
         debug_assert!(
-            frames
-                .iter()
-                .all(|frame| std::str::from_utf8(frame).is_ok()),
+            frames.iter().all(|frame| match frame {
+                Frame::Whole(bytes) => std::str::from_utf8(bytes).is_ok(),
+                // Objects are serialized by serde_json, and the rest is ASCII.
+                Frame::Event(_) => true,
+            }),
             "text frames must be UTF-8"
         );
-        let staged_len: usize = frames
-            .iter()
-            .map(|frame| {
-                text_frame_header(frame.len()).1
-                    + if frame.len() <= COPY_MAX {
-                        frame.len()
-                    } else {
-                        0
-                    }
-            })
-            .sum();
+        let staged_len: usize = frames.iter().map(|frame| frame.copied_len(COPY_MAX)).sum();
         let mut staged = Vec::with_capacity(staged_len);
         let mut segments = Vec::new();
-        let mut run_start = 0;
+        let mut stager = Stager {
+            staged: &mut staged,
+            segments: &mut segments,
+            run_start: 0,
+        };
         let mut limit = 0;
-        for (i, frame) in frames.iter().enumerate() {
-            let (header, used) = text_frame_header(frame.len());
-            staged.extend_from_slice(&header[..used]);
-            limit += used + frame.len();
-            if frame.len() <= COPY_MAX {
-                staged.extend_from_slice(frame);
-            } else {
-                segments.push(Segment::Staged(run_start..staged.len()));
-                segments.push(Segment::Shared(i));
-                run_start = staged.len();
-            }
+        for frame in frames {
+            limit += frame.wire_len();
+            frame.write_wire(COPY_MAX, &mut stager);
         }
-        if run_start < staged.len() {
-            segments.push(Segment::Staged(run_start..staged.len()));
-        }
+        stager.end_staged_run();
+        debug_assert_eq!(staged.len(), staged_len, "Frame::copied_len is exact");
         Self {
             frames,
             staged,
@@ -114,7 +135,7 @@ impl<'a> FrameWriter<'a> {
         debug_assert!(
             self.frames
                 .first()
-                .is_none_or(|frame| n <= text_frame_header(frame.len()).1 + frame.len()),
+                .is_none_or(|frame| n <= frame.wire_len()),
             "only the first frame can be partly written"
         );
         self.advance(n);
@@ -134,7 +155,7 @@ impl<'a> FrameWriter<'a> {
             if frame_end >= self.written {
                 break;
             }
-            frame_end += text_frame_header(frame.len()).1 + frame.len();
+            frame_end += frame.wire_len();
         }
         self.limit = self.limit.min(frame_end);
         self.written < self.limit
@@ -144,7 +165,7 @@ impl<'a> FrameWriter<'a> {
     fn bytes(&self, i: usize) -> &[u8] {
         match &self.segments[i] {
             Segment::Staged(range) => &self.staged[range.clone()],
-            Segment::Shared(frame) => &self.frames[*frame],
+            Segment::Shared(bytes) => bytes,
         }
     }
 
@@ -203,9 +224,14 @@ impl<'a> FrameWriter<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use bytes::Bytes;
+    use livequery_protocol::{
+        ClientId, EncodedObject, Envelope, EventFrame, EventOp, FrameObjects, RequestId,
+    };
     use std::future::poll_fn;
+    use std::sync::Arc;
 
     /// A socket that takes at most `chunk` bytes per write and blocks every other call;
     /// it only looks at the first slice when `vectored` is false (as a stream without
@@ -276,25 +302,63 @@ mod tests {
         }
     }
 
-    fn expected_wire(frames: &[Bytes]) -> Vec<u8> {
+    fn expected_wire(frames: &[Frame]) -> Vec<u8> {
         let mut wire = Vec::new();
         for frame in frames {
-            let (header, used) = text_frame_header(frame.len());
+            let text = match frame {
+                Frame::Whole(bytes) => bytes.clone(),
+                Frame::Event(frame) => frame.encode(),
+            };
+            let (header, used) = livequery_protocol::websocket_frame::text_frame_header(text.len());
             wire.extend_from_slice(&header[..used]);
-            wire.extend_from_slice(frame);
+            wire.extend_from_slice(&text);
         }
         wire
     }
 
-    fn frames(lengths: &[usize]) -> Vec<Bytes> {
+    fn frames(lengths: &[usize]) -> Vec<Frame> {
         lengths
             .iter()
             .enumerate()
-            .map(|(i, &len)| Bytes::from(vec![b'a' + (i % 26) as u8; len]))
+            .map(|(i, &len)| Frame::Whole(Bytes::from(vec![b'a' + (i % 26) as u8; len])))
             .collect()
     }
 
-    async fn write_all(frames: &[Bytes], socket: &mut Trickle) {
+    /// An object whose JSON text is `len` bytes (at least 8).
+    pub(crate) fn object_of(len: usize) -> EncodedObject {
+        let padding = "p".repeat(len - 8);
+        let object = EncodedObject::from_map(
+            serde_json::json!({ "p": padding })
+                .as_object()
+                .expect("an object"),
+        );
+        assert_eq!(object.len(), len);
+        object
+    }
+
+    /// An event frame for request `request_id` whose object (and original, if given) have
+    /// JSON texts of those lengths.
+    pub(crate) fn event(request_id: u32, object: usize, original: Option<usize>) -> EventFrame {
+        let envelope = Arc::new(Envelope::new(
+            ClientId::new("fdf64e98-c038-433b-b7ef-aea170730a47"),
+            Some("inst"),
+        ));
+        EventFrame::new(
+            if original.is_some() {
+                EventOp::Update
+            } else {
+                EventOp::Create
+            },
+            envelope,
+            RequestId::from(request_id),
+            Arc::new(FrameObjects::new(
+                object_of(object),
+                original.map(object_of),
+            )),
+        )
+    }
+
+    async fn write_all(frames: &[Frame], socket: &mut Trickle) {
         let mut writer = FrameWriter::new(frames);
         poll_fn(|cx| writer.poll_write(cx, Pin::new(&mut *socket)))
             .await
@@ -324,6 +388,121 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Event frames with small and large objects and originals, between whole frames.
+    fn mixed() -> Vec<Frame> {
+        vec![
+            Frame::Whole(Bytes::from_static(b"{}")),
+            event(1, 10, None).into(),
+            event(2, 300, Some(40)).into(),
+            event(3, 5000, None).into(),
+            Frame::Whole(Bytes::from(vec![b'w'; 2000])),
+            event(4, 1025, Some(1024)).into(),
+            event(5, 20, Some(70_000)).into(),
+            event(6, 70_000, Some(3000)).into(),
+            event(7, 1024, Some(1025)).into(),
+            Frame::Whole(Bytes::from_static(b"{}")),
+        ]
+    }
+
+    #[tokio::test]
+    async fn event_frames_are_written_as_they_encode() {
+        let frames = mixed();
+        for chunk in [1, 3, 7, 100, 4096, usize::MAX / 2] {
+            for vectored in [true, false] {
+                let mut socket = trickle(chunk, vectored);
+                write_all(&frames, &mut socket).await;
+                assert!(
+                    socket.written == expected_wire(&frames),
+                    "chunk {chunk}, vectored {vectored}: the bytes differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn large_objects_are_shared_and_small_ones_staged() {
+        let frames = mixed();
+        let writer = FrameWriter::new(&frames);
+        let shared: Vec<*const u8> = writer
+            .segments
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Shared(bytes) => Some(bytes.as_ptr()),
+                Segment::Staged(_) => None,
+            })
+            .collect();
+        let mut large = Vec::new();
+        for frame in &frames {
+            match frame {
+                Frame::Whole(bytes) if bytes.len() > COPY_MAX => large.push(bytes.as_ptr()),
+                Frame::Whole(_) => {}
+                Frame::Event(frame) => {
+                    for object in std::iter::once(frame.object()).chain(frame.original()) {
+                        if object.len() > COPY_MAX {
+                            large.push(object.as_bytes().as_ptr());
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            shared, large,
+            "exactly the large objects, from their own bytes"
+        );
+        let staged: usize = frames.iter().map(|frame| frame.copied_len(COPY_MAX)).sum();
+        assert_eq!(writer.staged.len(), staged);
+    }
+
+    /// Writes what is left of `frames` after `skip` bytes.
+    async fn rest_after(frames: &[Frame], skip: usize) -> Vec<u8> {
+        let mut socket = trickle(usize::MAX / 2, true);
+        let mut writer = FrameWriter::new(frames);
+        writer.skip(skip);
+        poll_fn(|cx| writer.poll_write(cx, Pin::new(&mut socket)))
+            .await
+            .unwrap();
+        socket.written
+    }
+
+    #[tokio::test]
+    async fn an_event_frame_cut_anywhere_is_finished_from_the_cut() {
+        // A large object and original (shared slices) and a small pair (staged), each cut
+        // inside the header, the object, the `original` key, the original and the last byte.
+        for first in [event(9, 3000, Some(2000)), event(9, 100, Some(50))] {
+            let frames = vec![Frame::from(first.clone()), event(10, 2000, None).into()];
+            let wire = expected_wire(&frames);
+            let text = first.encode();
+            let header = frames[0].wire_len() - text.len();
+            let object_at = header + find(&text, b"\"object\":") + 9;
+            let original_at = header + find(&text, b"\"original\":") + 11;
+            let cuts = [
+                1,
+                header,
+                header + 5,
+                object_at,
+                object_at + first.object().len() / 2,
+                original_at - 3,
+                original_at + 1,
+                original_at + first.original().unwrap().len() / 2,
+                frames[0].wire_len() - 1,
+                frames[0].wire_len(),
+            ];
+            for cut in cuts {
+                assert!(
+                    rest_after(&frames, cut).await == wire[cut..],
+                    "cut at {cut}: the rest differs"
+                );
+            }
+        }
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .position(|window| window == needle)
+            .expect("present")
     }
 
     #[tokio::test]

@@ -5,9 +5,10 @@
 //! a matching query the authorization gate ([`livequery_matcher::gate::judge`]) decides,
 //! with the subscriber's identity and the class's permissions now, which event it gets and
 //! which fields of which object — nothing about visibility is decided here. Each distinct
-//! [`VisibleObject`] is serialized once per event and shared; a recipient costs one small
-//! envelope and a copy into its bounded outbox. Nothing here awaits: identities were
-//! resolved at subscribe time.
+//! [`VisibleObject`] is serialized once per event and shared; a recipient's frame is an
+//! [`EventFrame`] in its bounded outbox: its op, envelope and request id, and a handle to
+//! the shared bytes (no allocation, no copy of the object). Nothing here awaits:
+//! identities were resolved at subscribe time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use livequery_matcher::gate::{
 };
 use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
 use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
+use livequery_protocol::{EventFrame, FrameObjects};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
@@ -276,6 +278,7 @@ impl Hub {
             change: event.change(),
             encoded: HashMap::new(),
             last_encoded: [None, None],
+            frame_objects: SmallVec::new(),
             delivered: DeliveryTally::default(),
             metrics: &self.metrics,
             received: event.received,
@@ -366,6 +369,9 @@ struct EventFanOut<'e> {
     /// The last view encoded of the current object and of the original: most recipients
     /// see what the one before them saw, found without hashing the view.
     last_encoded: [Option<(VisibleObject<'e>, EncodedObject)>; 2],
+    /// The last (object, original) pairs the event's frames carried, the last used at the
+    /// end: recipients seeing the same views share one.
+    frame_objects: SmallVec<[Arc<FrameObjects>; PAIRS_KEPT]>,
     /// The frames queued, added to the metrics once the event is dispatched.
     delivered: DeliveryTally,
     metrics: &'e Metrics,
@@ -393,6 +399,31 @@ impl<'e> EventFanOut<'e> {
             .clone();
         self.last_encoded[slot] = Some((visible, bytes.clone()));
         bytes
+    }
+
+    /// The shared pair of `object` and `original`: made once per event when few views are
+    /// in use (the usual case); with many, a recipient may get a pair of its own.
+    fn frame_objects(
+        &mut self,
+        object: EncodedObject,
+        original: Option<EncodedObject>,
+    ) -> Arc<FrameObjects> {
+        if let Some(at) = self
+            .frame_objects
+            .iter()
+            .rposition(|pair| pair.holds(&object, original.as_ref()))
+        {
+            let last = self.frame_objects.len() - 1;
+            self.frame_objects.swap(at, last);
+            return self.frame_objects[last].clone();
+        }
+        let pair = Arc::new(FrameObjects::new(object, original));
+        if self.frame_objects.len() == PAIRS_KEPT {
+            // Bounded search: the oldest pair goes.
+            self.frame_objects.remove(0);
+        }
+        self.frame_objects.push(pair.clone());
+        pair
     }
 
     /// What the gate decides for one subscriber, queued in its outbox.
@@ -426,15 +457,15 @@ impl<'e> EventFanOut<'e> {
         let object_bytes = self.encoded(object);
         let original_bytes = original.map(|original| self.encoded(original));
         let op = event_op(event);
-        let frame = ServerMessage::Event {
-            op,
-            envelope: &sub.envelope,
-            request_id: sub.request_id,
-            object: &object_bytes,
-            original: original_bytes.as_ref(),
-        }
-        .encode();
         if let Some(hooked) = &mut self.hooked {
+            let frame = ServerMessage::Event {
+                op,
+                envelope: &sub.envelope,
+                request_id: sub.request_id,
+                object: &object_bytes,
+                original: original_bytes.as_ref(),
+            }
+            .encode();
             let key = GroupKey {
                 op,
                 master: reader.master,
@@ -451,6 +482,8 @@ impl<'e> EventFanOut<'e> {
             );
             return;
         }
+        let objects = self.frame_objects(object_bytes, original_bytes);
+        let frame = EventFrame::new(op, sub.envelope.clone(), sub.request_id, objects);
         let len = frame.len();
         let pushed = if self.write_through {
             sub.outbox
@@ -465,6 +498,9 @@ impl<'e> EventFanOut<'e> {
         }
     }
 }
+
+/// The (object, original) pairs an event's fan-out looks through before making a new one.
+const PAIRS_KEPT: usize = 4;
 
 fn event_op(event: EventType) -> EventOp {
     match event {
@@ -481,4 +517,70 @@ fn event_op(event: EventType) -> EventOp {
 #[allow(clippy::disallowed_methods)]
 pub fn encode_visible(object: &VisibleObject<'_>) -> EncodedObject {
     EncodedObject::from_entries(object.entries())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livequery_matcher::ChangeKind;
+    use serde_json::{Map, json};
+
+    fn encoded(n: usize) -> EncodedObject {
+        EncodedObject::from_map(json!({ "n": n }).as_object().expect("an object"))
+    }
+
+    #[test]
+    fn recipients_seeing_the_same_views_share_one_pair_of_objects() {
+        let event = ChangeEvent {
+            kind: ChangeKind::Save,
+            class_name: ClassName::from("C"),
+            current: Map::new(),
+            original: None,
+            permissions: None,
+            original_state: crate::event::OriginalState::Exact,
+            received: std::time::Instant::now(),
+        };
+        let metrics = Metrics::default();
+        let mut fan_out = EventFanOut {
+            change: event.change(),
+            encoded: HashMap::new(),
+            last_encoded: [None, None],
+            frame_objects: SmallVec::new(),
+            delivered: DeliveryTally::default(),
+            metrics: &metrics,
+            received: event.received,
+            hooked: None,
+            write_through: false,
+        };
+        let views: Vec<EncodedObject> = (0..PAIRS_KEPT + 1).map(encoded).collect();
+        let first = fan_out.frame_objects(views[0].clone(), Some(views[1].clone()));
+        // The same bytes again, also after another pair: the same shared pair.
+        let other = fan_out.frame_objects(views[1].clone(), None);
+        assert!(Arc::ptr_eq(
+            &first,
+            &fan_out.frame_objects(views[0].clone(), Some(views[1].clone()))
+        ));
+        assert!(Arc::ptr_eq(
+            &other,
+            &fan_out.frame_objects(views[1].clone(), None)
+        ));
+        // Equal but distinct bytes, or another original: another pair.
+        assert!(!Arc::ptr_eq(
+            &first,
+            &fan_out.frame_objects(encoded(0), Some(views[1].clone()))
+        ));
+        assert!(!Arc::ptr_eq(
+            &first,
+            &fan_out.frame_objects(views[0].clone(), None)
+        ));
+        // The search is bounded: after PAIRS_KEPT other pairs the first is made anew.
+        for view in &views {
+            fan_out.frame_objects(view.clone(), Some(view.clone()));
+        }
+        assert!(fan_out.frame_objects.len() <= PAIRS_KEPT);
+        assert!(!Arc::ptr_eq(
+            &first,
+            &fan_out.frame_objects(views[0].clone(), Some(views[1].clone()))
+        ));
+    }
 }

@@ -1,7 +1,11 @@
 //! The bounded outbound queue of one connection, and the way around it.
 //!
-//! The dispatch workers push pre-encoded frames from any thread without waiting; the
-//! connection task drains them into its socket. When the way is clear (nothing queued, the
+//! The dispatch workers push frames from any thread without waiting; the connection task
+//! drains them into its socket. A queued [`Frame`] is either whole bytes (replies, errors,
+//! frames an `afterLiveQueryEvent` hook produced) or an [`EventFrame`]: its per-recipient
+//! parts and handles to the event's shared object bytes, so a delivery allocates nothing and
+//! a backlog holds each object once, not once per recipient; its text is produced when it
+//! is written. When the way is clear (nothing queued, the
 //! connection task not writing, the socket a TCP stream), a worker delivering an event
 //! writes its frame to the socket itself ([`Outbox::deliver_event`]): one non-blocking
 //! write under this lock, no wake-up of the connection task. A write cut short (the socket's
@@ -16,22 +20,102 @@
 //! slow-consumer error and closes. A blocking (parking_lot) mutex is right here: it is held
 //! for a few instructions and never across an `.await`.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
 use bytes::Bytes;
-use livequery_protocol::websocket_frame::{MAX_HEADER_LEN, text_frame_header};
+use livequery_protocol::websocket_frame::text_frame_header;
+use livequery_protocol::{EventFrame, FrameSink};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::frame_writer::COPY_MAX;
 use crate::metrics::Histogram;
 
-/// Frames up to this size are written directly from a copy on the stack, header and payload
-/// in one slice; larger ones in a vectored write of two slices.
-const DIRECT_COPY_MAX: usize = 1024;
+/// A direct write copies at most this many bytes of a frame (its header, what the frame
+/// renders, objects of at most [`COPY_MAX`] bytes) into the worker's staging buffer; a
+/// frame that would need more (an envelope of unusual length) is queued instead.
+const DIRECT_STAGE_MAX: usize = 4096;
+
+/// One queued frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A frame's whole text (a reply, an error, a frame a hook produced).
+    Whole(Bytes),
+    /// An event frame, as its parts.
+    Event(EventFrame),
+}
+
+impl Frame {
+    /// The length of the frame's text (its payload on the wire): what the queue's byte bound
+    /// and the metrics count.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Whole(bytes) => bytes.len(),
+            Self::Event(frame) => frame.len(),
+        }
+    }
+
+    /// Whether the text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The length of the frame on the wire, WebSocket header included.
+    pub fn wire_len(&self) -> usize {
+        let len = self.len();
+        text_frame_header(len).1 + len
+    }
+
+    /// How many of the frame's wire bytes [`Frame::write_wire`] copies with `copy_max`.
+    pub fn copied_len(&self, copy_max: usize) -> usize {
+        let shared = |len: usize| if len > copy_max { len } else { 0 };
+        self.wire_len()
+            - match self {
+                Self::Whole(bytes) => shared(bytes.len()),
+                Self::Event(frame) => {
+                    shared(frame.object().len()) + frame.original().map_or(0, |o| shared(o.len()))
+                }
+            }
+    }
+
+    /// Hands the frame's wire bytes to `sink`, in order: its WebSocket header and what it
+    /// renders to be copied, and its payload (a whole frame) or objects (an event frame)
+    /// to be copied when they are at most `copy_max` bytes, shared otherwise.
+    pub fn write_wire<'a>(&'a self, copy_max: usize, sink: &mut impl FrameSink<'a>) {
+        let (header, used) = text_frame_header(self.len());
+        sink.copy(&header[..used]);
+        match self {
+            Self::Whole(bytes) if bytes.len() <= copy_max => sink.copy(bytes),
+            Self::Whole(bytes) => sink.share(bytes),
+            Self::Event(frame) => frame.write(copy_max, sink),
+        }
+    }
+
+    /// The frame's wire bytes in a buffer of their own.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut wire = Vec::with_capacity(self.wire_len());
+        self.write_wire(usize::MAX, &mut wire);
+        wire
+    }
+}
+
+impl From<Bytes> for Frame {
+    fn from(bytes: Bytes) -> Self {
+        Self::Whole(bytes)
+    }
+}
+
+impl From<EventFrame> for Frame {
+    fn from(frame: EventFrame) -> Self {
+        Self::Event(frame)
+    }
+}
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +143,9 @@ pub enum Drain {
 
 #[derive(Debug)]
 struct Inner {
-    /// Encoded frames, oldest first, with the receipt time of the event each one carries
-    /// (for the delivery-latency histogram); at most `max_frames`.
-    queue: VecDeque<(Bytes, Option<Instant>)>,
+    /// Frames, oldest first, with the receipt time of the event each one carries (for the
+    /// delivery-latency histogram); at most `max_frames`.
+    queue: VecDeque<(Frame, Option<Instant>)>,
     /// Their total size; at most `max_bytes`.
     bytes: usize,
     /// Open, or why the connection ends.
@@ -140,7 +224,13 @@ impl Outbox {
     /// socket at once when nothing is queued and the connection task is not writing (its
     /// latency then recorded in `latency`), queued otherwise. A direct write cut short
     /// queues the rest, to be written first.
-    pub fn deliver_event(&self, frame: Bytes, received: Instant, latency: &Histogram) -> Push {
+    pub fn deliver_event(
+        &self,
+        frame: impl Into<Frame>,
+        received: Instant,
+        latency: &Histogram,
+    ) -> Push {
+        let frame = frame.into();
         let mut inner = self.inner.lock();
         if let Some(socket) = &self.socket
             && inner.state == Drain::Open
@@ -149,9 +239,8 @@ impl Outbox {
             && frame.len() <= self.max_bytes
             && self.max_frames > 0
         {
-            let whole = text_frame_header(frame.len()).1 + frame.len();
             let written = write_now(socket, &frame);
-            if written == whole {
+            if written == frame.wire_len() {
                 drop(inner);
                 latency.observe(received.elapsed());
                 return Push::Queued;
@@ -162,23 +251,23 @@ impl Outbox {
     }
 
     /// Queues a frame without waiting.
-    pub fn push(&self, frame: Bytes) -> Push {
-        self.push_stamped(frame, None)
+    pub fn push(&self, frame: impl Into<Frame>) -> Push {
+        self.push_stamped(frame.into(), None)
     }
 
     /// Queues the frame of an event the source handed over at `received`.
-    pub fn push_event(&self, frame: Bytes, received: Instant) -> Push {
-        self.push_stamped(frame, Some(received))
+    pub fn push_event(&self, frame: impl Into<Frame>, received: Instant) -> Push {
+        self.push_stamped(frame.into(), Some(received))
     }
 
-    fn push_stamped(&self, frame: Bytes, received: Option<Instant>) -> Push {
+    fn push_stamped(&self, frame: Frame, received: Option<Instant>) -> Push {
         self.enqueue(self.inner.lock(), frame, received)
     }
 
     fn enqueue(
         &self,
         mut inner: parking_lot::MutexGuard<'_, Inner>,
-        frame: Bytes,
+        frame: Frame,
         received: Option<Instant>,
     ) -> Push {
         match inner.state {
@@ -215,7 +304,7 @@ impl Outbox {
     /// frames in hand no worker writes directly; a drain that takes nothing ends that.
     pub fn drain_into(
         &self,
-        out: &mut impl Extend<Bytes>,
+        out: &mut impl Extend<Frame>,
         received: &mut impl Extend<Instant>,
         max: usize,
     ) -> (Drain, usize) {
@@ -249,7 +338,7 @@ impl Outbox {
     /// The connection task is about to write a control frame: no worker writes until
     /// [`Outbox::end_write`]. Returns the front frame if a direct write left it partly
     /// written, with how many bytes of it are on the socket: to be finished first.
-    pub fn begin_write(&self) -> Option<(Bytes, usize)> {
+    pub fn begin_write(&self) -> Option<(Frame, usize)> {
         let mut inner = self.inner.lock();
         inner.writing = true;
         if inner.front_written == 0 {
@@ -338,20 +427,91 @@ impl Outbox {
     }
 }
 
-/// Writes one text frame to `socket` without waiting; returns how many of its bytes (header
+/// Writes one frame to `socket` without waiting; returns how many of its bytes (header
 /// included) were written: all, some, or none (the socket's buffer is full, or the write
 /// failed: the connection task's next write meets the error).
-fn write_now(socket: &TcpStream, frame: &[u8]) -> usize {
-    let (header, used) = text_frame_header(frame.len());
-    let written = if frame.len() <= DIRECT_COPY_MAX {
-        let mut staged = [0u8; MAX_HEADER_LEN + DIRECT_COPY_MAX];
-        staged[..used].copy_from_slice(&header[..used]);
-        staged[used..used + frame.len()].copy_from_slice(frame);
-        socket.try_write(&staged[..used + frame.len()])
-    } else {
-        socket.try_write_vectored(&[io::IoSlice::new(&header[..used]), io::IoSlice::new(frame)])
-    };
-    written.unwrap_or(0)
+fn write_now(socket: &TcpStream, frame: &Frame) -> usize {
+    write_staged(frame, |slices| match slices {
+        [one] => socket.try_write(one),
+        _ => socket.try_write_vectored(slices),
+    })
+}
+
+thread_local! {
+    /// The copied bytes of a direct write (kept by each worker thread between writes, at
+    /// most [`DIRECT_STAGE_MAX`] and a header: no allocation, and no zeroing, per write).
+    static STAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most runs a frame's wire bytes make: header and head, object, `original` key,
+/// original, closing brace.
+const MAX_RUNS: usize = 5;
+
+/// A frame laid out for one write: copied runs in the stage, shared runs as they are.
+struct Staging<'a, 's> {
+    stage: &'s mut Vec<u8>,
+    runs: [Run<'a>; MAX_RUNS],
+    used: usize,
+    run_start: usize,
+}
+
+#[derive(Clone)]
+enum Run<'a> {
+    Staged(Range<usize>),
+    Shared(&'a [u8]),
+}
+
+impl<'a> Staging<'a, '_> {
+    fn end_staged_run(&mut self) {
+        if self.run_start < self.stage.len() {
+            self.runs[self.used] = Run::Staged(self.run_start..self.stage.len());
+            self.used += 1;
+            self.run_start = self.stage.len();
+        }
+    }
+}
+
+impl<'a> FrameSink<'a> for Staging<'a, '_> {
+    fn copy(&mut self, bytes: &[u8]) {
+        self.stage.extend_from_slice(bytes);
+    }
+
+    fn share(&mut self, bytes: &'a [u8]) {
+        self.end_staged_run();
+        self.runs[self.used] = Run::Shared(bytes);
+        self.used += 1;
+    }
+}
+
+/// Lays `frame` out (small pieces copied into the thread's stage, large objects as their own
+/// slices) and offers it to `write` in one call; returns what `write` wrote, 0 on an error
+/// or when the frame is not fit for a direct write.
+fn write_staged(frame: &Frame, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>) -> usize {
+    if frame.copied_len(COPY_MAX) > DIRECT_STAGE_MAX {
+        return 0;
+    }
+    STAGE.with_borrow_mut(|stage| {
+        stage.clear();
+        let mut staging = Staging {
+            stage,
+            runs: std::array::from_fn(|_| Run::Staged(0..0)),
+            used: 0,
+            run_start: 0,
+        };
+        frame.write_wire(COPY_MAX, &mut staging);
+        staging.end_staged_run();
+        let Staging {
+            stage, runs, used, ..
+        } = staging;
+        let mut slices = [IoSlice::new(&[]); MAX_RUNS];
+        for (slice, run) in slices.iter_mut().zip(&runs[..used]) {
+            *slice = IoSlice::new(match run {
+                Run::Staged(range) => &stage[range.clone()],
+                Run::Shared(bytes) => bytes,
+            });
+        }
+        write(&slices[..used]).unwrap_or(0)
+    })
 }
 
 #[cfg(test)]
@@ -378,6 +538,13 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_event_frame_takes_a_few_words() {
+        // The queue of a backlog holds these, not copies of the objects.
+        let slot = std::mem::size_of::<(Frame, Option<Instant>)>();
+        assert!(slot <= 64, "a queue slot is {slot} bytes");
+    }
+
+    #[test]
     fn drains_in_order_and_closes() {
         let outbox = Outbox::new(10, 100);
         let received = Instant::now();
@@ -392,7 +559,10 @@ mod tests {
         );
         assert_eq!(
             out,
-            vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+            vec![
+                Frame::from(Bytes::from_static(b"1")),
+                Frame::from(Bytes::from_static(b"2"))
+            ]
         );
         assert_eq!(
             stamps,
@@ -479,9 +649,7 @@ mod tests {
         // The connection task writes the batch, the rest of the cut frame first.
         let mut wire = Vec::new();
         for (i, frame) in batch.iter().enumerate() {
-            let (header, used) = text_frame_header(frame.len());
-            wire.extend_from_slice(&header[..used]);
-            wire.extend_from_slice(frame);
+            wire.extend_from_slice(&frame.to_wire());
             if i == 0 {
                 wire.drain(..skip);
             }
@@ -559,6 +727,188 @@ mod tests {
             assert!(skip > 0);
             assert!(outbox.begin_write().is_none());
             assert_eq!(outbox.inner.lock().bytes, 0, "{end}");
+        }
+    }
+
+    /// Writes `frames` with a [`FrameWriter`] into a buffer, the first `skip` bytes already
+    /// written.
+    async fn written_by_the_connection_task(frames: &[Frame], skip: usize) -> Vec<u8> {
+        let mut writer = crate::frame_writer::FrameWriter::new(frames);
+        writer.skip(skip);
+        let mut out = Vec::new();
+        std::future::poll_fn(|cx| writer.poll_write(cx, std::pin::Pin::new(&mut out)))
+            .await
+            .unwrap();
+        out
+    }
+
+    /// What a direct write of `frame` offers the socket, when the socket takes `take` bytes.
+    fn direct(frame: &Frame, take: usize) -> (Vec<u8>, usize, Vec<*const u8>) {
+        let mut offered = Vec::new();
+        let mut slices = Vec::new();
+        let written = write_staged(frame, |offer| {
+            for slice in offer {
+                offered.extend_from_slice(slice);
+                slices.push(slice.as_ptr());
+            }
+            Ok(take.min(offered.len()))
+        });
+        (offered, written, slices)
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_cut_inside_an_event_frame_is_finished_from_the_cut() {
+        use crate::frame_writer::tests::event;
+        for (event, shared) in [
+            // Staged whole: one slice.
+            (event(1, 100, Some(60)), 0),
+            (event(1, 100, None), 0),
+            // Object and original shared, what the frame renders staged around them.
+            (event(1, 3000, Some(2000)), 2),
+            (event(1, 30, Some(2000)), 1),
+        ] {
+            let text = event.encode();
+            let frame = Frame::from(event.clone());
+            let wire = frame.to_wire();
+            let header = wire.len() - text.len();
+            assert_eq!(&wire[header..], &text[..]);
+            let (offered, written, slices) = direct(&frame, usize::MAX);
+            assert_eq!(offered, wire, "the whole frame is offered in one write");
+            assert_eq!(written, wire.len());
+            let large: Vec<*const u8> = std::iter::once(event.object())
+                .chain(event.original())
+                .filter(|object| object.len() > COPY_MAX)
+                .map(|object| object.as_bytes().as_ptr())
+                .collect();
+            assert_eq!(large.len(), shared);
+            assert!(
+                large.iter().all(|object| slices.contains(object)),
+                "large objects are written from their own bytes"
+            );
+            assert_eq!(slices.len(), if shared == 0 { 1 } else { 2 * shared + 1 });
+            // Cut inside the header, the head, the object, the `original` key, the original
+            // and before the last byte: the connection task writes exactly the rest.
+            let object_at = header + text.len()
+                - 1
+                - event.original().map_or(0, |o| o.len() + 11)
+                - event.object().len();
+            let mut cuts = vec![
+                1,
+                header - 1,
+                header,
+                header + 3,
+                object_at - 1,
+                object_at + 1,
+            ];
+            cuts.push(object_at + event.object().len() / 2);
+            if let Some(original) = event.original() {
+                let original_at = wire.len() - 1 - original.len();
+                cuts.extend([
+                    original_at - 5,
+                    original_at,
+                    original_at + original.len() / 2,
+                ]);
+            }
+            cuts.push(wire.len() - 1);
+            for cut in cuts {
+                let (_, written, _) = direct(&frame, cut);
+                assert_eq!(written, cut);
+                let frames = [frame.clone(), Frame::from(Bytes::from_static(b"{}"))];
+                let rest = written_by_the_connection_task(&frames, cut).await;
+                let mut expected = wire[cut..].to_vec();
+                expected.extend_from_slice(&frames[1].to_wire());
+                assert!(rest == expected, "cut at {cut}: the rest differs");
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_with_an_outsized_envelope_is_queued_not_written_directly() {
+        let envelope = std::sync::Arc::new(livequery_protocol::Envelope::new(
+            livequery_protocol::ClientId::new("c"),
+            Some(&"i".repeat(DIRECT_STAGE_MAX)),
+        ));
+        let frame = Frame::from(EventFrame::new(
+            livequery_protocol::EventOp::Create,
+            envelope,
+            livequery_protocol::RequestId::from(1),
+            std::sync::Arc::new(livequery_protocol::FrameObjects::new(
+                crate::frame_writer::tests::object_of(20),
+                None,
+            )),
+        ));
+        let (offered, written, _) = direct(&frame, usize::MAX);
+        assert!(offered.is_empty());
+        assert_eq!(written, 0);
+    }
+
+    #[tokio::test]
+    async fn event_frames_cut_by_a_full_socket_arrive_whole_and_in_order() {
+        use crate::frame_writer::tests::event;
+        use tokio::io::AsyncReadExt;
+        for (object, original) in [(60_000, Some(50_000)), (900, Some(700)), (5000, None)] {
+            let (server, mut peer) = socket_pair().await;
+            let outbox = Outbox::with_socket(100_000, 1 << 30, Some(server));
+            let latency = Histogram::default();
+            let mut expected = Vec::new();
+            let mut delivered = 0u32;
+            while !outbox.has_pending() {
+                let frame = event(delivered, object, original);
+                expected.extend_from_slice(&Frame::from(frame.clone()).to_wire());
+                outbox.deliver_event(frame, Instant::now(), &latency);
+                delivered += 1;
+                assert!(delivered < 100_000, "a socket nobody reads fills up");
+            }
+            let mut batch = Vec::new();
+            let (state, skip) = outbox.drain_into(&mut batch, &mut Vec::new(), 10);
+            assert_eq!(state, Drain::Open);
+            assert_eq!(batch.len(), 1);
+            let mut socket = SocketRef(outbox.socket().unwrap());
+            let writer = async {
+                let mut writer = crate::frame_writer::FrameWriter::new(&batch);
+                writer.skip(skip);
+                std::future::poll_fn(|cx| writer.poll_write(cx, std::pin::Pin::new(&mut socket)))
+                    .await
+                    .unwrap();
+            };
+            let mut received = vec![0u8; expected.len()];
+            let reader = peer.read_exact(&mut received);
+            let ((), read) = tokio::join!(writer, reader);
+            read.unwrap();
+            assert!(received == expected, "every frame whole and in order");
+        }
+    }
+
+    /// Writes through a shared socket handle, as the connection task does.
+    struct SocketRef<'s>(&'s TcpStream);
+
+    impl tokio::io::AsyncWrite for SocketRef<'_> {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            loop {
+                std::task::ready!(self.0.poll_write_ready(cx))?;
+                match self.0.try_write(buf) {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    result => return std::task::Poll::Ready(result),
+                }
+            }
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
         }
     }
 
