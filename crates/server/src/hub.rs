@@ -17,7 +17,7 @@ use livequery_matcher::date::normalize_object_dates;
 use livequery_matcher::gate::{
     Change, EventType, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict, VisibleObject, judge,
 };
-use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
+use livequery_matcher::{Member, Query, QueryId, Reads, Scratch, SubscriptionIndex};
 use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
@@ -126,6 +126,9 @@ impl PartialEq for SubRef {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
+
+/// Searched for in its query's list on removal.
+impl Member for SubRef {}
 
 /// Per-worker reusable buffers.
 #[derive(Debug, Default)]
