@@ -5,11 +5,16 @@
 //! `set_operands/*` measures one evaluation of a large `$in`/`$nin`/`$all`/`$containedBy`
 //! against a 5,000-element array (a hostile subscriber and a hostile writer together).
 //! `normalize_dates/*` measures the re-encoding of a published object's dates.
+//! `teardown/*` measures the removal of every subscriber of one shared query (19,600
+//! clients on `{}` closing), by subscribers that remember their place and by ones that are
+//! searched for.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use livequery_matcher::{CompileOptions, Query, Scratch, SubscriptionIndex};
+use livequery_matcher::{CompileOptions, Member, Query, Scratch, SubscriptionIndex};
 use serde_json::{Map, Value, json};
+use std::cell::Cell;
 use std::hint::black_box;
+use std::rc::Rc;
 
 fn map(v: Value) -> Map<String, Value> {
     v.as_object().cloned().expect("object")
@@ -266,12 +271,73 @@ fn normalize_dates(c: &mut Criterion) {
     group.finish();
 }
 
+/// A subscriber compared by identity, as the server's handles are; `remembers` says
+/// whether it keeps the place the index gives it.
+#[derive(Debug, Clone)]
+struct Handle {
+    place: Rc<Cell<usize>>,
+    remembers: bool,
+}
+
+impl PartialEq for Handle {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.place, &other.place)
+    }
+}
+
+impl Member for Handle {
+    fn place(&self) -> Option<usize> {
+        self.remembers.then(|| self.place.get())
+    }
+
+    fn set_place(&self, place: usize) {
+        self.place.set(place);
+    }
+}
+
+/// Every subscriber of one shared query leaves, in the order they came.
+fn teardown(c: &mut Criterion) {
+    const SUBSCRIBERS: usize = 19_600;
+    let mut group = c.benchmark_group("teardown");
+    group.sample_size(10);
+    let query = Query::compile(&Map::new(), &CompileOptions::default()).expect("compiles");
+    for (name, remembers) in [("remembering_place", true), ("searched_for", false)] {
+        group.bench_function(BenchmarkId::new(name, SUBSCRIBERS), |b| {
+            b.iter_batched(
+                || {
+                    let mut index = SubscriptionIndex::new();
+                    let handles: Vec<Handle> = (0..SUBSCRIBERS)
+                        .map(|_| Handle {
+                            place: Rc::new(Cell::new(0)),
+                            remembers,
+                        })
+                        .collect();
+                    let mut id = None;
+                    for handle in &handles {
+                        id = Some(index.insert("C", query.clone(), handle.clone()));
+                    }
+                    (index, handles, id.expect("subscribed"))
+                },
+                |(mut index, handles, id)| {
+                    for handle in &handles {
+                        assert!(index.remove(id, handle));
+                    }
+                    index
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     compile,
     evaluate,
     index_lookup,
     set_operands,
-    normalize_dates
+    normalize_dates,
+    teardown
 );
 criterion_main!(benches);

@@ -26,7 +26,9 @@
 //! O(indexed fields of the class + log(range-indexed queries) + candidates), independent of
 //! the number of queries that cannot match. Candidates are then evaluated exactly; the
 //! index never decides a match on its own. Inserting and removing a query cost O(terms)
-//! hash operations plus O(log n) per range term.
+//! hash operations plus O(log n) per range term. A subscriber joins or leaves a query
+//! shared by many in O(1) when it remembers its place in the query's list ([`Member`]), so
+//! tearing down n subscribers of one query costs O(n), not O(n²).
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -378,6 +380,31 @@ impl<'a> Spans<'a> {
     }
 }
 
+/// A subscriber as the index holds it: compared by identity when it is removed. One that
+/// remembers where the index put it in its query's list ([`Member::place`]) is removed in
+/// O(1), without searching that list; one that does not (the default) is searched for, in
+/// O(subscribers of its query).
+///
+/// The place is a hint: the index checks it against the subscriber before using it, so a
+/// wrong one costs a search, never a wrong removal.
+pub trait Member: PartialEq {
+    /// Where the index last put this subscriber ([`Member::set_place`]), if it remembers.
+    fn place(&self) -> Option<usize> {
+        None
+    }
+
+    /// Called by the index whenever it puts this subscriber at `place` in its query's list.
+    fn set_place(&self, place: usize) {
+        let _ = place;
+    }
+}
+
+/// Plain numbers (tests, benches) are searched for.
+impl Member for u32 {}
+
+/// Plain numbers (tests, benches) are searched for.
+impl Member for usize {}
+
 /// One distinct query and its subscribers.
 #[derive(Debug)]
 pub struct Entry<S> {
@@ -401,7 +428,8 @@ impl<S> Entry<S> {
         &self.query
     }
 
-    /// Everyone subscribed to this query, in subscription order.
+    /// Everyone subscribed to this query: in subscription order until one leaves, when the
+    /// last one takes its place (the order is deterministic, not part of any contract).
     pub fn subscribers(&self) -> &[S] {
         &self.subscribers
     }
@@ -640,7 +668,7 @@ impl<S> Default for SubscriptionIndex<S> {
     }
 }
 
-impl<S: PartialEq> SubscriptionIndex<S> {
+impl<S: Member> SubscriptionIndex<S> {
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
@@ -674,6 +702,17 @@ impl<S: PartialEq> SubscriptionIndex<S> {
     /// Subscribes `subscriber` to `query` on `class_name`; identical queries share one
     /// entry. Returns the query's id.
     pub fn insert(&mut self, class_name: &str, query: Query, subscriber: S) -> QueryId {
+        self.insert_with(class_name, query, |_| subscriber)
+    }
+
+    /// Subscribes the subscriber `make` returns, given the id of its query, to `query` on
+    /// `class_name` (for a subscriber that keeps its query's id). Returns the query's id.
+    pub fn insert_with(
+        &mut self,
+        class_name: &str,
+        query: Query,
+        make: impl FnOnce(QueryId) -> S,
+    ) -> QueryId {
         self.subscriptions += 1;
         if !self.classes.contains_key(class_name) {
             self.classes
@@ -699,6 +738,8 @@ impl<S: PartialEq> SubscriptionIndex<S> {
             let entry = entries[id.index()]
                 .as_mut()
                 .expect("the canonical table holds live entries");
+            let subscriber = make(id);
+            subscriber.set_place(entry.subscribers.len());
             entry.subscribers.push(subscriber);
             return id;
         }
@@ -720,6 +761,8 @@ impl<S: PartialEq> SubscriptionIndex<S> {
                 None
             }
         };
+        let subscriber = make(id);
+        subscriber.set_place(0);
         entries[id.index()] = Some(Entry {
             class_name: Arc::clone(class_name),
             query,
@@ -741,15 +784,24 @@ impl<S: PartialEq> SubscriptionIndex<S> {
     }
 
     /// Removes one subscription; the query is dropped with its last subscriber. Returns
-    /// whether the subscriber was found.
+    /// whether the subscriber was found. O(1) for a subscriber that remembers its place
+    /// ([`Member`]): the last subscriber of the query takes the place of the one removed.
     pub fn remove(&mut self, id: QueryId, subscriber: &S) -> bool {
         let Some(entry) = self.entries.get_mut(id.index()).and_then(Option::as_mut) else {
             return false;
         };
-        let Some(position) = entry.subscribers.iter().position(|s| s == subscriber) else {
-            return false;
+        let subscribers = &mut entry.subscribers;
+        let position = match subscriber.place() {
+            Some(at) if subscribers.get(at) == Some(subscriber) => at,
+            _ => match subscribers.iter().position(|s| s == subscriber) {
+                Some(at) => at,
+                None => return false,
+            },
         };
-        entry.subscribers.swap_remove(position);
+        subscribers.swap_remove(position);
+        if let Some(moved) = subscribers.get(position) {
+            moved.set_place(position);
+        }
         self.subscriptions -= 1;
         if !entry.subscribers.is_empty() {
             return true;

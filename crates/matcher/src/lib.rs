@@ -21,7 +21,8 @@
 //!   subquery membership, the field view of payloads).
 //! - `set`: the operands of `$in`/`$nin`/`$all`/`$containedBy`, hashed when large.
 //! - [`SubscriptionIndex`]: distinct queries per class and the equality and range index
-//!   that finds the few queries an object can concern; `range` is its interval tree.
+//!   that finds the few queries an object can concern; `range` is its interval tree. A
+//!   subscriber that remembers its place ([`Member`]) is removed in O(1).
 //!
 //! ## Invariants
 //! - Compilation rejects every clause it cannot evaluate faithfully (code 102), instead of
@@ -55,6 +56,6 @@ mod value;
 pub use classify::{ChangeKind, Classification, Knowledge, Side, classify, classify_uncertain};
 pub use compile::{CompileOptions, SubqueryPolicy};
 pub use error::QueryError;
-pub use index::{Entry, IndexedFields, QueryId, Reads, Scratch, SubscriptionIndex};
+pub use index::{Entry, IndexedFields, Member, QueryId, Reads, Scratch, SubscriptionIndex};
 pub use query::{Query, Subquery, SubqueryKind, SubquerySet};
 pub use value::json_equal;

@@ -1,8 +1,11 @@
 //! Property tests for the matcher.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use livequery_matcher::{
-    ChangeKind, Classification, CompileOptions, Knowledge, Query, Reads, Scratch, Side,
-    SubscriptionIndex, classify, classify_uncertain,
+    ChangeKind, Classification, CompileOptions, Knowledge, Member, Query, QueryId, Reads, Scratch,
+    Side, SubscriptionIndex, classify, classify_uncertain,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -184,6 +187,193 @@ fn index_agrees_with_brute_force(
     Ok(())
 }
 
+/// How a test subscriber keeps its place in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// Remembers the place the index gives it.
+    Honest,
+    /// Remembers nothing: searched for.
+    Forgetful,
+    /// Reports a wrong place (the one after its own): the index must not trust it blindly.
+    Wrong,
+}
+
+/// A subscriber compared by its number, keeping its place as `memory` says. Its clones
+/// share the place, as clones of a server's subscription handle share the subscription.
+#[derive(Debug, Clone)]
+struct Tracked {
+    id: usize,
+    memory: Memory,
+    place: Rc<Cell<usize>>,
+}
+
+impl PartialEq for Tracked {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Member for Tracked {
+    fn place(&self) -> Option<usize> {
+        match self.memory {
+            Memory::Honest => Some(self.place.get()),
+            Memory::Forgetful => None,
+            Memory::Wrong => Some(self.place.get().wrapping_add(1)),
+        }
+    }
+
+    fn set_place(&self, place: usize) {
+        self.place.set(place);
+    }
+}
+
+/// One step of a subscribe/unsubscribe sequence.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Subscribes a new subscriber to the clause of this number in the pool.
+    Subscribe(prop::sample::Index, Memory),
+    /// Unsubscribes one of the live subscribers.
+    Unsubscribe(prop::sample::Index),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let memory = prop_oneof![
+        3 => Just(Memory::Honest),
+        1 => Just(Memory::Forgetful),
+        1 => Just(Memory::Wrong),
+    ];
+    prop_oneof![
+        3 => (any::<prop::sample::Index>(), memory).prop_map(|(clause, memory)| Step::Subscribe(clause, memory)),
+        2 => any::<prop::sample::Index>().prop_map(Step::Unsubscribe),
+    ]
+}
+
+/// Runs `steps` on an index; returns it with the model's live subscribers (a handle on
+/// each, its query id and clause number), in subscription order. Each is removed with its
+/// own handle, as the server removes a subscription.
+fn run_steps(
+    queries: &[Query],
+    steps: &[Step],
+) -> (SubscriptionIndex<Tracked>, Vec<(Tracked, QueryId, usize)>) {
+    let mut index = SubscriptionIndex::new();
+    let mut live = Vec::new();
+    for (id, step) in steps.iter().enumerate() {
+        match step {
+            Step::Subscribe(clause, memory) => {
+                let clause = clause.index(queries.len());
+                let subscriber = Tracked {
+                    id,
+                    memory: *memory,
+                    place: Rc::new(Cell::new(usize::MAX)),
+                };
+                let handle = subscriber.clone();
+                let mut given = None;
+                let query_id = index.insert_with("C", queries[clause].clone(), |query_id| {
+                    given = Some(query_id);
+                    subscriber
+                });
+                assert_eq!(
+                    given,
+                    Some(query_id),
+                    "the subscriber is made with its query's id"
+                );
+                live.push((handle, query_id, clause));
+            }
+            Step::Unsubscribe(which) => {
+                if live.is_empty() {
+                    continue;
+                }
+                let (handle, query_id, _) = live.remove(which.index(live.len()));
+                assert!(
+                    index.remove(query_id, &handle),
+                    "a live subscriber is found"
+                );
+                assert!(!index.remove(query_id, &handle), "and removed only once");
+            }
+        }
+    }
+    (index, live)
+}
+
+fn subscribe_unsubscribe_sequences_agree_with_a_naive_model(
+    clauses: &[Map<String, Value>],
+    steps: &[Step],
+    objects: &[Map<String, Value>],
+) -> Result<(), TestCaseError> {
+    let queries: Vec<Query> = clauses
+        .iter()
+        .filter_map(|clause| Query::compile(clause, &CompileOptions::default()).ok())
+        .collect();
+    if queries.is_empty() {
+        return Ok(());
+    }
+    let (index, live) = run_steps(&queries, steps);
+    prop_assert_eq!(index.subscription_count(), live.len());
+    // Every live subscriber is held once, under its query, at the place it was told
+    // (whatever place it reports).
+    let mut held: Vec<usize> = index
+        .entries()
+        .flat_map(|entry| entry.subscribers().iter().map(|s| s.id))
+        .collect();
+    held.sort_unstable();
+    let mut expected: Vec<usize> = live.iter().map(|(handle, _, _)| handle.id).collect();
+    expected.sort_unstable();
+    prop_assert_eq!(held, expected);
+    for (handle, query_id, _) in &live {
+        let subscribers = index.get(*query_id).expect("live query").subscribers();
+        let at = subscribers.iter().position(|s| s == handle);
+        prop_assert!(at.is_some(), "subscriber {} under its query", handle.id);
+        prop_assert_eq!(handle.place.get(), at.unwrap_or_default());
+    }
+    let mut canonical: Vec<&str> = live
+        .iter()
+        .map(|(_, _, clause)| queries[*clause].canonical())
+        .collect();
+    canonical.sort_unstable();
+    canonical.dedup();
+    prop_assert_eq!(index.query_count(), canonical.len());
+    // The subscribers of the matching queries are those whose query matches.
+    let mut scratch = Scratch::default();
+    for object in objects {
+        let mut matched = Vec::new();
+        index.matching("C", object, &mut scratch, &mut matched);
+        let mut found: Vec<usize> = matched
+            .iter()
+            .flat_map(|id| {
+                index
+                    .get(*id)
+                    .expect("live")
+                    .subscribers()
+                    .iter()
+                    .map(|s| s.id)
+            })
+            .collect();
+        found.sort_unstable();
+        let mut naive: Vec<usize> = live
+            .iter()
+            .filter(|(_, _, clause)| queries[*clause].matches(object))
+            .map(|(handle, _, _)| handle.id)
+            .collect();
+        naive.sort_unstable();
+        prop_assert_eq!(found, naive);
+    }
+    // The same steps give the same order of subscribers.
+    let (again, _) = run_steps(&queries, steps);
+    for (_, query_id, _) in &live {
+        let order = |index: &SubscriptionIndex<Tracked>| -> Vec<usize> {
+            index
+                .get(*query_id)
+                .expect("live")
+                .subscribers()
+                .iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        prop_assert_eq!(order(&index), order(&again));
+    }
+    Ok(())
+}
+
 /// Values around range bounds: numbers (signed zeros, huge integers that round as
 /// doubles, fractions), strings whose byte order and UTF-16 order differ, dates as Parse
 /// dates and as ISO strings, and values of other brackets.
@@ -362,6 +552,19 @@ proptest! {
         removals in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
         index_agrees_with_brute_force(&clauses, &objects, &removals)?;
+    }
+
+    /// Random subscribe/unsubscribe sequences over a few shared queries leave the index
+    /// with what a naive list of live subscribers says: the same subscribers, each where it
+    /// was told it is, and the same subscribers for the matching queries of an object —
+    /// whether a subscriber remembers its place, forgets it or reports a wrong one.
+    #[test]
+    fn subscribe_unsubscribe_sequences_keep_the_subscribers(
+        clauses in prop::collection::vec(clause(1), 1..4),
+        steps in prop::collection::vec(step(), 0..64),
+        objects in prop::collection::vec(object(), 1..4),
+    ) {
+        subscribe_unsubscribe_sequences_agree_with_a_naive_model(&clauses, &steps, &objects)?;
     }
 
     /// Clauses with the same canonical text behave identically.

@@ -17,17 +17,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use livequery_matcher::gate::{self, Denial, ReadOp, Reader, Subscriber, SubscriptionRequest};
-use livequery_matcher::{CompileOptions, Query, QueryError, QueryId, SubqueryPolicy};
+use livequery_matcher::{CompileOptions, Query, QueryError, SubqueryPolicy};
 use livequery_protocol::{
     ClassName, ClientId, ClientMessage, ConnectRequest, EncodedObject, Envelope, NotConnected,
     ProtocolError, QueryRequest, QuerySpec, RequestId, ServerMessage, SubscribeRequest,
     UnsubscribeRequest, WireError,
 };
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::client_keys::{self, KeyCheck};
 use crate::hooks::{self, Caller, Decision, Trigger};
-use crate::hub::{Identity, Subscription, encode_visible};
+use crate::hub::{Identity, NewSubscription, Subscription, encode_visible};
 use crate::identity::ClassPermissionMap;
 use crate::metrics::DropReason;
 use crate::outbox::Outbox;
@@ -53,29 +54,20 @@ struct Connected {
     held: usize,
 }
 
-#[derive(Debug)]
-struct Registered {
-    query_id: QueryId,
-    subscription: Arc<Subscription>,
-    /// The `where` as JSON text, kept only when the `query` op can use it.
-    where_text: Option<Box<str>>,
-    /// Bytes charged to the connection's budget.
-    footprint: usize,
-}
-
 /// A connection's subscriptions by `requestId`: a plain list, searched linearly. Most
 /// connections hold one or a few (a hash map's table and hasher state would cost several
 /// times what they hold), and `limits.max_subscriptions_per_connection` bounds the search.
+/// The first is held inline: a connection with one subscription allocates no list.
 #[derive(Debug, Default)]
-struct Subscriptions(Vec<(RequestId, Registered)>);
+struct Subscriptions(SmallVec<[Arc<Subscription>; 1]>);
 
 impl Subscriptions {
     fn position(&self, request_id: RequestId) -> Option<usize> {
-        self.0.iter().position(|(id, _)| *id == request_id)
+        self.0.iter().position(|s| s.request_id == request_id)
     }
 
-    fn get(&self, request_id: &RequestId) -> Option<&Registered> {
-        self.position(*request_id).map(|at| &self.0[at].1)
+    fn get(&self, request_id: &RequestId) -> Option<&Arc<Subscription>> {
+        self.position(*request_id).map(|at| &self.0[at])
     }
 
     fn contains_key(&self, request_id: &RequestId) -> bool {
@@ -86,24 +78,20 @@ impl Subscriptions {
         self.0.len()
     }
 
-    fn remove(&mut self, request_id: &RequestId) -> Option<Registered> {
+    fn remove(&mut self, request_id: &RequestId) -> Option<Arc<Subscription>> {
         let at = self.position(*request_id)?;
-        let (_, registered) = self.0.swap_remove(at);
-        if self.0.is_empty() {
-            // A connection that unsubscribed everything keeps no list.
-            self.0 = Vec::new();
+        let removed = self.0.swap_remove(at);
+        if self.0.len() <= 1 && self.0.spilled() {
+            // Back to one (or none): inline again, the list freed.
+            self.0.shrink_to_fit();
         }
-        Some(registered)
+        Some(removed)
     }
 
     /// Adds a subscription whose id is not in the list (callers remove its predecessor).
-    fn insert(&mut self, request_id: RequestId, registered: Registered) {
-        debug_assert!(!self.contains_key(&request_id));
-        if self.0.capacity() == 0 {
-            // Exactly one: the common case of one subscription per connection.
-            self.0.reserve_exact(1);
-        }
-        self.0.push((request_id, registered));
+    fn insert(&mut self, subscription: Arc<Subscription>) {
+        debug_assert!(!self.contains_key(&subscription.request_id));
+        self.0.push(subscription);
     }
 }
 
@@ -130,11 +118,15 @@ fn denial_error(denial: Denial) -> WireError {
 }
 
 /// One socket's protocol state.
+///
+/// It lives in the connection task's future for the connection's whole life, so the client
+/// is boxed: inline, its bytes would push every idle connection's task (a cache-line
+/// aligned allocation, in steps of 128 bytes) into the next step.
 #[derive(Debug)]
 pub struct ClientState {
     ctx: Arc<ServerState>,
     outbox: Arc<Outbox>,
-    client: Option<Connected>,
+    client: Option<Box<Connected>>,
 }
 
 impl ClientState {
@@ -244,13 +236,13 @@ impl ClientState {
         });
         tracing::debug!(client_id = %id, master, "connected");
         self.ctx.metrics.clients.fetch_add(1, Relaxed);
-        self.client = Some(Connected {
+        self.client = Some(Box::new(Connected {
             envelope,
             master,
             token: token.map(String::into_boxed_str),
             subscriptions: Subscriptions::default(),
             held: 0,
-        });
+        }));
     }
 
     /// The `beforeConnect` hook, when configured: the error frame of its rejection, if any.
@@ -349,7 +341,7 @@ impl ClientState {
         match client.subscriptions.remove(&request.request_id) {
             Some(old) => {
                 client.held -= old.footprint;
-                self.ctx.hub.remove(old.query_id, &old.subscription);
+                self.ctx.hub.remove(&old);
             }
             None => {
                 let error = WireError::subscription_not_found(
@@ -587,19 +579,8 @@ impl ClientState {
         };
         if let Some(old) = connected.subscriptions.remove(&request_id) {
             connected.held -= old.footprint;
-            self.ctx.hub.remove(old.query_id, &old.subscription);
+            self.ctx.hub.remove(&old);
         }
-        let subscription = Arc::new(Subscription {
-            outbox: self.outbox.clone(),
-            envelope: connected.envelope.clone(),
-            request_id,
-            class_name: prepared.class_name,
-            keys: prepared.keys.map(Vec::into_boxed_slice),
-            watch: prepared.watch.map(Vec::into_boxed_slice),
-            identity: prepared.identity,
-            op: prepared.op,
-            removed: parking_lot::Mutex::new(false),
-        });
         let _ = self.outbox.push(
             ServerMessage::Subscribed {
                 envelope: &connected.envelope,
@@ -607,18 +588,34 @@ impl ClientState {
             }
             .encode(),
         );
-        let query_id = self.ctx.hub.insert(subscription.clone(), prepared.query);
-        tracing::debug!(client_id = %connected.envelope.client_id(), %request_id, class = %subscription.class_name, footprint = prepared.footprint, "subscribed");
-        connected.held += prepared.footprint;
-        connected.subscriptions.insert(
-            request_id,
-            Registered {
-                query_id,
-                subscription,
-                where_text: prepared.where_text,
-                footprint: prepared.footprint,
+        let Prepared {
+            class_name,
+            query,
+            keys,
+            watch,
+            identity,
+            op,
+            where_text,
+            footprint,
+        } = prepared;
+        let subscription = self.ctx.hub.insert(
+            &class_name,
+            query,
+            NewSubscription {
+                outbox: self.outbox.clone(),
+                envelope: connected.envelope.clone(),
+                request_id,
+                keys,
+                watch,
+                identity,
+                op,
+                where_text,
+                footprint,
             },
         );
+        tracing::debug!(client_id = %connected.envelope.client_id(), %request_id, class = %class_name, footprint, "subscribed");
+        connected.held += footprint;
+        connected.subscriptions.insert(subscription);
     }
 
     fn unsubscribe(&mut self, request: UnsubscribeRequest) {
@@ -633,7 +630,7 @@ impl ClientState {
             return self.error(error, None);
         };
         client.held -= old.footprint;
-        self.ctx.hub.remove(old.query_id, &old.subscription);
+        self.ctx.hub.remove(&old);
         let envelope = client.envelope.clone();
         self.send(ServerMessage::Unsubscribed {
             envelope: &envelope,
@@ -646,14 +643,14 @@ impl ClientState {
         let Some(client) = &self.client else {
             return self.error(WireError::not_connected(NotConnected::Querying), None);
         };
-        let Some(registered) = client.subscriptions.get(&request_id) else {
+        let Some(subscription) = client.subscriptions.get(&request_id) else {
             let error = WireError::query_subscription_not_found(
                 client.envelope.client_id().as_str(),
                 request_id,
             );
             return self.error(error, None);
         };
-        let (Some(reader), Some(where_text)) = (self.ctx.reader.clone(), &registered.where_text)
+        let (Some(reader), Some(where_text)) = (self.ctx.reader.clone(), &subscription.where_text)
         else {
             let error = WireError::cannot_read_current_objects();
             return self.error(error, Some(request_id));
@@ -668,15 +665,15 @@ impl ClientState {
                 );
             }
         };
-        let subscription = registered.subscription.clone();
-        let Some(query) = self.ctx.hub.query(registered.query_id) else {
+        let subscription = subscription.clone();
+        let Some((class_name, query)) = self.ctx.hub.query(&subscription) else {
             return;
         };
         let envelope = client.envelope.clone();
         let limit = self.ctx.config.limits.query_result_limit;
         let found = tokio::time::timeout(
             self.ctx.config.lookup_timeout * 2,
-            reader.find(&subscription.class_name, &where_, &query, limit),
+            reader.find(&class_name, &where_, &query, limit),
         )
         .await;
         let objects = match found {
@@ -689,28 +686,19 @@ impl ClientState {
                 return self.error(WireError::query_timed_out(), Some(request_id));
             }
         };
-        let permissions = self
-            .ctx
-            .identities
-            .class_permissions(&subscription.class_name)
-            .await;
+        let permissions = self.ctx.identities.class_permissions(&class_name).await;
         let reader_now = subscription.identity.reader();
         let subscriber = Subscriber {
             reader: &reader_now,
             op: subscription.op,
             query: &query,
             watch: None,
-            keys: subscription.keys.as_deref(),
+            keys: subscription.keys(),
         };
         let results: Vec<EncodedObject> = objects
             .iter()
             .filter_map(|object| {
-                gate::find_result(
-                    &subscription.class_name,
-                    permissions.as_deref(),
-                    &subscriber,
-                    object,
-                )
+                gate::find_result(&class_name, permissions.as_deref(), &subscriber, object)
             })
             .take(limit)
             .map(|visible| encode_visible(&visible))
@@ -725,10 +713,8 @@ impl ClientState {
     /// Removes the client and all its subscriptions (socket closed, or a second `connect`).
     pub fn disconnect(&mut self) {
         if let Some(client) = self.client.take() {
-            for (_, registered) in client.subscriptions.0 {
-                self.ctx
-                    .hub
-                    .remove(registered.query_id, &registered.subscription);
+            for subscription in client.subscriptions.0 {
+                self.ctx.hub.remove(&subscription);
             }
             self.ctx.metrics.clients.fetch_sub(1, Relaxed);
             tracing::debug!(client_id = %client.envelope.client_id(), "client removed");
@@ -751,5 +737,20 @@ async fn compile_off_io_threads(
 impl Drop for ClientState {
     fn drop(&mut self) {
         self.disconnect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state every connection's task holds for its whole life stays three pointers; the
+    /// client (with its inline subscription) is boxed apart.
+    #[test]
+    fn the_state_a_connection_task_holds_is_three_pointers() {
+        assert_eq!(
+            std::mem::size_of::<ClientState>(),
+            3 * std::mem::size_of::<usize>()
+        );
     }
 }

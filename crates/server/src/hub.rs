@@ -12,13 +12,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use livequery_matcher::date::normalize_object_dates;
 use livequery_matcher::gate::{
     Change, EventType, QueryMatch, ReadOp, Reader, Skip, Subscriber, Verdict, VisibleObject, judge,
 };
-use livequery_matcher::{Query, QueryId, Reads, Scratch, SubscriptionIndex};
+use livequery_matcher::{Member, Query, QueryId, Reads, Scratch, SubscriptionIndex};
 use livequery_protocol::{ClassName, EncodedObject, Envelope, EventOp, RequestId, ServerMessage};
 use livequery_protocol::{EventFrame, FrameObjects};
 use parking_lot::RwLock;
@@ -95,6 +95,10 @@ impl Identity {
 }
 
 /// One subscription, shared by the index (for dispatch) and its connection (to remove it).
+///
+/// Every idle connection holds one, so it is kept small: its class is not kept here (the
+/// index holds one name per class, [`livequery_matcher::Entry::class_name`]), and the
+/// rarely used projection is boxed apart.
 #[derive(Debug)]
 pub struct Subscription {
     /// The connection's outbox.
@@ -103,12 +107,8 @@ pub struct Subscription {
     pub envelope: Arc<Envelope>,
     /// The client's id for this subscription.
     pub request_id: RequestId,
-    /// The class watched.
-    pub class_name: ClassName,
-    /// `keys` projection.
-    pub keys: Option<Box<[String]>>,
-    /// `watch` fields.
-    pub watch: Option<Box<[String]>>,
+    /// `keys` and `watch`, when either is given.
+    projection: Option<Box<Projection>>,
     /// Identity.
     pub identity: Identity,
     /// `get` for `{objectId: x}` clauses, `find` otherwise (from the gate's admission).
@@ -117,6 +117,90 @@ pub struct Subscription {
     /// an `afterLiveQueryEvent` hook's task) check it under this lock, so none follows the
     /// `unsubscribed` its connection queues after removing it.
     pub removed: parking_lot::Mutex<bool>,
+    /// Where the index keeps it among its query's subscribers ([`Member`]): written under
+    /// the hub's write lock only.
+    place: AtomicU32,
+    /// Its query in the index.
+    query_id: QueryId,
+    /// The `where` as JSON text, kept only when the `query` op can use it.
+    pub where_text: Option<Box<str>>,
+    /// Bytes charged to its connection's budget (`limits.max_subscription_bytes`).
+    pub footprint: usize,
+}
+
+/// What a subscription is made of, before the hub gives it its query's id.
+#[derive(Debug)]
+pub struct NewSubscription {
+    /// The connection's outbox.
+    pub outbox: Arc<Outbox>,
+    /// The client's envelope (`clientId`, `installationId`).
+    pub envelope: Arc<Envelope>,
+    /// The client's id for this subscription.
+    pub request_id: RequestId,
+    /// `keys` projection.
+    pub keys: Option<Vec<String>>,
+    /// `watch` fields.
+    pub watch: Option<Vec<String>>,
+    /// Identity.
+    pub identity: Identity,
+    /// `get` or `find` (from the gate's admission).
+    pub op: ReadOp,
+    /// The `where` as JSON text, when kept.
+    pub where_text: Option<Box<str>>,
+    /// Bytes charged to the connection's budget.
+    pub footprint: usize,
+}
+
+/// A subscription's `keys` projection and `watch` fields.
+#[derive(Debug)]
+struct Projection {
+    keys: Option<Box<[String]>>,
+    watch: Option<Box<[String]>>,
+}
+
+impl Subscription {
+    fn new(new: NewSubscription, query_id: QueryId) -> Self {
+        let NewSubscription {
+            outbox,
+            envelope,
+            request_id,
+            keys,
+            watch,
+            identity,
+            op,
+            where_text,
+            footprint,
+        } = new;
+        let projection = (keys.is_some() || watch.is_some()).then(|| {
+            Box::new(Projection {
+                keys: keys.map(Vec::into_boxed_slice),
+                watch: watch.map(Vec::into_boxed_slice),
+            })
+        });
+        Self {
+            outbox,
+            envelope,
+            request_id,
+            projection,
+            identity,
+            op,
+            removed: parking_lot::Mutex::new(false),
+            place: AtomicU32::new(u32::MAX),
+            query_id,
+            where_text,
+            footprint,
+        }
+    }
+
+    /// `keys` projection.
+    pub fn keys(&self) -> Option<&[String]> {
+        self.projection.as_ref()?.keys.as_deref()
+    }
+
+    /// `watch` fields.
+    pub fn watch(&self) -> Option<&[String]> {
+        self.projection.as_ref()?.watch.as_deref()
+    }
 }
 
 /// A subscription handle compared by identity (the index needs `PartialEq`).
@@ -126,6 +210,20 @@ pub struct SubRef(pub Arc<Subscription>);
 impl PartialEq for SubRef {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A subscription remembers its place, so that leaving a query shared by many is O(1).
+impl Member for SubRef {
+    fn place(&self) -> Option<usize> {
+        Some(self.0.place.load(Relaxed) as usize)
+    }
+
+    fn set_place(&self, place: usize) {
+        // Beyond u32 (never in practice) the hint is wrong and the index searches.
+        self.0
+            .place
+            .store(u32::try_from(place).unwrap_or(u32::MAX), Relaxed);
     }
 }
 
@@ -167,25 +265,34 @@ impl Hub {
         }
     }
 
-    /// Registers a subscription; returns the id of its (possibly shared) query.
-    pub fn insert(&self, subscription: Arc<Subscription>, query: Query) -> QueryId {
+    /// Registers a subscription to `query` on `class_name` (its query possibly shared).
+    pub fn insert(
+        &self,
+        class_name: &str,
+        query: Query,
+        subscription: NewSubscription,
+    ) -> Arc<Subscription> {
         let mut index = self.index.write();
-        let class_name = subscription.class_name.clone();
-        let id = index.insert(&class_name, query, SubRef(subscription));
+        let mut made = None;
+        index.insert_with(class_name, query, |query_id| {
+            let subscription = Arc::new(Subscription::new(subscription, query_id));
+            made = Some(subscription.clone());
+            SubRef(subscription)
+        });
         self.metrics
             .subscriptions
             .store(index.subscription_count() as i64, Relaxed);
         self.metrics
             .distinct_queries
             .store(index.query_count() as i64, Relaxed);
-        id
+        made.expect("the index makes every subscriber it inserts")
     }
 
     /// Removes a subscription.
-    pub fn remove(&self, id: QueryId, subscription: &Arc<Subscription>) {
+    pub fn remove(&self, subscription: &Arc<Subscription>) {
         *subscription.removed.lock() = true;
         let mut index = self.index.write();
-        index.remove(id, &SubRef(subscription.clone()));
+        index.remove(subscription.query_id, &SubRef(subscription.clone()));
         self.metrics
             .subscriptions
             .store(index.subscription_count() as i64, Relaxed);
@@ -194,9 +301,13 @@ impl Hub {
             .store(index.query_count() as i64, Relaxed);
     }
 
-    /// A copy of a registered query (for the `query` op).
-    pub fn query(&self, id: QueryId) -> Option<Query> {
-        self.index.read().get(id).map(|e| e.query().clone())
+    /// The class of a registered subscription's query and a copy of the query (for the
+    /// `query` op).
+    pub fn query(&self, subscription: &Subscription) -> Option<(ClassName, Query)> {
+        self.index
+            .read()
+            .get(subscription.query_id)
+            .map(|e| (ClassName::from(e.class_name()), e.query().clone()))
     }
 
     /// Ends every connection with a subscription (to `class_name`, or to any class) with the
@@ -433,8 +544,8 @@ impl<'e> EventFanOut<'e> {
             reader: &reader,
             op: sub.op,
             query,
-            watch: sub.watch.as_deref(),
-            keys: sub.keys.as_deref(),
+            watch: sub.watch(),
+            keys: sub.keys(),
         };
         let (event, object, original) = match judge(&self.change, &subscriber, matched) {
             Verdict::Deliver {
@@ -523,6 +634,8 @@ pub fn encode_visible(object: &VisibleObject<'_>) -> EncodedObject {
 mod tests {
     use super::*;
     use livequery_matcher::ChangeKind;
+    use livequery_matcher::CompileOptions;
+    use livequery_protocol::ClientId;
     use serde_json::{Map, json};
 
     fn encoded(n: usize) -> EncodedObject {
@@ -582,5 +695,89 @@ mod tests {
             &first,
             &fan_out.frame_objects(views[0].clone(), Some(views[1].clone()))
         ));
+    }
+
+    fn subscribe(hub: &Hub, request_id: u32) -> Arc<Subscription> {
+        let query = Query::compile(&serde_json::Map::new(), &CompileOptions::default())
+            .expect("`{}` compiles");
+        hub.insert(
+            "C",
+            query,
+            NewSubscription {
+                outbox: Arc::new(Outbox::new(8, 1024)),
+                envelope: Arc::new(Envelope::new(ClientId::new("c"), None)),
+                request_id: RequestId::from(request_id),
+                keys: None,
+                watch: None,
+                identity: Identity {
+                    master: false,
+                    session: None,
+                },
+                op: ReadOp::Find,
+                where_text: None,
+                footprint: 0,
+            },
+        )
+    }
+
+    /// Subscribers of one shared query leave in any order: the others stay, each knowing
+    /// where the index keeps it (what makes the next removal O(1)), and the query goes
+    /// with the last.
+    #[test]
+    fn subscribers_of_a_shared_query_leave_in_any_order() {
+        let hub = Hub::new(Arc::new(Metrics::default()));
+        let mut live: Vec<Arc<Subscription>> = (0..40).map(|i| subscribe(&hub, i)).collect();
+        // A fixed, scrambled order: every 7th of those left.
+        let mut at = 0;
+        while !live.is_empty() {
+            at = (at + 7) % live.len();
+            let leaving = live.remove(at);
+            hub.remove(&leaving);
+            let index = hub.index.read();
+            assert_eq!(index.subscription_count(), live.len());
+            let Some(entry) = index.get(leaving.query_id) else {
+                assert!(live.is_empty(), "the query goes with its last subscriber");
+                break;
+            };
+            assert_eq!(entry.subscribers().len(), live.len());
+            for (place, subscriber) in entry.subscribers().iter().enumerate() {
+                assert!(!Arc::ptr_eq(&subscriber.0, &leaving));
+                assert_eq!(subscriber.0.place.load(Relaxed) as usize, place);
+            }
+        }
+        assert_eq!(hub.index.read().query_count(), 0);
+    }
+
+    /// The projection is kept apart, and only when the subscription has one.
+    #[test]
+    fn keys_and_watch_are_read_back() {
+        let hub = Hub::new(Arc::new(Metrics::default()));
+        let plain = subscribe(&hub, 1);
+        assert_eq!((plain.keys(), plain.watch()), (None, None));
+        assert!(plain.projection.is_none());
+        let query = Query::compile(&serde_json::Map::new(), &CompileOptions::default())
+            .expect("`{}` compiles");
+        let projected = hub.insert(
+            "C",
+            query,
+            NewSubscription {
+                keys: Some(vec!["a".into()]),
+                watch: Some(vec!["b".into(), "c".into()]),
+                request_id: RequestId::from(2),
+                outbox: plain.outbox.clone(),
+                envelope: plain.envelope.clone(),
+                identity: plain.identity.clone(),
+                op: ReadOp::Find,
+                where_text: None,
+                footprint: 0,
+            },
+        );
+        assert_eq!(projected.keys(), Some(&["a".to_owned()][..]));
+        assert_eq!(
+            projected.watch(),
+            Some(&["b".to_owned(), "c".to_owned()][..])
+        );
+        let (class_name, _) = hub.query(&projected).expect("registered");
+        assert_eq!(class_name.as_str(), "C");
     }
 }

@@ -385,7 +385,7 @@ impl Deliverer {
         for recipient in &group.recipients {
             let subscription = &recipient.subscription;
             let reader = subscription.identity.reader();
-            let keys = subscription.keys.as_deref();
+            let keys = subscription.keys();
             let encode = |object: &Map<String, Value>| {
                 let mut object = object.clone();
                 self.scrub_included(&mut object, &reader);
