@@ -326,7 +326,7 @@ impl Server {
         } = self;
         let admin_listener = match (admin_listener, config.admin_listen) {
             (Some(listener), _) => Some(listener),
-            (None, Some(address)) => Some(TcpListener::bind(address).await?),
+            (None, Some(address)) => Some(listener::bind(address)?),
             (None, None) => None,
         };
         // Before the pools are sized: they follow the limit.
@@ -507,7 +507,7 @@ impl Server {
 
 /// Binds `config.listen` and serves with the configured components until `shutdown`.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = listener::bind(config.listen)?;
     let components = Components::from_config(&config).await?;
     Server::new(config, listener, components)
         .run(shutdown)

@@ -56,6 +56,26 @@ const HEAD_CHUNK: usize = 2048;
 /// A request head longer than this is left to hyper (which has its own limits and answers).
 const MAX_FAST_HEAD: usize = 16 * 1024;
 
+/// How many connections the kernel may hold completed but not yet accepted (it caps this at
+/// `net.core.somaxconn`, 4096 by default on Linux). tokio's `TcpListener::bind` asks for 1024:
+/// when thousands of clients connect at once (a deploy, a restart, a network blip), the
+/// handshakes beyond the queue are dropped and those clients wait a second for their SYN to be
+/// sent again.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` for [`accept_loop`] with a [`LISTEN_BACKLOG`] accept queue (and, as
+/// tokio's own `bind`, `SO_REUSEADDR`, so a restart is not refused while old connections
+/// linger in `TIME_WAIT`).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts connections on `port` until shutdown, at most `connections` at a time.
 pub async fn accept_loop(
     listener: TcpListener,
@@ -463,6 +483,39 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (client, server)
+    }
+
+    /// Connections that complete while nothing accepts wait in the kernel's queue, up to the
+    /// backlog: a burst of 1,500 (more than tokio's default of 1024) is all there to accept
+    /// at once, none left to a SYN retransmission a second later.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_whole_in_the_accept_queue() {
+        // The kernel caps the backlog at somaxconn (and holds one more).
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(4096);
+        // Each connection takes two descriptors of this process (and other tests run beside).
+        let open_files = crate::process::ProcessStats::read().max_fds.unwrap_or(1024) as usize;
+        let burst = 1500
+            .min(somaxconn + 1)
+            .min(open_files.saturating_sub(512) / 2);
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..burst)
+            .map(|_| tokio::spawn(TcpStream::connect(address)))
+            .collect();
+        let mut connected = Vec::with_capacity(burst);
+        for client in clients {
+            connected.push(client.await.unwrap().unwrap());
+        }
+        let mut accepted = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await
+        {
+            accepted += 1;
+        }
+        assert_eq!(accepted, burst);
     }
 
     #[tokio::test]
