@@ -308,7 +308,7 @@ async function matchSweeps(target, run, serverPid) {
     const start = smoke ? 200 : target === 'reference' ? 200 : 10000;
     // The previous family's last step may have left a backlog.
     await waitQuiet(serverPid);
-    out.push(await sweep(run, { workload: 'match', family, params, serverPid, start, factor: smoke ? 2 : target === 'reference' ? 2 : 1.5, maxSteps: smoke ? 2 : 10, seconds: smoke ? 1 : 3 }));
+    out.push(await sweep(run, { workload: 'match', family, params, serverPid, start, factor: smoke ? 2 : target === 'reference' ? 2 : 1.5, maxSteps: smoke ? 2 : 14, seconds: smoke ? 1 : 3 }));
   }
   return out;
 }
