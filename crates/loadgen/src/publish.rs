@@ -1,7 +1,7 @@
 //! The open-loop publisher: PUBLISHes the events to Redis on their schedule.
 //!
-//! It runs on its own OS thread with a current-thread runtime, so a busy receiving side can
-//! never delay a publish. Event i is due at t0 + i/P and carries that *scheduled* time as
+//! It runs on its own OS thread with a blocking Redis connection, so a busy receiving side
+//! can never delay a publish. Event i is due at t0 + i/P and carries that *scheduled* time as
 //! `sentAt`: when the publisher falls behind, the delay shows up as latency instead of being
 //! hidden (no coordinated omission). Everything due is sent in one pipeline of at most
 //! [`BATCH`] PUBLISHes per round trip, packed here as RESP and written with one blocking
