@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use livequery_matcher::gate::{self, Denial, ReadOp, Reader, Subscriber, SubscriptionRequest};
+use livequery_matcher::gate::{self, Denial, Reader, Subscriber, SubscriptionRequest};
 use livequery_matcher::{CompileOptions, Query, QueryError, SubqueryPolicy};
 use livequery_protocol::{
     ClassName, ClientId, ClientMessage, ConnectRequest, EncodedObject, Envelope, NotConnected,
@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 
 use crate::client_keys::{self, KeyCheck};
 use crate::hooks::{self, Caller, Decision, Trigger};
-use crate::hub::{Identity, NewSubscription, Subscription, encode_visible};
+use crate::hub::{Identity, NewSubscription, Subscription, SubscriptionTerms, encode_visible};
 use crate::identity::ClassPermissionMap;
 use crate::metrics::DropReason;
 use crate::outbox::Outbox;
@@ -100,12 +100,7 @@ impl Subscriptions {
 struct Prepared {
     class_name: ClassName,
     query: Query,
-    keys: Option<Vec<String>>,
-    watch: Option<Vec<String>>,
-    identity: Identity,
-    op: ReadOp,
-    where_text: Option<Box<str>>,
-    footprint: usize,
+    terms: SubscriptionTerms,
 }
 
 /// The error frame for a refusal by the gate.
@@ -431,12 +426,14 @@ impl ClientState {
         Ok(Prepared {
             class_name,
             query,
-            keys,
-            watch,
-            identity,
-            op: admission.op,
-            where_text,
-            footprint,
+            terms: SubscriptionTerms {
+                keys,
+                watch,
+                identity,
+                op: admission.op,
+                where_text,
+                footprint,
+            },
         })
     }
 
@@ -591,13 +588,9 @@ impl ClientState {
         let Prepared {
             class_name,
             query,
-            keys,
-            watch,
-            identity,
-            op,
-            where_text,
-            footprint,
+            terms,
         } = prepared;
+        let footprint = terms.footprint;
         let subscription = self.ctx.hub.insert(
             &class_name,
             query,
@@ -605,12 +598,7 @@ impl ClientState {
                 outbox: self.outbox.clone(),
                 envelope: connected.envelope.clone(),
                 request_id,
-                keys,
-                watch,
-                identity,
-                op,
-                where_text,
-                footprint,
+                terms,
             },
         );
         tracing::debug!(client_id = %connected.envelope.client_id(), %request_id, class = %class_name, footprint, "subscribed");

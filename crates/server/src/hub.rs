@@ -137,6 +137,13 @@ pub struct NewSubscription {
     pub envelope: Arc<Envelope>,
     /// The client's id for this subscription.
     pub request_id: RequestId,
+    /// What the request asked for and the gate admitted.
+    pub terms: SubscriptionTerms,
+}
+
+/// What a `subscribe` request asked for and the gate admitted, ready to register.
+#[derive(Debug)]
+pub struct SubscriptionTerms {
     /// `keys` projection.
     pub keys: Option<Vec<String>>,
     /// `watch` fields.
@@ -164,12 +171,15 @@ impl Subscription {
             outbox,
             envelope,
             request_id,
-            keys,
-            watch,
-            identity,
-            op,
-            where_text,
-            footprint,
+            terms:
+                SubscriptionTerms {
+                    keys,
+                    watch,
+                    identity,
+                    op,
+                    where_text,
+                    footprint,
+                },
         } = new;
         let projection = (keys.is_some() || watch.is_some()).then(|| {
             Box::new(Projection {
@@ -707,15 +717,17 @@ mod tests {
                 outbox: Arc::new(Outbox::new(8, 1024)),
                 envelope: Arc::new(Envelope::new(ClientId::new("c"), None)),
                 request_id: RequestId::from(request_id),
-                keys: None,
-                watch: None,
-                identity: Identity {
-                    master: false,
-                    session: None,
+                terms: SubscriptionTerms {
+                    keys: None,
+                    watch: None,
+                    identity: Identity {
+                        master: false,
+                        session: None,
+                    },
+                    op: ReadOp::Find,
+                    where_text: None,
+                    footprint: 0,
                 },
-                op: ReadOp::Find,
-                where_text: None,
-                footprint: 0,
             },
         )
     }
@@ -761,15 +773,17 @@ mod tests {
             "C",
             query,
             NewSubscription {
-                keys: Some(vec!["a".into()]),
-                watch: Some(vec!["b".into(), "c".into()]),
                 request_id: RequestId::from(2),
                 outbox: plain.outbox.clone(),
                 envelope: plain.envelope.clone(),
-                identity: plain.identity.clone(),
-                op: ReadOp::Find,
-                where_text: None,
-                footprint: 0,
+                terms: SubscriptionTerms {
+                    keys: Some(vec!["a".into()]),
+                    watch: Some(vec!["b".into(), "c".into()]),
+                    identity: plain.identity.clone(),
+                    op: ReadOp::Find,
+                    where_text: None,
+                    footprint: 0,
+                },
             },
         );
         assert_eq!(projected.keys(), Some(&["a".to_owned()][..]));
