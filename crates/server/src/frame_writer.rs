@@ -39,40 +39,66 @@ const SLICES_PER_WRITE: usize = 512;
 
 /// A run of bytes to write, in order.
 #[derive(Debug)]
-enum Segment<'a> {
+pub(crate) enum Segment<'a> {
     /// A range of the staging buffer (small frames, headers of large ones, what event
     /// frames render).
     Staged(Range<usize>),
-    /// Bytes of a frame of the batch, written from where they are.
+    /// Bytes of a frame, written from where they are.
     Shared(&'a [u8]),
 }
 
-/// Lays a batch's frames out as segments.
-struct Stager<'a, 's> {
-    staged: &'s mut Vec<u8>,
-    segments: &'s mut Vec<Segment<'a>>,
-    /// Where the staged run not yet made a segment starts.
-    run_start: usize,
+impl<'a> Segment<'a> {
+    /// The segment's bytes, `staged` being the buffer its staged ranges index.
+    pub(crate) fn bytes<'b>(&'b self, staged: &'b [u8]) -> &'b [u8]
+    where
+        'a: 'b,
+    {
+        match self {
+            Self::Staged(range) => &staged[range.clone()],
+            Self::Shared(bytes) => bytes,
+        }
+    }
 }
 
-impl Stager<'_, '_> {
-    fn end_staged_run(&mut self) {
+/// Lays frames out as segments: what is copied goes into `staged`, runs of it and shared
+/// bytes into `segments` (a batch's `Vec`, or a direct write's inline array).
+pub(crate) struct Stager<'a, 's, S: Extend<Segment<'a>>> {
+    staged: &'s mut Vec<u8>,
+    segments: &'s mut S,
+    /// Where the staged run not yet made a segment starts.
+    run_start: usize,
+    frames: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a, 's, S: Extend<Segment<'a>>> Stager<'a, 's, S> {
+    /// Appends to `staged` and `segments`.
+    pub(crate) fn new(staged: &'s mut Vec<u8>, segments: &'s mut S) -> Self {
+        Self {
+            run_start: staged.len(),
+            staged,
+            segments,
+            frames: std::marker::PhantomData,
+        }
+    }
+
+    /// Closes the staged run in progress: call it once the last frame is laid out.
+    pub(crate) fn end_staged_run(&mut self) {
         if self.run_start < self.staged.len() {
             self.segments
-                .push(Segment::Staged(self.run_start..self.staged.len()));
+                .extend([Segment::Staged(self.run_start..self.staged.len())]);
             self.run_start = self.staged.len();
         }
     }
 }
 
-impl<'a> FrameSink<'a> for Stager<'a, '_> {
+impl<'a, S: Extend<Segment<'a>>> FrameSink<'a> for Stager<'a, '_, S> {
     fn copy(&mut self, bytes: &[u8]) {
         self.staged.extend_from_slice(bytes);
     }
 
     fn share(&mut self, bytes: &'a [u8]) {
         self.end_staged_run();
-        self.segments.push(Segment::Shared(bytes));
+        self.segments.extend([Segment::Shared(bytes)]);
     }
 }
 
@@ -106,11 +132,7 @@ impl<'a> FrameWriter<'a> {
         let staged_len: usize = frames.iter().map(|frame| frame.copied_len(COPY_MAX)).sum();
         let mut staged = Vec::with_capacity(staged_len);
         let mut segments = Vec::new();
-        let mut stager = Stager {
-            staged: &mut staged,
-            segments: &mut segments,
-            run_start: 0,
-        };
+        let mut stager = Stager::new(&mut staged, &mut segments);
         let mut limit = 0;
         for frame in frames {
             limit += frame.wire_len();
@@ -163,10 +185,7 @@ impl<'a> FrameWriter<'a> {
 
     /// The bytes of segment `i`.
     fn bytes(&self, i: usize) -> &[u8] {
-        match &self.segments[i] {
-            Segment::Staged(range) => &self.staged[range.clone()],
-            Segment::Shared(bytes) => bytes,
-        }
+        self.segments[i].bytes(&self.staged)
     }
 
     /// Writes until every frame to write is written (then flushes `stream`), the socket

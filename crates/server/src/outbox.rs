@@ -23,7 +23,6 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -31,10 +30,11 @@ use bytes::Bytes;
 use livequery_protocol::websocket_frame::text_frame_header;
 use livequery_protocol::{EventFrame, FrameSink};
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::frame_writer::COPY_MAX;
+use crate::frame_writer::{COPY_MAX, Segment, Stager};
 use crate::metrics::Histogram;
 
 /// A direct write copies at most this many bytes of a frame (its header, what the frame
@@ -443,45 +443,9 @@ thread_local! {
     static STAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The most runs a frame's wire bytes make: header and head, object, `original` key,
+/// The most segments a frame's wire bytes make: header and head, object, `original` key,
 /// original, closing brace.
-const MAX_RUNS: usize = 5;
-
-/// A frame laid out for one write: copied runs in the stage, shared runs as they are.
-struct Staging<'a, 's> {
-    stage: &'s mut Vec<u8>,
-    runs: [Run<'a>; MAX_RUNS],
-    used: usize,
-    run_start: usize,
-}
-
-#[derive(Clone)]
-enum Run<'a> {
-    Staged(Range<usize>),
-    Shared(&'a [u8]),
-}
-
-impl<'a> Staging<'a, '_> {
-    fn end_staged_run(&mut self) {
-        if self.run_start < self.stage.len() {
-            self.runs[self.used] = Run::Staged(self.run_start..self.stage.len());
-            self.used += 1;
-            self.run_start = self.stage.len();
-        }
-    }
-}
-
-impl<'a> FrameSink<'a> for Staging<'a, '_> {
-    fn copy(&mut self, bytes: &[u8]) {
-        self.stage.extend_from_slice(bytes);
-    }
-
-    fn share(&mut self, bytes: &'a [u8]) {
-        self.end_staged_run();
-        self.runs[self.used] = Run::Shared(bytes);
-        self.used += 1;
-    }
-}
+const MAX_SEGMENTS: usize = 5;
 
 /// Lays `frame` out (small pieces copied into the thread's stage, large objects as their own
 /// slices) and offers it to `write` in one call; returns what `write` wrote, 0 on an error
@@ -492,25 +456,15 @@ fn write_staged(frame: &Frame, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<
     }
     STAGE.with_borrow_mut(|stage| {
         stage.clear();
-        let mut staging = Staging {
-            stage,
-            runs: std::array::from_fn(|_| Run::Staged(0..0)),
-            used: 0,
-            run_start: 0,
-        };
-        frame.write_wire(COPY_MAX, &mut staging);
-        staging.end_staged_run();
-        let Staging {
-            stage, runs, used, ..
-        } = staging;
-        let mut slices = [IoSlice::new(&[]); MAX_RUNS];
-        for (slice, run) in slices.iter_mut().zip(&runs[..used]) {
-            *slice = IoSlice::new(match run {
-                Run::Staged(range) => &stage[range.clone()],
-                Run::Shared(bytes) => bytes,
-            });
+        let mut segments = SmallVec::<[Segment<'_>; MAX_SEGMENTS]>::new();
+        let mut stager = Stager::new(stage, &mut segments);
+        frame.write_wire(COPY_MAX, &mut stager);
+        stager.end_staged_run();
+        let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
+        for (slice, segment) in slices.iter_mut().zip(&segments) {
+            *slice = IoSlice::new(segment.bytes(stage));
         }
-        write(&slices[..used]).unwrap_or(0)
+        write(&slices[..segments.len()]).unwrap_or(0)
     })
 }
 
