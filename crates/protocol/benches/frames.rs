@@ -119,18 +119,23 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-/// One `update` event to N recipients: serialize the objects once and frame per recipient,
-/// against building and serializing a full frame value per recipient.
-fn fan_out(c: &mut Criterion) {
-    let object = object();
-    let envelopes: Vec<Envelope> = (0..1000)
+/// The envelopes of 1,000 connections, with client ids as long as the SDK's UUIDs.
+fn envelopes() -> Vec<Envelope> {
+    (0..1000)
         .map(|i| {
             Envelope::new(
                 ClientId::new(format!("client-{i:08}-0000-4000-8000-000000000000")),
                 None,
             )
         })
-        .collect();
+        .collect()
+}
+
+/// One `update` event to N recipients: serialize the objects once and frame per recipient,
+/// against building and serializing a full frame value per recipient.
+fn fan_out(c: &mut Criterion) {
+    let object = object();
+    let envelopes = envelopes();
     let mut group = c.benchmark_group("fan_out_update");
     for recipients in [1usize, 100, 1000] {
         group.throughput(Throughput::Elements(recipients as u64));
@@ -182,14 +187,7 @@ fn fan_out(c: &mut Criterion) {
 /// against an event frame per recipient holding the shared object bytes.
 fn queue_and_stage(c: &mut Criterion) {
     let object = object();
-    let envelopes: Vec<Arc<Envelope>> = (0..1000)
-        .map(|i| {
-            Arc::new(Envelope::new(
-                ClientId::new(format!("client-{i:08}-0000-4000-8000-000000000000")),
-                None,
-            ))
-        })
-        .collect();
+    let envelopes: Vec<Arc<Envelope>> = envelopes().into_iter().map(Arc::new).collect();
     let mut group = c.benchmark_group("queue_and_stage_update");
     for recipients in [1usize, 100, 1000] {
         group.throughput(Throughput::Elements(recipients as u64));
