@@ -45,7 +45,7 @@ use livequery_protocol::websocket_frame::{
 use livequery_protocol::websocket_read::{Message, MessageReader, ReadError};
 use livequery_protocol::{ServerMessage, WireError};
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -99,7 +99,7 @@ impl AsyncRead for SharedTcp {
             ready!(tcp.poll_read_ready(cx))?;
             // Zeroed only once the socket is readable: a poll that finds nothing to read
             // (most of them) clears nothing.
-            match tcp.try_read(buf.initialize_unfilled()) {
+            match try_read_draining(tcp, buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -108,6 +108,29 @@ impl AsyncRead for SharedTcp {
                 Err(err) => return Poll::Ready(Err(err)),
             }
         }
+    }
+}
+
+/// `TcpStream::try_read`, except that a read returning less than `buf` could take also
+/// clears the socket's read readiness: epoll is edge-triggered, so such a read has drained
+/// the socket (tokio's own `TcpStream::poll_read` assumes the same), and the next wait is for
+/// the next edge instead of a `recv` that finds nothing. Readiness that arrives during the
+/// read has a newer tick and is kept.
+pub(crate) fn try_read_draining(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let wanted = buf.len();
+    let mut short = None;
+    // `try_io` clears the readiness when its closure reports `WouldBlock`.
+    let result = tcp.try_io(Interest::READABLE, || {
+        let n = tcp.try_read(buf)?;
+        if 0 < n && n < wanted {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => result,
     }
 }
 
@@ -746,4 +769,80 @@ async fn close<S>(
         Ok::<(), io::Error>(())
     };
     let _ = tokio::time::timeout(grace, handshake).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::try_read_draining;
+
+    /// A connected pair: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Whether the socket counts as readable right now, without waiting for an event.
+    async fn readable_now(tcp: &TcpStream) -> bool {
+        tokio::time::timeout(Duration::ZERO, tcp.readable())
+            .await
+            .is_ok()
+    }
+
+    /// Waits (boundedly) for what the peer sent, as the connection task does.
+    async fn read_next(tcp: &TcpStream, buf: &mut [u8]) -> usize {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tcp.readable().await.unwrap();
+                match try_read_draining(tcp, buf) {
+                    Ok(n) => return n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(err) => panic!("read failed: {err}"),
+                }
+            }
+        })
+        .await
+        .expect("what the peer sent was never reported readable")
+    }
+
+    /// A short read leaves the socket waiting for the next edge (no `recv` that finds
+    /// nothing), a full one does not, and nothing sent afterwards is missed either way.
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_without_losing_later_data() {
+        let (mut client, server) = pair().await;
+        let mut buf = [0u8; 64];
+
+        client.write_all(b"0123456789").await.unwrap();
+        assert_eq!(read_next(&server, &mut buf).await, 10);
+        assert!(
+            !readable_now(&server).await,
+            "a short read drained the socket"
+        );
+
+        client.write_all(&[7u8; 64]).await.unwrap();
+        assert_eq!(read_next(&server, &mut buf).await, 64);
+        assert!(
+            readable_now(&server).await,
+            "a read that filled the buffer may have left more behind"
+        );
+        assert!(matches!(
+            try_read_draining(&server, &mut buf),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock
+        ));
+
+        client.write_all(b"later").await.unwrap();
+        assert_eq!(read_next(&server, &mut buf).await, 5);
+        assert_eq!(&buf[..5], b"later");
+
+        drop(client);
+        assert_eq!(read_next(&server, &mut buf).await, 0, "the peer's close");
+    }
 }

@@ -201,7 +201,7 @@ async fn read_head(
     loop {
         stream.readable().await.ok()?;
         let mut chunk = [0u8; HEAD_CHUNK];
-        let n = match stream.try_read(&mut chunk) {
+        let n = match crate::connection::try_read_draining(stream, &mut chunk) {
             Ok(0) => return None,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
