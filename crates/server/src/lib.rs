@@ -466,13 +466,21 @@ impl Server {
                 capacity.admin_connections,
             ))
         });
-        listener::accept_loop(
+        // A task of its own rather than this (`block_on`) thread's future: accepting on the
+        // runtime's workers spawns each connection's task where it will run, instead of
+        // waking a worker from this thread for every connection.
+        let accepted = tokio::spawn(listener::accept_loop(
             listener,
             ctx.clone(),
             http::Port::Client,
             capacity.client_connections,
-        )
+        ))
         .await;
+        if let Err(err) = accepted
+            && err.is_panic()
+        {
+            std::panic::resume_unwind(err.into_panic());
+        }
         if let Some(admin_loop) = admin_loop {
             let _ = admin_loop.await;
         }
