@@ -63,19 +63,15 @@ const MAX_FAST_HEAD: usize = 16 * 1024;
 /// sent again.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `address` for [`accept_loop`] with a [`LISTEN_BACKLOG`] accept queue, `TCP_NODELAY`
-/// (replies and events are written whole: nothing is gained by holding them back) and, as
+/// Binds `address` for [`accept_loop`] with a [`LISTEN_BACKLOG`] accept queue (and, as
 /// tokio's own `bind`, `SO_REUSEADDR`, so a restart is not refused while old connections
-/// linger in `TIME_WAIT`.
+/// linger in `TIME_WAIT`).
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
-    // Linux copies it to every accepted socket: one `setsockopt` per listener instead of one
-    // per connection (elsewhere each connection sets it, see `accept_loop`).
-    socket.set_nodelay(true)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -88,6 +84,12 @@ pub async fn accept_loop(
     connections: usize,
 ) {
     let permits = Arc::new(Semaphore::new(connections));
+    // Linux copies `TCP_NODELAY` from the listening socket to every accepted one: one
+    // `setsockopt` per listener (whoever bound it) instead of one per connection.
+    let inherits_nodelay = cfg!(target_os = "linux")
+        && socket2::SockRef::from(&listener)
+            .set_tcp_nodelay(true)
+            .is_ok();
     loop {
         let accepted = tokio::select! {
             () = ctx.shutdown.cancelled() => break,
@@ -107,8 +109,9 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
-        #[cfg(not(target_os = "linux"))]
-        let _ = stream.set_nodelay(true);
+        if !inherits_nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         match port {
             Port::Client => ctx
                 .tracker
@@ -524,11 +527,15 @@ mod tests {
     }
 
     /// `accept_loop` leaves `TCP_NODELAY` to the listener on Linux: an accepted socket must
-    /// have it, or every small reply would wait on Nagle's algorithm.
+    /// have it, or every small reply would wait on Nagle's algorithm. Set here as
+    /// `accept_loop` sets it on a listener bound by someone else.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_from_the_listener() {
-        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&listener)
+            .set_tcp_nodelay(true)
+            .unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let ((server, _), _client) =
             tokio::join!(async { listener.accept().await.unwrap() }, async {
