@@ -776,19 +776,10 @@ mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt as _;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     use super::try_read_draining;
-
-    /// A connected pair: (client, server side).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
+    use crate::test_socket::connected_pair;
 
     /// Whether the socket counts as readable right now, without waiting for an event.
     async fn readable_now(tcp: &TcpStream) -> bool {
@@ -817,7 +808,7 @@ mod tests {
     /// nothing), a full one does not, and nothing sent afterwards is missed either way.
     #[tokio::test]
     async fn a_short_read_clears_readiness_without_losing_later_data() {
-        let (mut client, server) = pair().await;
+        let (server, mut client) = connected_pair().await;
         let mut buf = [0u8; 64];
 
         client.write_all(b"0123456789").await.unwrap();

@@ -84,6 +84,8 @@ pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_http;
+#[cfg(test)]
+mod test_socket;
 pub mod upgrade;
 pub mod worker;
 

@@ -480,18 +480,9 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::read_head;
+    use crate::test_socket::connected_pair;
 
     const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-    /// A connected pair: (client, server side).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
 
     /// Connections that complete while nothing accepts wait in the kernel's queue, up to the
     /// backlog: a burst of 1,500 (more than tokio's default of 1024) is all there to accept
@@ -546,7 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_split_over_reads_is_answered_with_what_follows_it() {
-        let (mut client, mut server) = pair().await;
+        let (mut server, mut client) = connected_pair().await;
         let reading = tokio::spawn(async move { read_head(&mut server, &|| true).await });
         client.write_all(&HEAD[..20]).await.unwrap();
         client.flush().await.unwrap();
@@ -562,7 +553,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_upgrade_returns_the_whole_head_for_hyper() {
-        let (mut client, mut server) = pair().await;
+        let (mut server, mut client) = connected_pair().await;
         client.write_all(HEAD).await.unwrap();
         let (read, upgrade) = read_head(&mut server, &|| false).await.expect("a head");
         assert!(upgrade.is_none());
@@ -571,7 +562,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_requests_return_what_was_read_for_hyper() {
-        let (mut client, mut server) = pair().await;
+        let (mut server, mut client) = connected_pair().await;
         let request = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n";
         client.write_all(request).await.unwrap();
         let (read, upgrade) = read_head(&mut server, &|| true).await.expect("a head");
@@ -581,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_closes_before_its_head_ends_gets_nothing() {
-        let (mut client, mut server) = pair().await;
+        let (mut server, mut client) = connected_pair().await;
         client.write_all(&HEAD[..30]).await.unwrap();
         drop(client);
         assert!(read_head(&mut server, &|| true).await.is_none());

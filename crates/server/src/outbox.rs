@@ -471,6 +471,7 @@ fn write_staged(frame: &Frame, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_socket::connected_pair;
 
     #[test]
     fn bounded_by_frames_and_bytes() {
@@ -534,16 +535,6 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    /// A connected pair of sockets: the server's end and the peer's.
-    async fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (server, peer)
-    }
-
     /// Text frame `i` of the tests: `size` bytes of one letter.
     fn frame(i: usize, size: usize) -> Bytes {
         Bytes::from(vec![b'a' + (i % 26) as u8; size])
@@ -565,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_written_directly_until_the_socket_is_full() {
-        let (server, mut peer) = socket_pair().await;
+        let (server, mut peer) = connected_pair().await;
         let outbox = Outbox::with_socket(1000, 1 << 30, Some(server));
         let latency = Histogram::default();
         let size = 100_000;
@@ -641,7 +632,7 @@ mod tests {
         let latency = Histogram::default();
         // A write can also stop on a frame boundary: then try another socket.
         for _ in 0..20 {
-            let (server, peer) = socket_pair().await;
+            let (server, peer) = connected_pair().await;
             let outbox = Outbox::with_socket(max_frames, 1 << 30, Some(server));
             let mut i = 0;
             while !outbox.has_pending() {
@@ -801,7 +792,7 @@ mod tests {
         use crate::frame_writer::tests::event;
         use tokio::io::AsyncReadExt;
         for (object, original) in [(60_000, Some(50_000)), (900, Some(700)), (5000, None)] {
-            let (server, mut peer) = socket_pair().await;
+            let (server, mut peer) = connected_pair().await;
             let outbox = Outbox::with_socket(100_000, 1 << 30, Some(server));
             let latency = Histogram::default();
             let mut expected = Vec::new();
@@ -868,7 +859,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_direct_write_while_the_connection_task_writes() {
-        let (server, mut peer) = socket_pair().await;
+        let (server, mut peer) = connected_pair().await;
         let outbox = Outbox::with_socket(10, 1 << 20, Some(server));
         let latency = Histogram::default();
         assert!(outbox.begin_write().is_none());
@@ -896,7 +887,7 @@ mod tests {
     #[tokio::test]
     async fn the_peer_sees_the_end_while_another_handle_holds_the_outbox() {
         use tokio::io::AsyncReadExt;
-        let (server, mut peer) = socket_pair().await;
+        let (server, mut peer) = connected_pair().await;
         let outbox = std::sync::Arc::new(Outbox::with_socket(10, 1 << 20, Some(server)));
         let held_elsewhere = outbox.clone();
         outbox.close();
