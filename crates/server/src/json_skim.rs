@@ -160,15 +160,21 @@ impl<'t> Skim<'t> {
         Some(start..self.at)
     }
 
+    /// Steps into the object or array opening here (at nesting `depth`, declined beyond
+    /// [`MAX_DEPTH`]); `true` when it closes with `close` right away (and is then skipped).
+    fn open_is_empty(&mut self, depth: u32, close: u8) -> Option<bool> {
+        if depth == MAX_DEPTH {
+            return None;
+        }
+        self.at += 1;
+        self.whitespace();
+        Some(self.eat(close))
+    }
+
     fn value_at(&mut self, depth: u32) -> Option<()> {
         match self.peek()? {
             b'{' => {
-                if depth == MAX_DEPTH {
-                    return None;
-                }
-                self.at += 1;
-                self.whitespace();
-                if self.eat(b'}') {
+                if self.open_is_empty(depth, b'}')? {
                     return Some(());
                 }
                 loop {
@@ -187,12 +193,7 @@ impl<'t> Skim<'t> {
                 }
             }
             b'[' => {
-                if depth == MAX_DEPTH {
-                    return None;
-                }
-                self.at += 1;
-                self.whitespace();
-                if self.eat(b']') {
+                if self.open_is_empty(depth, b']')? {
                     return Some(());
                 }
                 loop {
