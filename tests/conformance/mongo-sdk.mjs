@@ -50,8 +50,10 @@ try {
   assert.equal(original.get('score'), 1, 'exact original from the pre-image');
 
   // subscription.find(): current objects read from MongoDB.
+  // Every listener is attached before its write: the frame may arrive before the write's ack.
+  const createdSecond = next(subscription, 'create');
   await db({ op: 'insert', collection: 'Message', document: stored('m2', { room: 'r1', score: 7 }) });
-  await next(subscription, 'create');
+  await createdSecond;
   const results = next(subscription, 'result');
   subscription.find();
   const [objects] = await results;
