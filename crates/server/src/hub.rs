@@ -28,7 +28,7 @@ use crate::event::ChangeEvent;
 use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
 use crate::identity::IdentityCell;
 use crate::metrics::{DeliveryTally, DropReason, Metrics};
-use crate::outbox::{Outbox, Push};
+use crate::outbox::{Outbox, Queued, WritePass};
 use crate::pubsub::ReadAhead;
 
 /// Who a subscription reads as.
@@ -388,14 +388,13 @@ impl Hub {
         Ok(index.has_candidates(class_name, probes))
     }
 
-    /// Delivers one event to every subscription it concerns. `write_through`: the caller
-    /// has no other event waiting, so a frame is written straight to its client's socket
-    /// when nothing is queued for it ([`Outbox::deliver_event`]); otherwise frames are
-    /// queued, and a backlog goes out several events per write.
-    pub fn fan_out(&self, event: &ChangeEvent, scratch: &mut FanOutScratch, write_through: bool) {
+    /// Delivers one event to every subscription it concerns: its frames are queued
+    /// ([`Outbox::queue_event`]), and the outboxes this made non-empty added to `pass`, whose
+    /// owner writes them ([`WritePass::write_next`]).
+    pub fn fan_out(&self, event: &ChangeEvent, scratch: &mut FanOutScratch, pass: &mut WritePass) {
         let index = self.index.read();
         let mut fan_out = EventFanOut {
-            write_through,
+            pass,
             change: event.change(),
             encoded: HashMap::new(),
             last_encoded: [None, None],
@@ -500,8 +499,8 @@ struct EventFanOut<'e> {
     received: std::time::Instant,
     /// The class's `afterLiveQueryEvent` hook, if it has one.
     hooked: Option<Hooked<'e>>,
-    /// Write frames straight to the sockets when the way is clear.
-    write_through: bool,
+    /// The outboxes this fan-out made non-empty are added to it, to be written.
+    pass: &'e mut WritePass,
 }
 
 impl<'e> EventFanOut<'e> {
@@ -606,16 +605,18 @@ impl<'e> EventFanOut<'e> {
         let objects = self.frame_objects(object_bytes, original_bytes);
         let frame = EventFrame::new(op, sub.envelope.clone(), sub.request_id, objects);
         let len = frame.len();
-        let pushed = if self.write_through {
-            sub.outbox
-                .deliver_event(frame, self.received, &self.metrics.delivery_latency)
-        } else {
-            sub.outbox.push_event(frame, self.received)
-        };
-        match pushed {
-            Push::Queued => self.delivered.add(op, len),
-            Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
-            Push::Closed => {}
+        match sub
+            .outbox
+            .queue_event(frame, self.received, &self.metrics.delivery_latency)
+        {
+            Queued::Queued { first } => {
+                if first {
+                    self.pass.owe(&sub.outbox);
+                }
+                self.delivered.add(op, len);
+            }
+            Queued::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
+            Queued::Closed => {}
         }
     }
 }
@@ -673,7 +674,7 @@ mod tests {
             metrics: &metrics,
             received: event.received,
             hooked: None,
-            write_through: false,
+            pass: &mut WritePass::default(),
         };
         let views: Vec<EncodedObject> = (0..PAIRS_KEPT + 1).map(encoded).collect();
         let first = fan_out.frame_objects(views[0].clone(), Some(views[1].clone()));

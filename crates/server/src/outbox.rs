@@ -1,28 +1,31 @@
 //! The bounded outbound queue of one connection, and the way around it.
 //!
 //! The dispatch workers push frames from any thread without waiting; the connection task
-//! drains them into its socket. A queued [`Frame`] is either whole bytes (replies, errors,
+//! drains into its socket what they do not write themselves, and its own replies. A queued [`Frame`] is either whole bytes (replies, errors,
 //! frames an `afterLiveQueryEvent` hook produced) or an [`EventFrame`]: its per-recipient
 //! parts and handles to the event's shared object bytes, so a delivery allocates nothing and
 //! a backlog holds each object once, not once per recipient; its text is produced when it
-//! is written. When the way is clear (nothing queued, the
-//! connection task not writing, the socket a TCP stream), a worker delivering an event
-//! writes its frame to the socket itself ([`Outbox::deliver_event`]): one non-blocking
-//! write under this lock, no wake-up of the connection task. A write cut short (the socket's
-//! buffer is full) leaves the rest of the frame at the front of the queue, marked as partly
-//! written; the connection task finishes it before it writes anything else, so frames never
-//! interleave and order is kept. The connection task announces its own writes (batches,
-//! pings, pongs) under the same lock ([`Outbox::begin_write`]), and no worker writes once
-//! the connection ends.
+//! is written. A worker queues an event's frames without waking anyone
+//! ([`Outbox::queue_event`]) and then writes the queues it made non-empty itself, one
+//! non-blocking vectored write each, in a [`WritePass`]: frames of events it fans out
+//! before a queue's turn go out in the same write, and no connection task is woken for a
+//! delivery. Only what such a write leaves (the socket's buffer is full, or the connection
+//! task is writing) is left to the connection task, which is then woken. A write cut short
+//! leaves the rest of its frame at the front of the queue, marked as partly written; the
+//! connection task finishes it before it writes anything else, so frames never interleave
+//! and order is kept. The connection task announces its own writes (batches, pings, pongs)
+//! under the same lock ([`Outbox::begin_write`]), and no worker writes once the connection
+//! ends.
 //! The queue is bounded in frames and bytes:
 //! the push that would exceed a bound marks the client as too slow, drops what was queued
 //! (so a stuck client cannot hold memory) and wakes the connection task, which sends the
 //! slow-consumer error and closes. A blocking (parking_lot) mutex is right here: it is held
-//! for a few instructions and never across an `.await`.
+//! for a few instructions or one non-blocking write, and never across an `.await`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -37,10 +40,17 @@ use tokio::sync::Notify;
 use crate::frame_writer::{COPY_MAX, Segment, Stager};
 use crate::metrics::Histogram;
 
-/// A direct write copies at most this many bytes of a frame (its header, what the frame
-/// renders, objects of at most [`COPY_MAX`] bytes) into the worker's staging buffer; a
-/// frame that would need more (an envelope of unusual length) is queued instead.
-const DIRECT_STAGE_MAX: usize = 4096;
+/// The most frames one write of [`Outbox::write_queued`] takes.
+const WRITE_FRAMES: usize = 64;
+
+/// The most bytes one write of [`Outbox::write_queued`] copies into the worker's stage (a
+/// frame that alone would need more, an envelope of unusual length, is left to the
+/// connection task).
+const WRITE_STAGE_MAX: usize = 64 * 1024;
+
+/// Segments a write lays out without allocating: a run of staged bytes, and the large
+/// objects of a few frames between them.
+const INLINE_SEGMENTS: usize = 16;
 
 /// One queued frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +132,20 @@ impl From<EventFrame> for Frame {
 pub enum Push {
     /// Queued.
     Queued,
+    /// Not queued: this push overflowed the queue; the client is being cut off.
+    Overflowed,
+    /// Not queued: the client is already cut off or gone.
+    Closed,
+}
+
+/// What happened to a frame queued for a write pass ([`Outbox::queue_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued; `first`: the queue was empty, and the caller owes it a write.
+    Queued {
+        /// The queue was empty before.
+        first: bool,
+    },
     /// Not queued: this push overflowed the queue; the client is being cut off.
     Overflowed,
     /// Not queued: the client is already cut off or gone.
@@ -220,36 +244,6 @@ impl Outbox {
         self.socket.as_ref()
     }
 
-    /// Delivers the frame of an event the source handed over at `received`: written to the
-    /// socket at once when nothing is queued and the connection task is not writing (its
-    /// latency then recorded in `latency`), queued otherwise. A direct write cut short
-    /// queues the rest, to be written first.
-    pub fn deliver_event(
-        &self,
-        frame: impl Into<Frame>,
-        received: Instant,
-        latency: &Histogram,
-    ) -> Push {
-        let frame = frame.into();
-        let mut inner = self.inner.lock();
-        if let Some(socket) = &self.socket
-            && inner.state == Drain::Open
-            && inner.queue.is_empty()
-            && !inner.writing
-            && frame.len() <= self.max_bytes
-            && self.max_frames > 0
-        {
-            let written = write_now(socket, &frame);
-            if written == frame.wire_len() {
-                drop(inner);
-                latency.observe(received.elapsed());
-                return Push::Queued;
-            }
-            inner.front_written = written;
-        }
-        self.enqueue(inner, frame, Some(received))
-    }
-
     /// Queues a frame without waiting.
     pub fn push(&self, frame: impl Into<Frame>) -> Push {
         self.push_stamped(frame.into(), None)
@@ -264,6 +258,86 @@ impl Outbox {
         self.enqueue(self.inner.lock(), frame, received)
     }
 
+    /// Queues the frame of an event the source handed over at `received`, for a worker's
+    /// write pass: the connection task is not woken. When this made the queue non-empty
+    /// (`Queued { first: true }`), the caller owes the queue a [`Outbox::write_queued`]
+    /// (which wakes the task for whatever it leaves). A queue that reaches half of a bound
+    /// while it waits for that write is written at once: a worker that fans out a backlog
+    /// before writing must not cut off a client that reads in time.
+    pub fn queue_event(
+        &self,
+        frame: impl Into<Frame>,
+        received: Instant,
+        latency: &Histogram,
+    ) -> Queued {
+        let mut inner = self.inner.lock();
+        let first = inner.queue.is_empty();
+        let frame = frame.into();
+        match inner.state {
+            Drain::Open => {}
+            Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Queued::Closed,
+        }
+        if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
+            self.overflow(inner);
+            return Queued::Overflowed;
+        }
+        Self::append(&mut inner, frame, Some(received));
+        if 2 * inner.queue.len() >= self.max_frames || 2 * inner.bytes >= self.max_bytes {
+            self.write_locked(inner, latency);
+        }
+        Queued::Queued { first }
+    }
+
+    /// Writes what is queued straight to the socket, in one non-blocking vectored write,
+    /// when the way is clear (the connection open, its task not writing, nothing partly
+    /// written); wakes the connection task for whatever is left: frames the write did not
+    /// take (the socket's buffer is full) or that one write does not hold. Records the
+    /// delivery latency of the events written.
+    pub fn write_queued(&self, latency: &Histogram) {
+        self.write_locked(self.inner.lock(), latency);
+    }
+
+    fn write_locked(&self, mut inner: parking_lot::MutexGuard<'_, Inner>, latency: &Histogram) {
+        if inner.queue.is_empty() || inner.state != Drain::Open {
+            return;
+        }
+        let clear = !inner.writing && inner.front_written == 0;
+        if let (Some(socket), true) = (&self.socket, clear) {
+            let (frames, written) = write_frames(
+                inner.queue.iter().map(|(frame, _)| frame),
+                |slices| match slices {
+                    [one] => socket.try_write(one),
+                    _ => socket.try_write_vectored(slices),
+                },
+            );
+            let now = Instant::now();
+            let mut left = written;
+            let mut done = 0;
+            for (frame, stamp) in inner.queue.iter().take(frames) {
+                let wire = frame.wire_len();
+                if left < wire {
+                    break;
+                }
+                left -= wire;
+                done += 1;
+                if let Some(stamp) = stamp {
+                    latency.observe(now.saturating_duration_since(*stamp));
+                }
+            }
+            let mut drained = 0;
+            for (frame, _) in inner.queue.drain(..done) {
+                drained += frame.len();
+            }
+            inner.bytes -= drained;
+            inner.front_written = left;
+            if inner.queue.is_empty() {
+                return;
+            }
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
     fn enqueue(
         &self,
         mut inner: parking_lot::MutexGuard<'_, Inner>,
@@ -275,12 +349,29 @@ impl Outbox {
             Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Push::Closed,
         }
         if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
-            inner.state = Drain::Overflowed;
-            inner.clear();
-            drop(inner);
-            self.notify.notify_one();
+            self.overflow(inner);
             return Push::Overflowed;
         }
+        let was_empty = inner.queue.is_empty();
+        Self::append(&mut inner, frame, received);
+        drop(inner);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Marks the client as too slow, drops what was queued and wakes the connection task
+    /// (to send the slow-consumer error and close).
+    fn overflow(&self, mut inner: parking_lot::MutexGuard<'_, Inner>) {
+        inner.state = Drain::Overflowed;
+        inner.clear();
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Appends a frame that fits the bounds.
+    fn append(inner: &mut Inner, frame: Frame, received: Option<Instant>) {
         inner.bytes += frame.len();
         if inner.queue.capacity() == 0 {
             // One slot to start with: a connection that only ever has one frame queued at a
@@ -289,13 +380,7 @@ impl Outbox {
             // would cost an allocation per delivery.
             inner.queue.reserve_exact(1);
         }
-        let was_empty = inner.queue.is_empty();
         inner.queue.push_back((frame, received));
-        drop(inner);
-        if was_empty {
-            self.notify.notify_one();
-        }
-        Push::Queued
     }
 
     /// Moves up to `max` frames into `out`, and the receipt times of the events among them
@@ -427,44 +512,84 @@ impl Outbox {
     }
 }
 
-/// Writes one frame to `socket` without waiting; returns how many of its bytes (header
-/// included) were written: all, some, or none (the socket's buffer is full, or the write
-/// failed: the connection task's next write meets the error).
-fn write_now(socket: &TcpStream, frame: &Frame) -> usize {
-    write_staged(frame, |slices| match slices {
-        [one] => socket.try_write(one),
-        _ => socket.try_write_vectored(slices),
-    })
+/// The outboxes a worker owes a write: those its [`Outbox::queue_event`] made non-empty, in
+/// that order. Each gets one [`Outbox::write_queued`]; one dropped unwritten has its
+/// connection task woken, so no frame is left behind.
+#[derive(Debug, Default)]
+pub struct WritePass {
+    owed: VecDeque<Arc<Outbox>>,
+}
+
+impl WritePass {
+    /// Adds `outbox`, whose queue the worker just made non-empty.
+    pub fn owe(&mut self, outbox: &Arc<Outbox>) {
+        self.owed.push_back(outbox.clone());
+    }
+
+    /// Whether no write is owed.
+    pub fn is_empty(&self) -> bool {
+        self.owed.is_empty()
+    }
+
+    /// Writes the queues of the next `n` outboxes owed a write.
+    pub fn write_next(&mut self, n: usize, latency: &Histogram) {
+        for _ in 0..n {
+            let Some(outbox) = self.owed.pop_front() else {
+                return;
+            };
+            outbox.write_queued(latency);
+        }
+    }
+}
+
+impl Drop for WritePass {
+    fn drop(&mut self) {
+        for outbox in self.owed.drain(..) {
+            outbox.notify.notify_one();
+        }
+    }
 }
 
 thread_local! {
-    /// The copied bytes of a direct write (kept by each worker thread between writes, at
-    /// most [`DIRECT_STAGE_MAX`] and a header: no allocation, and no zeroing, per write).
+    /// The copied bytes of a worker's write (kept by each worker thread between writes, at
+    /// most [`WRITE_STAGE_MAX`]: no allocation, and no zeroing, per write).
     static STAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The most segments a frame's wire bytes make: header and head, object, `original` key,
-/// original, closing brace.
-const MAX_SEGMENTS: usize = 5;
-
-/// Lays `frame` out (small pieces copied into the thread's stage, large objects as their own
-/// slices) and offers it to `write` in one call; returns what `write` wrote, 0 on an error
-/// or when the frame is not fit for a direct write.
-fn write_staged(frame: &Frame, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>) -> usize {
-    if frame.copied_len(COPY_MAX) > DIRECT_STAGE_MAX {
-        return 0;
-    }
+/// Lays the first of `frames` out (at most [`WRITE_FRAMES`] of them and
+/// [`WRITE_STAGE_MAX`] copied bytes: small pieces copied into the thread's stage, large
+/// objects as their own slices) and offers them to `write` in one call; returns how many
+/// frames were offered and how many bytes `write` wrote (0 on an error: the connection
+/// task's next write meets it; nothing is offered when the first frame alone would copy
+/// more than the stage holds).
+fn write_frames<'a>(
+    frames: impl Iterator<Item = &'a Frame>,
+    write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
+) -> (usize, usize) {
     STAGE.with_borrow_mut(|stage| {
         stage.clear();
-        let mut segments = SmallVec::<[Segment<'_>; MAX_SEGMENTS]>::new();
+        let mut segments = SmallVec::<[Segment<'_>; INLINE_SEGMENTS]>::new();
         let mut stager = Stager::new(stage, &mut segments);
-        frame.write_wire(COPY_MAX, &mut stager);
-        stager.end_staged_run();
-        let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
-        for (slice, segment) in slices.iter_mut().zip(&segments) {
-            *slice = IoSlice::new(segment.bytes(stage));
+        let mut offered = 0;
+        let mut staged = 0;
+        for frame in frames.take(WRITE_FRAMES) {
+            let copied = frame.copied_len(COPY_MAX);
+            if staged + copied > WRITE_STAGE_MAX {
+                break;
+            }
+            staged += copied;
+            frame.write_wire(COPY_MAX, &mut stager);
+            offered += 1;
         }
-        write(&slices[..segments.len()]).unwrap_or(0)
+        stager.end_staged_run();
+        if offered == 0 {
+            return (0, 0);
+        }
+        let slices: SmallVec<[IoSlice<'_>; INLINE_SEGMENTS]> = segments
+            .iter()
+            .map(|segment| IoSlice::new(segment.bytes(stage)))
+            .collect();
+        (offered, write(&slices).unwrap_or(0))
     })
 }
 
@@ -535,6 +660,16 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// One event delivered by a worker on its own: queued, then written when it made the
+    /// queue non-empty (a write pass of one).
+    fn deliver(outbox: &Outbox, frame: impl Into<Frame>, latency: &Histogram) -> Queued {
+        let queued = outbox.queue_event(frame, Instant::now(), latency);
+        if queued == (Queued::Queued { first: true }) {
+            outbox.write_queued(latency);
+        }
+        queued
+    }
+
     /// Text frame `i` of the tests: `size` bytes of one letter.
     fn frame(i: usize, size: usize) -> Bytes {
         Bytes::from(vec![b'a' + (i % 26) as u8; size])
@@ -564,15 +699,15 @@ mod tests {
         // is queued (its written part skipped later), and every later one queued behind it.
         let mut direct = 0;
         while !outbox.has_pending() {
-            assert_eq!(
-                outbox.deliver_event(frame(direct, size), Instant::now(), &latency),
-                Push::Queued
-            );
+            assert!(matches!(
+                deliver(&outbox, frame(direct, size), &latency),
+                Queued::Queued { .. }
+            ));
             direct += 1;
             assert!(direct < 10_000, "a socket nobody reads fills up");
         }
         for i in direct..direct + 3 {
-            outbox.deliver_event(frame(i, size), Instant::now(), &latency);
+            deliver(&outbox, frame(i, size), &latency);
         }
         let outbox_bytes = outbox.inner.lock().bytes;
         assert_eq!(outbox_bytes, 4 * size);
@@ -585,10 +720,10 @@ mod tests {
         assert_eq!(stamps.len(), 4);
         assert!(skip < text_frame_header(size).1 + size);
         // While the connection task writes, workers queue.
-        assert_eq!(
-            outbox.deliver_event(frame(direct + 3, size), Instant::now(), &latency),
-            Push::Queued
-        );
+        assert!(matches!(
+            deliver(&outbox, frame(direct + 3, size), &latency),
+            Queued::Queued { .. }
+        ));
         assert!(outbox.has_pending());
 
         // The connection task writes the batch, the rest of the cut frame first.
@@ -636,7 +771,7 @@ mod tests {
             let outbox = Outbox::with_socket(max_frames, 1 << 30, Some(server));
             let mut i = 0;
             while !outbox.has_pending() {
-                outbox.deliver_event(frame(i, 100_001), Instant::now(), &latency);
+                deliver(&outbox, frame(i, 100_001), &latency);
                 i += 1;
             }
             if outbox.inner.lock().front_written > 0 {
@@ -655,7 +790,7 @@ mod tests {
             match end {
                 "overflow" => {
                     for j in 0..3 {
-                        outbox.deliver_event(frame(delivered + j, 10), Instant::now(), &latency);
+                        deliver(&outbox, frame(delivered + j, 10), &latency);
                     }
                     assert!(outbox.is_ending());
                 }
@@ -663,7 +798,7 @@ mod tests {
                 _ => outbox.close(),
             }
             assert!(
-                outbox.deliver_event(frame(0, 10), Instant::now(), &latency) == Push::Closed,
+                deliver(&outbox, frame(0, 10), &latency) == Queued::Closed,
                 "{end}: nothing is written after the end"
             );
             assert_eq!(outbox.inner.lock().bytes, partial.len(), "{end}");
@@ -691,7 +826,7 @@ mod tests {
     fn direct(frame: &Frame, take: usize) -> (Vec<u8>, usize, Vec<*const u8>) {
         let mut offered = Vec::new();
         let mut slices = Vec::new();
-        let written = write_staged(frame, |offer| {
+        let (_, written) = write_frames(std::iter::once(frame), |offer| {
             for slice in offer {
                 offered.extend_from_slice(slice);
                 slices.push(slice.as_ptr());
@@ -771,7 +906,7 @@ mod tests {
     fn a_frame_with_an_outsized_envelope_is_queued_not_written_directly() {
         let envelope = std::sync::Arc::new(livequery_protocol::Envelope::new(
             livequery_protocol::ClientId::new("c"),
-            Some(&"i".repeat(DIRECT_STAGE_MAX)),
+            Some(&"i".repeat(WRITE_STAGE_MAX)),
         ));
         let frame = Frame::from(EventFrame::new(
             livequery_protocol::EventOp::Create,
@@ -800,7 +935,7 @@ mod tests {
             while !outbox.has_pending() {
                 let frame = event(delivered, object, original);
                 expected.extend_from_slice(&Frame::from(frame.clone()).to_wire());
-                outbox.deliver_event(frame, Instant::now(), &latency);
+                deliver(&outbox, frame, &latency);
                 delivered += 1;
                 assert!(delivered < 100_000, "a socket nobody reads fills up");
             }
@@ -863,7 +998,7 @@ mod tests {
         let outbox = Outbox::with_socket(10, 1 << 20, Some(server));
         let latency = Histogram::default();
         assert!(outbox.begin_write().is_none());
-        outbox.deliver_event(frame(0, 10), Instant::now(), &latency);
+        deliver(&outbox, frame(0, 10), &latency);
         assert!(outbox.has_pending(), "queued while the task writes");
         outbox.end_write();
         let mut batch = Vec::new();
@@ -875,13 +1010,109 @@ mod tests {
             outbox.drain_into(&mut batch, &mut Vec::new(), 10),
             (Drain::Open, 0)
         );
-        outbox.deliver_event(frame(1, 10), Instant::now(), &latency);
+        deliver(&outbox, frame(1, 10), &latency);
         assert!(
             !outbox.has_pending(),
             "written directly once the way is clear"
         );
         read_frames(&mut peer, 1..2, 10).await;
         assert_eq!(latency.count(), 1);
+    }
+
+    /// Whether `peer` has bytes to read now.
+    fn has_bytes(peer: &TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        peer.try_read(&mut byte).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_write_pass_writes_each_queue_once_with_every_frame_queued_before_its_turn() {
+        let latency = Histogram::default();
+        let mut pass = WritePass::default();
+        let mut peers = Vec::new();
+        let mut outboxes = Vec::new();
+        for _ in 0..2 {
+            let (server, peer) = connected_pair().await;
+            outboxes.push(Arc::new(Outbox::with_socket(100, 1 << 20, Some(server))));
+            peers.push(peer);
+        }
+        // Three events fanned out before any write: each queue is owed one write.
+        for i in 0..3 {
+            for outbox in &outboxes {
+                let queued = outbox.queue_event(frame(i, 10), Instant::now(), &latency);
+                if queued == (Queued::Queued { first: true }) {
+                    pass.owe(outbox);
+                }
+            }
+        }
+        assert_eq!(
+            pass.owed.len(),
+            2,
+            "one write owed per queue, not per frame"
+        );
+        pass.write_next(1, &latency);
+        assert!(!outboxes[0].has_pending() && outboxes[1].has_pending());
+        // A fourth event comes in mid-pass: it joins the queue not written yet, and the one
+        // written already is owed another write.
+        for outbox in &outboxes {
+            if outbox.queue_event(frame(3, 10), Instant::now(), &latency)
+                == (Queued::Queued { first: true })
+            {
+                pass.owe(outbox);
+            }
+        }
+        pass.write_next(1, &latency);
+        assert!(!outboxes[1].has_pending(), "all four frames in one write");
+        read_frames(&mut peers[1], 0..4, 10).await;
+        assert!(!has_bytes(&peers[1]));
+        read_frames(&mut peers[0], 0..3, 10).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !has_bytes(&peers[0]),
+            "the fourth frame waits for its write"
+        );
+        pass.write_next(10, &latency);
+        assert!(pass.is_empty());
+        read_frames(&mut peers[0], 3..4, 10).await;
+        assert_eq!(latency.count(), 8, "each event frame's latency is recorded");
+    }
+
+    #[tokio::test]
+    async fn a_pass_dropped_with_writes_owed_wakes_their_connection_tasks() {
+        let latency = Histogram::default();
+        let (server, _peer) = connected_pair().await;
+        let outbox = Arc::new(Outbox::with_socket(100, 1 << 20, Some(server)));
+        let mut pass = WritePass::default();
+        assert_eq!(
+            outbox.queue_event(frame(0, 10), Instant::now(), &latency),
+            Queued::Queued { first: true }
+        );
+        pass.owe(&outbox);
+        let woken = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.notified());
+        assert!(woken.await.is_err(), "a queued event alone wakes nobody");
+        drop(pass);
+        tokio::time::timeout(std::time::Duration::from_secs(10), outbox.notified())
+            .await
+            .expect("the task is woken to write what the pass did not");
+        assert!(outbox.has_pending());
+    }
+
+    #[tokio::test]
+    async fn a_queue_at_half_a_bound_is_written_before_its_turn() {
+        let latency = Histogram::default();
+        for (max_frames, max_bytes, written_at) in [(8, 1 << 20, 4), (1000, 80, 4)] {
+            let (server, mut peer) = connected_pair().await;
+            let outbox = Outbox::with_socket(max_frames, max_bytes, Some(server));
+            for i in 0..written_at {
+                assert!(outbox.has_pending() || i == 0);
+                outbox.queue_event(frame(i, 10), Instant::now(), &latency);
+            }
+            assert!(
+                !outbox.has_pending(),
+                "written once {written_at} frames are queued (bounds {max_frames}, {max_bytes})"
+            );
+            read_frames(&mut peer, 0..written_at, 10).await;
+        }
     }
 
     #[tokio::test]

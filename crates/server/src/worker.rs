@@ -1,5 +1,6 @@
-//! The dispatch workers: each takes events from its shard's bounded queue and hands them to
-//! [`Hub::fan_out`].
+//! The dispatch workers: each takes events from its shard's bounded queue, hands them to
+//! [`Hub::fan_out`], and writes the frames they queued to the clients' sockets itself
+//! ([`WritePass`]), looking at its queue again between writes (see `WRITES_PER_LOOK`).
 //!
 //! Matching and encoding are CPU-bound; with several workers each runs on a thread of its
 //! own, which keeps the async runtime free for socket I/O while the OS spreads both over
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::ChangeEvent;
 use crate::hub::{FanOutScratch, Hub};
 use crate::metrics::Metrics;
+use crate::outbox::WritePass;
 
 /// What a dispatch worker takes from its queue.
 // Events are nearly every job: boxing them would cost an allocation each, for rare barriers.
@@ -114,28 +116,24 @@ impl Workers {
     }
 }
 
-/// How long a worker running on the runtime works before it lets the connections write.
-///
-/// It bounds how many events' frames a connection finds queued when it writes: the kernel's
-/// cost of a write (most of the server's CPU at a steady rate: the loopback send and the
-/// receiver's wake-up) is paid per write, not per frame, so a worker that yields after every
-/// event makes each delivery cost a write of its own exactly when the server falls behind.
-/// With a longer slice a backlog is fanned out several events at a time and each connection
-/// writes their frames at once; a worker that keeps up goes idle after each event, so below
-/// saturation events are written as soon as they are dispatched, whatever the slice.
-/// Measured with 1,000 connections on `{}` at 450 and 600 events/s (one core): a 0.5 ms
-/// slice delivered 262k/s of the 450k/s asked for, at 2.7 µs of server CPU per delivery; a
-/// 5 ms slice 440k/s at 2.1 µs and at 600 events/s 522k/s at 1.9 µs; 20 ms 584k/s at 1.7 µs.
-const SLICE: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// Jobs taken from the queue at once: beyond the queue's own bound, at most this many are
 /// held by a worker.
 const BATCH: usize = 64;
 
-/// One worker: dispatches its queue's jobs in order until shutdown. On the runtime
-/// (`on_runtime`), it yields once it has worked for [`SLICE`], so the connections it fed
-/// write before it produces more: a burst is written in batches (cheap) without starving
-/// the sockets (latency and queue memory stay bounded).
+/// Sockets a worker writes between two looks at its queue.
+///
+/// A worker writes the frames it queued itself, connection after connection, one vectored
+/// write each ([`WritePass`]). The kernel's cost of a write (most of the server's CPU at a
+/// steady rate: the loopback send and the receiver's wake-up) is paid per write, not per
+/// frame; an event that comes in while a pass is under way is fanned out at the next look,
+/// and its frames join the queues not yet written: one write carries both. So a backlog is
+/// written several events per write, and an event waits at most about one pass (a write
+/// per connection) whatever the rate. On the runtime the worker yields at each look, so the
+/// source's reader (and every other task) runs between two of them.
+const WRITES_PER_LOOK: usize = 64;
+
+/// One worker: dispatches its queue's jobs in order until shutdown, and writes what they
+/// queued.
 async fn worker_loop(
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -144,20 +142,31 @@ async fn worker_loop(
     on_runtime: bool,
 ) {
     let mut scratch = FanOutScratch::default();
+    // Dropped with writes still owed (at shutdown), it wakes their connection tasks.
+    let mut pass = WritePass::default();
     let mut jobs = Vec::with_capacity(BATCH);
-    let mut slice_start = Instant::now();
     loop {
-        // One wake-up (and one look at the shutdown signal) per batch of queued jobs.
-        let received = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            received = rx.recv_many(&mut jobs, BATCH) => received,
-        };
-        if received == 0 {
-            return;
+        if pass.is_empty() {
+            // One wake-up (and one look at the shutdown signal) per batch of queued jobs.
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                received = rx.recv_many(&mut jobs, BATCH) => received,
+            };
+            if received == 0 {
+                return;
+            }
+        } else {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            while jobs.len() < BATCH
+                && let Ok(job) = rx.try_recv()
+            {
+                jobs.push(job);
+            }
         }
-        let last = jobs.len();
-        for (i, job) in jobs.drain(..).enumerate() {
+        for job in jobs.drain(..) {
             let event = match job {
                 Job::Event(event) => event,
                 Job::Barrier(done) => {
@@ -165,19 +174,15 @@ async fn worker_loop(
                     continue;
                 }
             };
-            let started = Instant::now();
-            let lag = started.saturating_duration_since(event.received);
+            let lag = Instant::now().saturating_duration_since(event.received);
             metrics
                 .dispatch_lag_ms
                 .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
-            // The last event of a backlog is written straight to the sockets; those before
-            // it are queued, to go out together.
-            let write_through = i + 1 == last && rx.is_empty();
-            hub.fan_out(&event, &mut scratch, write_through);
-            if on_runtime && started.saturating_duration_since(slice_start) >= SLICE {
-                tokio::task::yield_now().await;
-                slice_start = Instant::now();
-            }
+            hub.fan_out(&event, &mut scratch, &mut pass);
+        }
+        pass.write_next(WRITES_PER_LOOK, &metrics.delivery_latency);
+        if on_runtime && !pass.is_empty() {
+            tokio::task::yield_now().await;
         }
     }
 }
