@@ -270,17 +270,13 @@ impl Outbox {
         received: Instant,
         latency: &Histogram,
     ) -> Queued {
-        let mut inner = self.inner.lock();
-        let first = inner.queue.is_empty();
         let frame = frame.into();
-        match inner.state {
-            Drain::Open => {}
-            Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Queued::Closed,
-        }
-        if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
-            self.overflow(inner);
-            return Queued::Overflowed;
-        }
+        let mut inner = match self.admit(self.inner.lock(), &frame) {
+            Ok(inner) => inner,
+            Err(Push::Overflowed) => return Queued::Overflowed,
+            Err(_) => return Queued::Closed,
+        };
+        let first = inner.queue.is_empty();
         Self::append(&mut inner, frame, Some(received));
         if 2 * inner.queue.len() >= self.max_frames || 2 * inner.bytes >= self.max_bytes {
             self.write_locked(inner, latency);
@@ -340,18 +336,14 @@ impl Outbox {
 
     fn enqueue(
         &self,
-        mut inner: parking_lot::MutexGuard<'_, Inner>,
+        inner: parking_lot::MutexGuard<'_, Inner>,
         frame: Frame,
         received: Option<Instant>,
     ) -> Push {
-        match inner.state {
-            Drain::Open => {}
-            Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Push::Closed,
-        }
-        if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
-            self.overflow(inner);
-            return Push::Overflowed;
-        }
+        let mut inner = match self.admit(inner, &frame) {
+            Ok(inner) => inner,
+            Err(refused) => return refused,
+        };
         let was_empty = inner.queue.is_empty();
         Self::append(&mut inner, frame, received);
         drop(inner);
@@ -359,6 +351,24 @@ impl Outbox {
             self.notify.notify_one();
         }
         Push::Queued
+    }
+
+    /// The queue, if `frame` may join it: refused (`Closed`) once the connection ends, and
+    /// (`Overflowed`) when it would exceed a bound.
+    fn admit<'i>(
+        &self,
+        inner: parking_lot::MutexGuard<'i, Inner>,
+        frame: &Frame,
+    ) -> Result<parking_lot::MutexGuard<'i, Inner>, Push> {
+        match inner.state {
+            Drain::Open => {}
+            Drain::Overflowed | Drain::Abort(_) | Drain::Closed => return Err(Push::Closed),
+        }
+        if inner.queue.len() >= self.max_frames || inner.bytes + frame.len() > self.max_bytes {
+            self.overflow(inner);
+            return Err(Push::Overflowed);
+        }
+        Ok(inner)
     }
 
     /// Marks the client as too slow, drops what was queued and wakes the connection task
