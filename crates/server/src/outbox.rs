@@ -41,12 +41,12 @@ use crate::frame_writer::{COPY_MAX, Segment, Stager};
 use crate::metrics::Histogram;
 
 /// The most frames one write of [`Outbox::write_queued`] takes.
-const WRITE_FRAMES: usize = 64;
+const WRITE_FRAMES: usize = 256;
 
 /// The most bytes one write of [`Outbox::write_queued`] copies into the worker's stage (a
 /// frame that alone would need more, an envelope of unusual length, is left to the
 /// connection task).
-const WRITE_STAGE_MAX: usize = 64 * 1024;
+const WRITE_STAGE_MAX: usize = 128 * 1024;
 
 /// Segments a write lays out without allocating: a run of staged bytes, and the large
 /// objects of a few frames between them.
@@ -261,7 +261,7 @@ impl Outbox {
     /// Queues the frame of an event the source handed over at `received`, for a worker's
     /// write pass: the connection task is not woken. When this made the queue non-empty
     /// (`Queued { first: true }`), the caller owes the queue a [`Outbox::write_queued`]
-    /// (which wakes the task for whatever it leaves). A queue that reaches half of a bound
+    /// (which wakes the task for whatever it leaves). A queue that crosses half of a bound
     /// while it waits for that write is written at once: a worker that fans out a backlog
     /// before writing must not cut off a client that reads in time.
     pub fn queue_event(
@@ -277,8 +277,14 @@ impl Outbox {
             Err(_) => return Queued::Closed,
         };
         let first = inner.queue.is_empty();
+        let below_half = |inner: &Inner| {
+            2 * inner.queue.len() < self.max_frames && 2 * inner.bytes < self.max_bytes
+        };
+        let was_below_half = below_half(&inner);
         Self::append(&mut inner, frame, Some(received));
-        if 2 * inner.queue.len() >= self.max_frames || 2 * inner.bytes >= self.max_bytes {
+        // Written once, when the queue crosses half a bound: what that write leaves is the
+        // connection task's (it is woken), not a write per frame queued afterwards.
+        if was_below_half && !below_half(&inner) {
             self.write_locked(inner, latency);
         }
         Queued::Queued { first }

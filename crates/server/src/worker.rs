@@ -127,13 +127,26 @@ const BATCH: usize = 64;
 /// steady rate: the loopback send and the receiver's wake-up) is paid per write, not per
 /// frame; an event that comes in while a pass is under way is fanned out at the next look,
 /// and its frames join the queues not yet written: one write carries both. So a backlog is
-/// written several events per write, and an event waits at most about one pass (a write
-/// per connection) whatever the rate. On the runtime the worker yields at each look, so the
-/// source's reader (and every other task) runs between two of them.
+/// written several events per write, and an event waits about one pass (a write per
+/// connection it concerns) whatever the rate. On the runtime the worker yields at each
+/// look, so the source's reader (and every other task) runs between two of them.
 const WRITES_PER_LOOK: usize = 64;
 
+/// How long a worker keeps fanning out a backlog (events already waiting in its queue)
+/// before its next writes: long enough that each write carries a good part of it, short
+/// enough that a look stays a small part of a pass. Measured (one core, 1,000 connections,
+/// bursts): with one batch of at most 64 events per look, 1 % selectivity delivered 589k/s
+/// (the previous dispatch, queueing a 20 ms slice for the connection tasks: 703k/s); with
+/// 2 ms of fan-out per look, 774–780k/s, and a broadcast burst 2.01 M/s (1.93 M/s).
+const BACKLOG_LOOK: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How long a worker on the runtime dispatches a backlog that queues nothing to write (it
+/// concerns nobody) before it lets the other tasks run.
+const SLICE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// One worker: dispatches its queue's jobs in order until shutdown, and writes what they
-/// queued.
+/// queued, [`WRITES_PER_LOOK`] sockets at a time; at each look it fans out what came in
+/// meanwhile (a backlog for up to [`BACKLOG_LOOK`]).
 async fn worker_loop(
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -145,6 +158,7 @@ async fn worker_loop(
     // Dropped with writes still owed (at shutdown), it wakes their connection tasks.
     let mut pass = WritePass::default();
     let mut jobs = Vec::with_capacity(BATCH);
+    let mut slice_start = Instant::now();
     loop {
         if pass.is_empty() {
             // One wake-up (and one look at the shutdown signal) per batch of queued jobs.
@@ -166,25 +180,37 @@ async fn worker_loop(
                 jobs.push(job);
             }
         }
-        for job in jobs.drain(..) {
-            let event = match job {
-                Job::Event(event) => event,
-                Job::Barrier(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
-            };
-            let lag = Instant::now().saturating_duration_since(event.received);
-            metrics
-                .dispatch_lag_ms
-                .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
-            hub.fan_out(&event, &mut scratch, &mut pass);
+        let look_start = Instant::now();
+        loop {
+            for job in jobs.drain(..) {
+                let event = match job {
+                    Job::Event(event) => event,
+                    Job::Barrier(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                let lag = Instant::now().saturating_duration_since(event.received);
+                metrics
+                    .dispatch_lag_ms
+                    .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Relaxed);
+                hub.fan_out(&event, &mut scratch, &mut pass);
+            }
+            // A backlog is fanned out for a while before the next writes, so that they carry
+            // more of it each.
+            if rx.is_empty() || look_start.elapsed() >= BACKLOG_LOOK {
+                break;
+            }
+            while jobs.len() < BATCH
+                && let Ok(job) = rx.try_recv()
+            {
+                jobs.push(job);
+            }
         }
         pass.write_next(WRITES_PER_LOOK, &metrics.delivery_latency);
-        // Every other task runs between two looks while there is work left: a backlog,
-        // even one that concerns nobody, does not hold the runtime's thread.
-        if on_runtime && !(pass.is_empty() && rx.is_empty()) {
+        if on_runtime && (!pass.is_empty() || slice_start.elapsed() >= SLICE) {
             tokio::task::yield_now().await;
+            slice_start = Instant::now();
         }
     }
 }
