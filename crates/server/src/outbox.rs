@@ -182,6 +182,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Gives a burst's memory back once the client has caught up (an empty queue keeps a
+    /// small buffer: freeing it each time would cost an allocation per delivery).
+    fn release_burst(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// Drops the queued frames, but keeps a partly written front frame: the socket must be
     /// left on a frame boundary before the connection closes.
     fn clear(&mut self) {
@@ -333,6 +341,7 @@ impl Outbox {
             inner.bytes -= drained;
             inner.front_written = left;
             if inner.queue.is_empty() {
+                inner.release_burst();
                 return;
             }
         }
@@ -424,10 +433,7 @@ impl Outbox {
             received.extend(stamp);
         }
         inner.bytes -= drained;
-        if inner.queue.is_empty() && inner.queue.capacity() > 64 {
-            // Give a burst's memory back once the client has caught up.
-            inner.queue = VecDeque::new();
-        }
+        inner.release_burst();
         (inner.state.clone(), skip)
     }
 
@@ -1091,6 +1097,21 @@ mod tests {
         assert!(pass.is_empty());
         read_frames(&mut peers[0], 3..4, 10).await;
         assert_eq!(latency.count(), 8, "each event frame's latency is recorded");
+    }
+
+    #[tokio::test]
+    async fn a_queue_written_empty_by_a_worker_gives_a_burst_back() {
+        let latency = Histogram::default();
+        let (server, mut peer) = connected_pair().await;
+        let outbox = Outbox::with_socket(10_000, 1 << 30, Some(server));
+        for i in 0..200 {
+            outbox.queue_event(frame(i, 10), Instant::now(), &latency);
+        }
+        assert!(outbox.inner.lock().queue.capacity() >= 200);
+        outbox.write_queued(&latency);
+        assert!(!outbox.has_pending());
+        assert!(outbox.inner.lock().queue.capacity() <= 64);
+        read_frames(&mut peer, 0..200, 10).await;
     }
 
     #[tokio::test]
