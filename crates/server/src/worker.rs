@@ -174,11 +174,7 @@ async fn worker_loop(
             if shutdown.is_cancelled() {
                 return;
             }
-            while jobs.len() < BATCH
-                && let Ok(job) = rx.try_recv()
-            {
-                jobs.push(job);
-            }
+            take_waiting(&mut rx, &mut jobs);
         }
         let look_start = Instant::now();
         loop {
@@ -201,16 +197,21 @@ async fn worker_loop(
             if rx.is_empty() || look_start.elapsed() >= BACKLOG_LOOK {
                 break;
             }
-            while jobs.len() < BATCH
-                && let Ok(job) = rx.try_recv()
-            {
-                jobs.push(job);
-            }
+            take_waiting(&mut rx, &mut jobs);
         }
         pass.write_next(WRITES_PER_LOOK, &metrics.delivery_latency);
         if on_runtime && (!pass.is_empty() || slice_start.elapsed() >= SLICE) {
             tokio::task::yield_now().await;
             slice_start = Instant::now();
         }
+    }
+}
+
+/// Adds the jobs already waiting in `rx` to `jobs`, up to [`BATCH`], without waiting.
+fn take_waiting(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < BATCH
+        && let Ok(job) = rx.try_recv()
+    {
+        jobs.push(job);
     }
 }
