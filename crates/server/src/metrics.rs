@@ -118,17 +118,23 @@ impl Histogram {
 
     /// Records, for each of `starts`, the time from it to `now`: one atomic update per
     /// bucket touched, not per observation (a written batch of frames).
-    pub fn observe_since(&self, starts: &[std::time::Instant], now: std::time::Instant) {
-        if starts.is_empty() {
-            return;
-        }
+    pub fn observe_since<'s>(
+        &self,
+        starts: impl IntoIterator<Item = &'s std::time::Instant>,
+        now: std::time::Instant,
+    ) {
         let mut buckets = [0u64; BUCKETS_MICROS.len() + 1];
         let mut sum = 0u64;
+        let mut count = 0u64;
         for start in starts {
             let micros = u64::try_from(now.saturating_duration_since(*start).as_micros())
                 .unwrap_or(u64::MAX);
             buckets[BUCKETS_MICROS.partition_point(|&bound| bound < micros)] += 1;
             sum = sum.saturating_add(micros);
+            count += 1;
+        }
+        if count == 0 {
+            return;
         }
         for (bucket, n) in self.buckets.iter().zip(buckets) {
             if n > 0 {
@@ -136,7 +142,7 @@ impl Histogram {
             }
         }
         self.sum_micros.fetch_add(sum, Relaxed);
-        self.count.fetch_add(starts.len() as u64, Relaxed);
+        self.count.fetch_add(count, Relaxed);
     }
 
     /// The number of observations.

@@ -320,20 +320,22 @@ impl Outbox {
                     _ => socket.try_write_vectored(slices),
                 },
             );
-            let now = Instant::now();
             let mut left = written;
             let mut done = 0;
-            for (frame, stamp) in inner.queue.iter().take(frames) {
+            for (frame, _) in inner.queue.iter().take(frames) {
                 let wire = frame.wire_len();
                 if left < wire {
                     break;
                 }
                 left -= wire;
                 done += 1;
-                if let Some(stamp) = stamp {
-                    latency.observe(now.saturating_duration_since(*stamp));
-                }
             }
+            let stamps = inner
+                .queue
+                .iter()
+                .take(done)
+                .filter_map(|(_, stamp)| stamp.as_ref());
+            latency.observe_since(stamps, Instant::now());
             let mut drained = 0;
             for (frame, _) in inner.queue.drain(..done) {
                 drained += frame.len();
