@@ -28,7 +28,7 @@ use crate::event::ChangeEvent;
 use crate::hooks::after_event::{AfterEvents, Batch, ClassHook, EventObjects, GroupKey, Recipient};
 use crate::identity::IdentityCell;
 use crate::metrics::{DeliveryTally, DropReason, Metrics};
-use crate::outbox::{Outbox, Queued, WritePass};
+use crate::outbox::{Outbox, Push, WritePass};
 use crate::pubsub::ReadAhead;
 
 /// Who a subscription reads as.
@@ -605,18 +605,16 @@ impl<'e> EventFanOut<'e> {
         let objects = self.frame_objects(object_bytes, original_bytes);
         let frame = EventFrame::new(op, sub.envelope.clone(), sub.request_id, objects);
         let len = frame.len();
-        match sub
-            .outbox
-            .queue_event(frame, self.received, &self.metrics.delivery_latency)
-        {
-            Queued::Queued { first } => {
-                if first {
-                    self.pass.owe(&sub.outbox);
-                }
-                self.delivered.add(op, len);
-            }
-            Queued::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
-            Queued::Closed => {}
+        let pushed = sub.outbox.queue_event(
+            frame,
+            self.received,
+            self.pass,
+            &self.metrics.delivery_latency,
+        );
+        match pushed {
+            Push::Queued => self.delivered.add(op, len),
+            Push::Overflowed => self.metrics.dropped(DropReason::SlowConsumerQueue),
+            Push::Closed => {}
         }
     }
 }

@@ -138,20 +138,6 @@ pub enum Push {
     Closed,
 }
 
-/// What happened to a frame queued for a write pass ([`Outbox::queue_event`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
-    /// Queued; `first`: the queue was empty, and the caller owes it a write.
-    Queued {
-        /// The queue was empty before.
-        first: bool,
-    },
-    /// Not queued: this push overflowed the queue; the client is being cut off.
-    Overflowed,
-    /// Not queued: the client is already cut off or gone.
-    Closed,
-}
-
 /// The state a drain observes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drain {
@@ -267,24 +253,26 @@ impl Outbox {
     }
 
     /// Queues the frame of an event the source handed over at `received`, for a worker's
-    /// write pass: the connection task is not woken. When this made the queue non-empty
-    /// (`Queued { first: true }`), the caller owes the queue a [`Outbox::write_queued`]
-    /// (which wakes the task for whatever it leaves). A queue that crosses half of a bound
-    /// while it waits for that write is written at once: a worker that fans out a backlog
-    /// before writing must not cut off a client that reads in time.
+    /// write pass: the connection task is not woken. A queue this made non-empty is added
+    /// to `pass`, which owes it a [`Outbox::write_queued`] (that wakes the task for whatever
+    /// it leaves). A queue that crosses half of a bound while it waits for that write is
+    /// written at once: a worker that fans out a backlog before writing must not cut off a
+    /// client that reads in time.
     pub fn queue_event(
-        &self,
+        self: &Arc<Self>,
         frame: impl Into<Frame>,
         received: Instant,
+        pass: &mut WritePass,
         latency: &Histogram,
-    ) -> Queued {
+    ) -> Push {
         let frame = frame.into();
         let mut inner = match self.admit(self.inner.lock(), &frame) {
             Ok(inner) => inner,
-            Err(Push::Overflowed) => return Queued::Overflowed,
-            Err(_) => return Queued::Closed,
+            Err(refused) => return refused,
         };
-        let first = inner.queue.is_empty();
+        if inner.queue.is_empty() {
+            pass.owe(self);
+        }
         let below_half = |inner: &Inner| {
             2 * inner.queue.len() < self.max_frames && 2 * inner.bytes < self.max_bytes
         };
@@ -295,7 +283,7 @@ impl Outbox {
         if was_below_half && !below_half(&inner) {
             self.write_locked(inner, latency);
         }
-        Queued::Queued { first }
+        Push::Queued
     }
 
     /// Writes what is queued straight to the socket, in one non-blocking vectored write,
@@ -536,8 +524,8 @@ impl Outbox {
     }
 }
 
-/// The outboxes a worker owes a write: those its [`Outbox::queue_event`] made non-empty, in
-/// that order. Each gets one [`Outbox::write_queued`]; one dropped unwritten has its
+/// The outboxes a worker owes a write: those its [`Outbox::queue_event`] made non-empty (the
+/// outbox adds itself), in that order. Each gets one [`Outbox::write_queued`]; one dropped unwritten has its
 /// connection task woken, so no frame is left behind.
 #[derive(Debug, Default)]
 pub struct WritePass {
@@ -546,7 +534,7 @@ pub struct WritePass {
 
 impl WritePass {
     /// Adds `outbox`, whose queue the worker just made non-empty.
-    pub fn owe(&mut self, outbox: &Arc<Outbox>) {
+    fn owe(&mut self, outbox: &Arc<Outbox>) {
         self.owed.push_back(outbox.clone());
     }
 
@@ -686,12 +674,11 @@ mod tests {
 
     /// One event delivered by a worker on its own: queued, then written when it made the
     /// queue non-empty (a write pass of one).
-    fn deliver(outbox: &Outbox, frame: impl Into<Frame>, latency: &Histogram) -> Queued {
-        let queued = outbox.queue_event(frame, Instant::now(), latency);
-        if queued == (Queued::Queued { first: true }) {
-            outbox.write_queued(latency);
-        }
-        queued
+    fn deliver(outbox: &Arc<Outbox>, frame: impl Into<Frame>, latency: &Histogram) -> Push {
+        let mut pass = WritePass::default();
+        let pushed = outbox.queue_event(frame, Instant::now(), &mut pass, latency);
+        pass.write_next(usize::MAX, latency);
+        pushed
     }
 
     /// Text frame `i` of the tests: `size` bytes of one letter.
@@ -716,17 +703,17 @@ mod tests {
     #[tokio::test]
     async fn events_are_written_directly_until_the_socket_is_full() {
         let (server, mut peer) = connected_pair().await;
-        let outbox = Outbox::with_socket(1000, 1 << 30, Some(server));
+        let outbox = Arc::new(Outbox::with_socket(1000, 1 << 30, Some(server)));
         let latency = Histogram::default();
         let size = 100_000;
         // Written directly while the socket takes them; the first one it cannot take whole
         // is queued (its written part skipped later), and every later one queued behind it.
         let mut direct = 0;
         while !outbox.has_pending() {
-            assert!(matches!(
+            assert_eq!(
                 deliver(&outbox, frame(direct, size), &latency),
-                Queued::Queued { .. }
-            ));
+                Push::Queued
+            );
             direct += 1;
             assert!(direct < 10_000, "a socket nobody reads fills up");
         }
@@ -744,10 +731,10 @@ mod tests {
         assert_eq!(stamps.len(), 4);
         assert!(skip < text_frame_header(size).1 + size);
         // While the connection task writes, workers queue.
-        assert!(matches!(
+        assert_eq!(
             deliver(&outbox, frame(direct + 3, size), &latency),
-            Queued::Queued { .. }
-        ));
+            Push::Queued
+        );
         assert!(outbox.has_pending());
 
         // The connection task writes the batch, the rest of the cut frame first.
@@ -787,12 +774,12 @@ mod tests {
 
     /// An outbox of `max_frames` whose socket took only part of the front frame (a direct
     /// write cut short), its peer (kept open), and the number of frames delivered.
-    async fn cut_short(max_frames: usize) -> (Outbox, TcpStream, usize) {
+    async fn cut_short(max_frames: usize) -> (Arc<Outbox>, TcpStream, usize) {
         let latency = Histogram::default();
         // A write can also stop on a frame boundary: then try another socket.
         for _ in 0..20 {
             let (server, peer) = connected_pair().await;
-            let outbox = Outbox::with_socket(max_frames, 1 << 30, Some(server));
+            let outbox = Arc::new(Outbox::with_socket(max_frames, 1 << 30, Some(server)));
             let mut i = 0;
             while !outbox.has_pending() {
                 deliver(&outbox, frame(i, 100_001), &latency);
@@ -822,7 +809,7 @@ mod tests {
                 _ => outbox.close(),
             }
             assert!(
-                deliver(&outbox, frame(0, 10), &latency) == Queued::Closed,
+                deliver(&outbox, frame(0, 10), &latency) == Push::Closed,
                 "{end}: nothing is written after the end"
             );
             assert_eq!(outbox.inner.lock().bytes, partial.len(), "{end}");
@@ -952,7 +939,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         for (object, original) in [(60_000, Some(50_000)), (900, Some(700)), (5000, None)] {
             let (server, mut peer) = connected_pair().await;
-            let outbox = Outbox::with_socket(100_000, 1 << 30, Some(server));
+            let outbox = Arc::new(Outbox::with_socket(100_000, 1 << 30, Some(server)));
             let latency = Histogram::default();
             let mut expected = Vec::new();
             let mut delivered = 0u32;
@@ -1019,7 +1006,7 @@ mod tests {
     #[tokio::test]
     async fn no_direct_write_while_the_connection_task_writes() {
         let (server, mut peer) = connected_pair().await;
-        let outbox = Outbox::with_socket(10, 1 << 20, Some(server));
+        let outbox = Arc::new(Outbox::with_socket(10, 1 << 20, Some(server)));
         let latency = Histogram::default();
         assert!(outbox.begin_write().is_none());
         deliver(&outbox, frame(0, 10), &latency);
@@ -1063,10 +1050,7 @@ mod tests {
         // Three events fanned out before any write: each queue is owed one write.
         for i in 0..3 {
             for outbox in &outboxes {
-                let queued = outbox.queue_event(frame(i, 10), Instant::now(), &latency);
-                if queued == (Queued::Queued { first: true }) {
-                    pass.owe(outbox);
-                }
+                outbox.queue_event(frame(i, 10), Instant::now(), &mut pass, &latency);
             }
         }
         assert_eq!(
@@ -1079,11 +1063,7 @@ mod tests {
         // A fourth event comes in mid-pass: it joins the queue not written yet, and the one
         // written already is owed another write.
         for outbox in &outboxes {
-            if outbox.queue_event(frame(3, 10), Instant::now(), &latency)
-                == (Queued::Queued { first: true })
-            {
-                pass.owe(outbox);
-            }
+            outbox.queue_event(frame(3, 10), Instant::now(), &mut pass, &latency);
         }
         pass.write_next(1, &latency);
         assert!(!outboxes[1].has_pending(), "all four frames in one write");
@@ -1105,10 +1085,12 @@ mod tests {
     async fn a_queue_written_empty_by_a_worker_gives_a_burst_back() {
         let latency = Histogram::default();
         let (server, mut peer) = connected_pair().await;
-        let outbox = Outbox::with_socket(10_000, 1 << 30, Some(server));
+        let outbox = Arc::new(Outbox::with_socket(10_000, 1 << 30, Some(server)));
+        let mut pass = WritePass::default();
         for i in 0..200 {
-            outbox.queue_event(frame(i, 10), Instant::now(), &latency);
+            outbox.queue_event(frame(i, 10), Instant::now(), &mut pass, &latency);
         }
+        assert_eq!(pass.owed.len(), 1);
         assert!(outbox.inner.lock().queue.capacity() >= 200);
         outbox.write_queued(&latency);
         assert!(!outbox.has_pending());
@@ -1123,10 +1105,10 @@ mod tests {
         let outbox = Arc::new(Outbox::with_socket(100, 1 << 20, Some(server)));
         let mut pass = WritePass::default();
         assert_eq!(
-            outbox.queue_event(frame(0, 10), Instant::now(), &latency),
-            Queued::Queued { first: true }
+            outbox.queue_event(frame(0, 10), Instant::now(), &mut pass, &latency),
+            Push::Queued
         );
-        pass.owe(&outbox);
+        assert_eq!(pass.owed.len(), 1, "owed a write");
         let woken = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.notified());
         assert!(woken.await.is_err(), "a queued event alone wakes nobody");
         drop(pass);
@@ -1141,10 +1123,12 @@ mod tests {
         let latency = Histogram::default();
         for (max_frames, max_bytes, written_at) in [(8, 1 << 20, 4), (1000, 80, 4)] {
             let (server, mut peer) = connected_pair().await;
-            let outbox = Outbox::with_socket(max_frames, max_bytes, Some(server));
+            let outbox = Arc::new(Outbox::with_socket(max_frames, max_bytes, Some(server)));
+            // The pass is never written: the queue goes out on its own.
+            let mut pass = WritePass::default();
             for i in 0..written_at {
                 assert!(outbox.has_pending() || i == 0);
-                outbox.queue_event(frame(i, 10), Instant::now(), &latency);
+                outbox.queue_event(frame(i, 10), Instant::now(), &mut pass, &latency);
             }
             assert!(
                 !outbox.has_pending(),
