@@ -181,9 +181,9 @@ pub(crate) struct RunArgs {
     /// Tokio worker threads receiving frames (the publisher has its own thread).
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
-    /// WebSocket read buffer per connection, in bytes: resident for every connection. Values
-    /// below ~4 KiB change nothing (the buffer left by the handshake is reused).
-    #[arg(long, default_value_t = 4096)]
+    /// Bytes read from a connection at most per `recv`, into a buffer the connections of a
+    /// receiving thread share (not resident per connection).
+    #[arg(long, default_value_t = 65_536)]
     pub(crate) read_buffer_bytes: usize,
 }
 

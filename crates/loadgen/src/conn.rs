@@ -2,9 +2,10 @@
 //! handshake, `connect`, `subscribe`s), then receive and judge frames until told to stop.
 //!
 //! Each connection is one task owning its socket and its subscriptions' oracles; nothing is
-//! shared on the per-frame path except the thread's [`Recorder`] shard. A connection's
-//! memory is its socket, a small read buffer (`--read-buffer-bytes`) and ~100 bytes per
-//! subscription.
+//! shared on the per-frame path except the thread's [`Recorder`] shard and read buffer. A
+//! connection's memory is its socket, the start of a frame a read cut (usually nothing) and
+//! ~100 bytes per subscription. tungstenite does the HTTP upgrade; from there on
+//! [`WsClient`] reads and writes the frames.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -12,12 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +24,7 @@ use crate::oracle::SubOracle;
 use crate::publish::now_ns;
 use crate::scan::{self, Scanned};
 use crate::stats::Recorder;
-
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+use crate::wsclient::{Message, WsClient};
 
 /// Retries after a failed setup attempt.
 const RETRIES: u32 = 3;
@@ -54,7 +51,7 @@ pub(crate) struct SetupReport {
     pub(crate) ok: bool,
     pub(crate) retries: u32,
     /// A stalled connection's socket, handed over so nobody polls it.
-    pub(crate) stalled: Option<Box<Ws>>,
+    pub(crate) stalled: Option<Box<WsClient>>,
 }
 
 /// A receiving connection's final tallies.
@@ -71,11 +68,11 @@ pub(crate) struct ConnTally {
     pub(crate) disconnected: bool,
 }
 
-fn ws_config(read_buffer_bytes: usize) -> WebSocketConfig {
-    // tungstenite allocates and zero-fills the whole read buffer per connection (128 KiB by
-    // default): at 20k connections that alone would be 2.5 GB.
+/// tungstenite only does the upgrade, but allocates and zero-fills a read buffer for the
+/// connection it then makes (128 KiB by default).
+fn upgrade_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(read_buffer_bytes)
+        .read_buffer_size(256)
         .write_buffer_size(0)
 }
 
@@ -98,7 +95,11 @@ pub(crate) async fn run(
 
 /// Sets the connection up (with retries) and reports the outcome; returns the socket when
 /// it is to be read (neither failed nor stalled).
-async fn set_up(shared: &Shared, conn: u64, setup_tx: mpsc::Sender<SetupReport>) -> Option<Ws> {
+async fn set_up(
+    shared: &Shared,
+    conn: u64,
+    setup_tx: mpsc::Sender<SetupReport>,
+) -> Option<WsClient> {
     let config = &shared.config;
     let mut retries = 0;
     let ws = loop {
@@ -155,7 +156,7 @@ async fn set_up(shared: &Shared, conn: u64, setup_tx: mpsc::Sender<SetupReport>)
 }
 
 /// One setup attempt.
-async fn establish(config: &Config, conn: u64) -> anyhow::Result<Ws> {
+async fn establish(config: &Config, conn: u64) -> anyhow::Result<WsClient> {
     let source = config.source_ips[(conn % config.source_ips.len() as u64) as usize];
     let socket = TcpSocket::new_v4().context("socket")?;
     socket
@@ -166,42 +167,42 @@ async fn establish(config: &Config, conn: u64) -> anyhow::Result<Ws> {
         .await
         .with_context(|| format!("connect {} from {source}", config.target))?;
     stream.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+    let (upgraded, _) = tokio_tungstenite::client_async_with_config(
         config.url.as_str(),
         stream,
-        Some(ws_config(config.read_buffer_bytes)),
+        Some(upgrade_config()),
     )
     .await
     .context("WebSocket handshake")?;
+    // Servers send nothing before the client's `connect`, so tungstenite has buffered
+    // nothing past the upgrade response.
+    let mut ws = WsClient::new(upgraded.into_inner(), config.read_buffer_bytes, conn);
 
     let mut connect = json!({"op": "connect", "applicationId": config.app_id});
     if let Some(key) = &config.js_key {
         connect["javascriptKey"] = key.as_str().into();
     }
-    ws.send(Message::text(connect.to_string())).await?;
-    loop {
-        let text = next_text(&mut ws).await?;
-        match scan::scan(&text).op {
-            Some("connected") => break,
-            Some("error") => bail!("connect refused: {text}"),
-            _ => {}
-        }
-    }
+    ws.send_texts([connect.to_string()]).await?;
+    ws.read_texts_until(|text| match scan::scan(text).op {
+        Some("connected") => Ok(true),
+        Some("error") => bail!("connect refused: {text}"),
+        _ => Ok(false),
+    })
+    .await?;
 
     let first = conn * config.subs_per_conn;
-    for k in 0..config.subs_per_conn {
-        let frame = json!({
+    let subscribes = (0..config.subs_per_conn).map(|k| {
+        json!({
             "op": "subscribe",
             "requestId": k + 1,
             "query": config.workload.subscribe_query(first + k),
-        });
-        ws.feed(Message::text(frame.to_string())).await?;
-    }
-    ws.flush().await?;
+        })
+        .to_string()
+    });
+    ws.send_texts(subscribes).await?;
     let mut pending = config.subs_per_conn;
-    while pending > 0 {
-        let text = next_text(&mut ws).await?;
-        let frame = scan::scan(&text);
+    ws.read_texts_until(|text| {
+        let frame = scan::scan(text);
         match frame.op {
             Some("subscribed")
                 if frame
@@ -213,59 +214,52 @@ async fn establish(config: &Config, conn: u64) -> anyhow::Result<Ws> {
             Some("error") => bail!("subscribe refused: {text}"),
             _ => {}
         }
-    }
+        Ok(pending == 0)
+    })
+    .await?;
     Ok(ws)
 }
 
-/// The next text frame during setup; control frames are skipped.
-async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => bail!("closed by the server: {frame:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("closed by the server"),
-        }
-    }
-}
-
 /// Receives until [`Shared::stop`] or the server closes the connection.
-async fn receive(shared: &Shared, mut ws: Ws, subs: &mut [SubOracle]) -> ConnTally {
+async fn receive(shared: &Shared, mut ws: WsClient, subs: &mut [SubOracle]) -> ConnTally {
     let workload = &shared.config.workload;
     let mut errors = 0;
     let mut disconnected = false;
     let stop = shared.stop.cancelled();
     tokio::pin!(stop);
     loop {
-        let message = tokio::select! {
+        // The frames of one read arrived together: one clock reading serves them all.
+        let mut receipt_ns = None;
+        let read = ws.read(|message| {
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Binary(_) => {
+                    // Neither server sends binary frames; judged like an unknown event.
+                    subs[0].unexpected += 1;
+                    return;
+                }
+            };
+            let frame = scan::scan(text);
+            match frame.op {
+                Some(op) if scan::is_event_op(op) => {
+                    let receipt_ns = *receipt_ns.get_or_insert_with(now_ns);
+                    on_event(shared, workload, subs, &frame, receipt_ns);
+                }
+                Some("error") => {
+                    errors += 1;
+                    log_error(shared, text);
+                }
+                _ => {}
+            }
+        });
+        let open = tokio::select! {
             biased;
-            message = ws.next() => message,
+            read = read => read,
             () = &mut stop => break,
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
-                // Neither server sends binary frames; judged like an unknown event.
-                subs[0].unexpected += 1;
-                continue;
-            }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                disconnected = true;
-                break;
-            }
-            Some(Ok(_)) => continue,
-        };
-        let frame = scan::scan(text.as_str());
-        match frame.op {
-            Some(op) if scan::is_event_op(op) => {
-                on_event(shared, workload, subs, &frame);
-            }
-            Some("error") => {
-                errors += 1;
-                log_error(shared, text.as_str());
-            }
-            _ => {}
+        if !matches!(open, Ok(true)) {
+            disconnected = true;
+            break;
         }
     }
     if disconnected && !shared.stop.is_cancelled() {
@@ -298,8 +292,8 @@ fn on_event(
     workload: &crate::workload::Workload,
     subs: &mut [SubOracle],
     frame: &Scanned<'_>,
+    receipt_ns: u64,
 ) {
-    let receipt_ns = now_ns();
     let latency_us = frame
         .sent_at_ns
         .map(|sent| receipt_ns.saturating_sub(sent) / 1000);
@@ -335,24 +329,9 @@ fn log_error(shared: &Shared, text: &str) {
 }
 
 /// Reads what a stalled connection has buffered, without waiting for more than `idle`
-/// between frames nor `budget` in all: `true` when the server has closed it or sent it an
+/// between reads nor `budget` in all: `true` when the server has closed it or sent it an
 /// error (i.e. cut it off).
-pub(crate) async fn stalled_was_cut_off(mut ws: Ws, idle: Duration, budget: Duration) -> bool {
-    let read_all = async {
-        loop {
-            match tokio::time::timeout(idle, ws.next()).await {
-                Err(_) => return false,
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    if scan::scan(text.as_str()).op == Some("error") {
-                        return true;
-                    }
-                }
-                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return true,
-                Ok(Some(Ok(_))) => {}
-            }
-        }
-    };
-    tokio::time::timeout(budget, read_all)
+pub(crate) async fn stalled_was_cut_off(ws: WsClient, idle: Duration, budget: Duration) -> bool {
+    ws.was_cut_off(idle, budget, |text| scan::scan(text).op == Some("error"))
         .await
-        .unwrap_or(false)
 }

@@ -13,6 +13,8 @@
 //!   127.0.0.0/8-only rule is in [`target`].
 //! - [`workload`]: rooms, queries, and the exact Redis payloads.
 //! - [`conn`]: one task per connection: setup, then receive and judge frames.
+//! - [`wsclient`]: the connection's WebSocket client after the upgrade: reads into a buffer
+//!   shared by the thread's connections and hands messages over in place.
 //! - [`scan`]: finds `op`, `requestId`, `seq`, `sentAt`, `room` in a frame without parsing it.
 //! - [`oracle`]: per-subscription expectations and the sliding-bitmap duplicate check.
 //! - [`stats`]: per-thread latency histograms and delivery counters.
@@ -20,12 +22,13 @@
 //! - [`procstat`]: RSS, PSS and CPU time from /proc.
 //! - [`run`]: the phases; [`report`]: the JSON report.
 //! - [`ceiling`] (`lq-loadgen ceiling`): the loopback ceiling writer, a minimal broadcast
-//!   server that the same runs measure to give the physical limit of the machine;
-//!   [`wsframe`]: its WebSocket framing.
+//!   server that the same runs measure to give the physical limit of the machine.
+//! - [`wsframe`]: WebSocket framing, for both the ceiling writer and the client.
 //!
 //! Invariants: latency is receipt time − *scheduled* publish time (coordinated-omission
 //! safe); the generator holds one file descriptor per connection plus about ten; per
-//! connection it keeps a small read buffer and ~100 bytes per subscription.
+//! connection it keeps the start of a frame a read cut (usually nothing) and ~100 bytes per
+//! subscription.
 
 mod ceiling;
 mod cli;
@@ -39,6 +42,7 @@ mod scan;
 mod stats;
 mod target;
 mod workload;
+mod wsclient;
 mod wsframe;
 
 use anyhow::Context;

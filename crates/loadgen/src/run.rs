@@ -10,11 +10,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Config;
-use crate::conn::{self, ConnTally, SetupReport, Shared, Ws};
+use crate::conn::{self, ConnTally, SetupReport, Shared};
 use crate::procstat::Proc;
 use crate::publish::{self, Publisher, now_ns};
 use crate::report::{self, Report};
 use crate::stats::Recorder;
+use crate::wsclient::WsClient;
 
 /// How often the drain loop checks progress.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -34,7 +35,7 @@ struct Setup {
     seconds: f64,
     failures: u64,
     retries: u64,
-    stalled: Vec<Ws>,
+    stalled: Vec<WsClient>,
     receivers: JoinSet<Option<ConnTally>>,
 }
 

@@ -1,28 +1,47 @@
-//! Minimal server-side WebSocket framing (RFC 6455) for the ceiling writer: encodes the
-//! unmasked frames a server sends and decodes the masked frames a client sends, nothing more
-//! (no extensions, no fragmentation: a fragmented message is refused).
+//! Minimal WebSocket framing (RFC 6455), both ends, nothing more: no extensions.
+//! - The ceiling writer (the server side) encodes unmasked frames and decodes the masked
+//!   frames a client sends (a fragmented message is refused there).
+//! - The generator's client ([`crate::wsclient`]) encodes masked frames and reads the
+//!   headers of the unmasked frames a server sends, leaving their payloads in place.
 
 /// Opcodes used here.
+pub(crate) const CONTINUATION: u8 = 0x0;
 pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
 pub(crate) const CLOSE: u8 = 0x8;
 pub(crate) const PING: u8 = 0x9;
 pub(crate) const PONG: u8 = 0xA;
 
 /// Appends one final, unmasked frame of `opcode` carrying `payload` to `out`.
 pub(crate) fn encode(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    push_header(opcode, payload.len(), None, out);
+    out.extend_from_slice(payload);
+}
+
+/// Appends one final frame of `opcode` carrying `payload` masked with `mask` to `out`, as a
+/// client must send it.
+pub(crate) fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    push_header(opcode, payload.len(), Some(mask), out);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+}
+
+fn push_header(opcode: u8, len: usize, mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     out.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
+    match len {
+        n @ 0..=125 => out.push(mask_bit | n as u8),
         n @ 126..=0xFFFF => {
-            out.push(126);
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
 }
 
 /// One decoded client frame.
@@ -32,28 +51,43 @@ pub(crate) struct Frame {
     pub(crate) payload: Vec<u8>,
 }
 
-/// Why a client's bytes cannot be decoded.
+/// Why bytes cannot be decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// Unmasked, fragmented, with reserved bits, or larger than the limit.
+    /// Masked the wrong way, fragmented where not supported, with reserved bits, or larger
+    /// than the limit.
     Protocol(&'static str),
 }
 
-/// Decodes the first frame of `buf`: `Ok(None)` when more bytes are needed, else the frame
-/// and the number of bytes it took. Frames larger than `max_payload` are refused.
-pub(crate) fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, Refusal> {
+/// The header of one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) fin: bool,
+    pub(crate) opcode: u8,
+    pub(crate) mask: Option<[u8; 4]>,
+    /// Where the payload starts, from the start of the frame.
+    pub(crate) payload_at: usize,
+    pub(crate) payload_len: usize,
+}
+
+impl Header {
+    /// The whole frame's length.
+    pub(crate) fn frame_len(&self) -> usize {
+        self.payload_at + self.payload_len
+    }
+}
+
+/// Reads the header at the start of `buf`: `Ok(None)` when more bytes are needed. Payloads
+/// larger than `max_payload` and control frames that are fragmented or longer than 125
+/// bytes are refused.
+pub(crate) fn header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Refusal> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
         return Err(Refusal::Protocol("reserved bits set"));
     }
-    if b0 & 0x80 == 0 || b0 & 0x0F == 0 {
-        return Err(Refusal::Protocol("fragmented messages are not supported"));
-    }
-    if b1 & 0x80 == 0 {
-        return Err(Refusal::Protocol("client frames must be masked"));
-    }
+    let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
     let (len, mut at) = match b1 & 0x7F {
         126 => match buf.get(2..4) {
             Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
@@ -65,29 +99,57 @@ pub(crate) fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, us
         },
         n => (u64::from(n), 2),
     };
+    if opcode >= CLOSE && (!fin || len > 125) {
+        return Err(Refusal::Protocol("control frames must be final and short"));
+    }
     if len > max_payload as u64 {
         return Err(Refusal::Protocol("frame too large"));
     }
-    let len = len as usize;
-    let Some(mask) = buf.get(at..at + 4) else {
+    let mask = if b1 & 0x80 != 0 {
+        let Some(mask) = buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        at += 4;
+        Some(mask.try_into().expect("4 bytes"))
+    } else {
+        None
+    };
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        payload_at: at,
+        payload_len: len as usize,
+    }))
+}
+
+/// Decodes the first frame a client sent in `buf`: `Ok(None)` when more bytes are needed,
+/// else the frame and the number of bytes it took. Unmasked and fragmented frames, and
+/// frames larger than `max_payload`, are refused.
+pub(crate) fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, Refusal> {
+    let Some(header) = header(buf, max_payload)? else {
         return Ok(None);
     };
-    let mask: [u8; 4] = mask.try_into().expect("4 bytes");
-    at += 4;
-    let Some(masked) = buf.get(at..at + len) else {
+    if !header.fin || header.opcode == CONTINUATION {
+        return Err(Refusal::Protocol("fragmented messages are not supported"));
+    }
+    let Some(mask) = header.mask else {
+        return Err(Refusal::Protocol("client frames must be masked"));
+    };
+    let Some(masked) = buf.get(header.payload_at..header.frame_len()) else {
         return Ok(None);
     };
     let payload = masked
         .iter()
-        .enumerate()
-        .map(|(i, b)| b ^ mask[i % 4])
+        .zip(mask.iter().cycle())
+        .map(|(b, m)| b ^ m)
         .collect();
     Ok(Some((
         Frame {
-            opcode: b0 & 0x0F,
+            opcode: header.opcode,
             payload,
         },
-        at + len,
+        header.frame_len(),
     )))
 }
 
@@ -96,21 +158,8 @@ mod tests {
     use super::*;
 
     fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut out = vec![0x80 | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut out = Vec::new();
+        encode_masked(opcode, payload, [1, 2, 3, 4], &mut out);
         out
     }
 
@@ -131,6 +180,46 @@ mod tests {
         let mut out = Vec::new();
         encode(TEXT, b"hi", &mut out);
         assert_eq!(out, b"\x81\x02hi");
+    }
+
+    #[test]
+    fn matches_the_rfc_examples() {
+        // RFC 6455, section 5.7: "Hello", unmasked and masked.
+        let mut out = Vec::new();
+        encode(TEXT, b"Hello", &mut out);
+        assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+        out.clear();
+        encode_masked(TEXT, b"Hello", [0x37, 0xfa, 0x21, 0x3d], &mut out);
+        assert_eq!(
+            out,
+            [
+                0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58
+            ]
+        );
+        // A fragmented unmasked text message: "Hel" then "lo".
+        let first = header(&[0x01, 0x03, 0x48, 0x65, 0x6c], 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.fin, first.opcode, first.mask), (false, TEXT, None));
+        assert_eq!((first.payload_at, first.frame_len()), (2, 5));
+        let last = header(&[0x80, 0x02, 0x6c, 0x6f], 100).unwrap().unwrap();
+        assert_eq!((last.fin, last.opcode), (true, CONTINUATION));
+        // 256 bytes, unmasked: the 16-bit length form.
+        let long = header(&[0x82, 0x7E, 0x01, 0x00], 1000).unwrap().unwrap();
+        assert_eq!(
+            (long.opcode, long.payload_at, long.payload_len),
+            (BINARY, 4, 256)
+        );
+        assert_eq!(header(&[0x82, 0x7E, 0x01], 1000), Ok(None));
+    }
+
+    #[test]
+    fn refuses_bad_control_frames() {
+        assert!(header(&[0x09, 0x00], 100).is_err(), "a fragmented ping");
+        assert!(
+            header(&[0x89, 0x7E, 0x00, 0x7E], 1000).is_err(),
+            "a 126-byte ping"
+        );
     }
 
     #[test]
