@@ -568,10 +568,10 @@ impl WritePass {
 /// left ~80 frames in each of 1,000 queues between two writes, and a fifth of the
 /// worker's samples sat on the locked instruction releasing a queue's lock, which waits
 /// for the queued frame's stores to reach a cache the queues no longer fit in.
-/// Measured (one core, 1,000 connections, bursts, fresh processes, five to six runs
-/// each): broadcast 2.41–2.70 M → 2.69–3.32 M deliveries/s; 1 % selectivity 733–802k →
-/// 727–774k (a few % lower on average, about the spread of repeated runs); 10
-/// subscriptions per connection 2.22 M either way. At 32 about the same as at 16; at 8,
+/// Measured (one core, 1,000 connections, bursts, fresh processes, five to nine runs
+/// each): broadcast 2.41–3.11 M (most runs 2.4–2.8) → 2.69–3.44 M deliveries/s (most
+/// 3.1–3.4); 1 % selectivity 733–802k → 727–774k (a few % lower on average, about the
+/// spread of repeated runs); 10 subscriptions per connection 2.19–2.22 M either way. At 32 about the same as at 16; at 8,
 /// 1 % selectivity fell to 664k.
 pub const FRAMES_PER_WRITE: usize = 16;
 
