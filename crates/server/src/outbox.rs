@@ -1057,17 +1057,30 @@ mod tests {
         peer.try_read(&mut byte).is_ok()
     }
 
+    /// `n` outboxes of `max_frames` frames on sockets, and the peers reading them.
+    async fn outboxes_with_peers(
+        n: usize,
+        max_frames: usize,
+    ) -> (Vec<Arc<Outbox>>, Vec<TcpStream>) {
+        let mut outboxes = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (server, peer) = connected_pair().await;
+            outboxes.push(Arc::new(Outbox::with_socket(
+                max_frames,
+                1 << 20,
+                Some(server),
+            )));
+            peers.push(peer);
+        }
+        (outboxes, peers)
+    }
+
     #[tokio::test]
     async fn a_write_pass_writes_each_queue_once_with_every_frame_queued_before_its_turn() {
         let latency = Histogram::default();
         let mut pass = WritePass::default();
-        let mut peers = Vec::new();
-        let mut outboxes = Vec::new();
-        for _ in 0..2 {
-            let (server, peer) = connected_pair().await;
-            outboxes.push(Arc::new(Outbox::with_socket(100, 1 << 20, Some(server))));
-            peers.push(peer);
-        }
+        let (outboxes, mut peers) = outboxes_with_peers(2, 100).await;
         // Three events fanned out before any write: each queue is owed one write.
         for i in 0..3 {
             for outbox in &outboxes {
@@ -1106,13 +1119,7 @@ mod tests {
     async fn a_pass_writes_more_queues_the_more_frames_were_queued_since_its_last_writes() {
         let latency = Histogram::default();
         let mut pass = WritePass::default();
-        let mut peers = Vec::new();
-        let mut outboxes = Vec::new();
-        for _ in 0..5 {
-            let (server, peer) = connected_pair().await;
-            outboxes.push(Arc::new(Outbox::with_socket(1000, 1 << 20, Some(server))));
-            peers.push(peer);
-        }
+        let (outboxes, _peers) = outboxes_with_peers(5, 1000).await;
         // Three writes' worth of frames, spread over five queues.
         for i in 0..3 * FRAMES_PER_WRITE {
             outboxes[i % 5].queue_event(frame(i, 10), Instant::now(), &mut pass, &latency);
