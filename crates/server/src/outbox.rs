@@ -571,8 +571,8 @@ impl WritePass {
 /// Measured (one core, 1,000 connections, bursts, fresh processes, five to nine runs
 /// each): broadcast 2.41–3.11 M (most runs 2.4–2.8) → 2.69–3.44 M deliveries/s (most
 /// 3.1–3.4); 1 % selectivity 733–802k → 727–774k (a few % lower on average, about the
-/// spread of repeated runs); 10 subscriptions per connection 2.19–2.22 M either way. At 32 about the same as at 16; at 8,
-/// 1 % selectivity fell to 664k.
+/// spread of repeated runs); 10 subscriptions per connection 2.19–2.22 M either way. At 32
+/// about the same as at 16; at 8, 1 % selectivity fell to 664k.
 pub const FRAMES_PER_WRITE: usize = 16;
 
 impl Drop for WritePass {
