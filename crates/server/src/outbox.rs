@@ -1,8 +1,9 @@
 //! The bounded outbound queue of one connection, and the way around it.
 //!
 //! The dispatch workers push frames from any thread without waiting; the connection task
-//! drains into its socket what they do not write themselves, and its own replies. A queued [`Frame`] is either whole bytes (replies, errors,
-//! frames an `afterLiveQueryEvent` hook produced) or an [`EventFrame`]: its per-recipient
+//! drains into its socket what they do not write themselves, and its own replies. A queued
+//! [`Frame`] is either whole bytes (replies, errors, frames an `afterLiveQueryEvent` hook
+//! produced) or an [`EventFrame`]: its per-recipient
 //! parts and handles to the event's shared object bytes, so a delivery allocates nothing and
 //! a backlog holds each object once, not once per recipient; its text is produced when it
 //! is written. A worker queues an event's frames without waking anyone
@@ -525,9 +526,23 @@ impl Outbox {
     }
 }
 
+/// The frames a worker's write carries, on average, when it keeps up with what it queues:
+/// [`WritePass::write_next`] writes one queue per this many frames queued since its last
+/// call. Enough to share a `send`'s cost among many frames, few enough that queues stay
+/// short and their memory in cache: with a fixed 64 writes per look, a broadcast burst
+/// left ~80 frames in each of 1,000 queues between two writes, and a fifth of the
+/// worker's samples sat on the locked instruction releasing a queue's lock, which waits
+/// for the queued frame's stores to reach a cache the queues no longer fit in.
+/// Measured (one core, 1,000 connections, bursts, fresh processes, five to nine runs
+/// each): broadcast 2.41–3.11 M (most runs 2.4–2.8) → 2.69–3.44 M deliveries/s (most
+/// 3.1–3.4); 1 % selectivity 733–802k → 727–774k (a few % lower on average, about the
+/// spread of repeated runs); 10 subscriptions per connection 2.19–2.22 M either way. At 32
+/// about the same as at 16; at 8, 1 % selectivity fell to 664k.
+pub const FRAMES_PER_WRITE: usize = 16;
+
 /// The outboxes a worker owes a write: those its [`Outbox::queue_event`] made non-empty (the
-/// outbox adds itself), in that order. Each gets one [`Outbox::write_queued`]; one dropped unwritten has its
-/// connection task woken, so no frame is left behind.
+/// outbox adds itself), in that order. Each gets one [`Outbox::write_queued`]; one dropped
+/// unwritten has its connection task woken, so no frame is left behind.
 #[derive(Debug, Default)]
 pub struct WritePass {
     owed: VecDeque<Arc<Outbox>>,
@@ -560,20 +575,6 @@ impl WritePass {
         }
     }
 }
-
-/// The frames a worker's write carries, on average, when it keeps up with what it queues:
-/// [`WritePass::write_next`] writes one queue per this many frames queued since its last
-/// call. Enough to share a `send`'s cost among many frames, few enough that queues stay
-/// short and their memory in cache: with a fixed 64 writes per look, a broadcast burst
-/// left ~80 frames in each of 1,000 queues between two writes, and a fifth of the
-/// worker's samples sat on the locked instruction releasing a queue's lock, which waits
-/// for the queued frame's stores to reach a cache the queues no longer fit in.
-/// Measured (one core, 1,000 connections, bursts, fresh processes, five to nine runs
-/// each): broadcast 2.41–3.11 M (most runs 2.4–2.8) → 2.69–3.44 M deliveries/s (most
-/// 3.1–3.4); 1 % selectivity 733–802k → 727–774k (a few % lower on average, about the
-/// spread of repeated runs); 10 subscriptions per connection 2.19–2.22 M either way. At 32
-/// about the same as at 16; at 8, 1 % selectivity fell to 664k.
-pub const FRAMES_PER_WRITE: usize = 16;
 
 impl Drop for WritePass {
     fn drop(&mut self) {

@@ -121,7 +121,8 @@ impl Workers {
 const BATCH: usize = 64;
 
 /// Sockets a worker writes at least between two looks at its queue; more when the look
-/// queued more frames (one write per [`FRAMES_PER_WRITE`](crate::outbox::FRAMES_PER_WRITE) of them), so that queues stay
+/// queued more frames (one write per
+/// [`FRAMES_PER_WRITE`](crate::outbox::FRAMES_PER_WRITE) of them), so that queues stay
 /// short under a heavy fan-out.
 ///
 /// A worker writes the frames it queued itself, connection after connection, one vectored
@@ -147,8 +148,8 @@ const BACKLOG_LOOK: std::time::Duration = std::time::Duration::from_millis(2);
 const SLICE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One worker: dispatches its queue's jobs in order until shutdown, and writes what they
-/// queued, at least [`WRITES_PER_LOOK`] sockets at a time; at each look it fans out what came in
-/// meanwhile (a backlog for up to [`BACKLOG_LOOK`]).
+/// queued, at least [`WRITES_PER_LOOK`] sockets at a time; at each look it fans out what
+/// came in meanwhile (a backlog for up to [`BACKLOG_LOOK`]).
 async fn worker_loop(
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
